@@ -1,0 +1,5 @@
+"""Paperpost: personalised email digests of new research papers."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
