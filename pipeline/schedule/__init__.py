@@ -1,0 +1,1 @@
+"""Schedules: pure period maths (``periods``, ``cron``) and the APScheduler runner."""
