@@ -1,0 +1,71 @@
+"""The store: SQLAlchemy 2 over SQLite (default) or PostgreSQL, schema by Alembic.
+
+Only this package sees ORM rows; callers get domain values and small dataclasses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import inspect
+from sqlalchemy.engine import make_url
+
+from pipeline.errors import StoreError
+from pipeline.store import migrate
+from pipeline.store.engine import make_engine
+from pipeline.store.ops import OpsStore, Run
+from pipeline.store.outbox import Delivery, DeliveryItem, OutboxStore, PlannedItem
+from pipeline.store.papers import PaperStore, SaveStats, SourceState
+from pipeline.store.subscribers import SubscriberState, SubscriberStore, SyncStats
+
+__all__ = [
+    "Delivery",
+    "DeliveryItem",
+    "PlannedItem",
+    "Run",
+    "SaveStats",
+    "SourceState",
+    "Store",
+    "SubscriberState",
+    "SyncStats",
+]
+
+
+class Store(PaperStore, SubscriberStore, OutboxStore, OpsStore):
+    """All persistent state. One instance per process; thread-safe like its engine."""
+
+    @classmethod
+    def open(cls, url: str, *, auto_upgrade: bool | None = None) -> Store:
+        """Open the database at ``url``.
+
+        A fresh SQLite file is migrated automatically (that is what makes the demo one
+        command); any other database behind the newest migration is an error that says
+        to run ``paperpost db upgrade``. ``auto_upgrade`` overrides that choice.
+        """
+        parsed = make_url(url)
+        is_sqlite = parsed.get_backend_name() == "sqlite"
+        fresh_file = is_sqlite and (
+            not parsed.database
+            or parsed.database == ":memory:"
+            or not Path(parsed.database).exists()
+        )
+        engine = make_engine(url)
+        store = cls(engine)
+        upgrade = fresh_file if auto_upgrade is None else auto_upgrade
+        current = migrate.current_revision(engine)
+        head = migrate.head_revision()
+        if current != head:
+            if upgrade:
+                migrate.upgrade(engine)
+            else:
+                tables = inspect(engine).get_table_names()
+                state = "empty" if not tables else f"at revision {current}"
+                engine.dispose()
+                raise StoreError(
+                    f"the database at {parsed.render_as_string(hide_password=True)} is {state}, "
+                    f"the code needs revision {head}: run `paperpost db upgrade`"
+                )
+        return store
+
+    def upgrade(self) -> None:
+        migrate.upgrade(self.engine)

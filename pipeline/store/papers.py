@@ -1,0 +1,225 @@
+"""Papers and source fetch state (the ingest stage's port)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import cast
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from pipeline.domain import AnnounceType, Paper
+from pipeline.store.base import StoreBase
+from pipeline.store.rows import PaperRow, PaperVersionRow, SourceRow
+
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class SourceState:
+    name: str
+    etag: str | None = None
+    last_modified: str | None = None
+    last_attempt: datetime | None = None
+    last_success: datetime | None = None
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    entries_seen: int = 0
+
+
+@dataclass(frozen=True)
+class SaveStats:
+    new: int
+    updated: int
+    unchanged: int
+
+
+def paper_from_row(row: PaperRow) -> Paper:
+    return Paper(
+        id=row.id,
+        title=row.title,
+        abstract=row.abstract,
+        authors=tuple(row.authors),
+        categories=tuple(row.categories),
+        url=row.url,
+        pdf_url=row.pdf_url,
+        hf_url=row.hf_url,
+        version=row.version,
+        published=row.published,
+        announced=row.announced,
+        announce_type=cast("AnnounceType | None", row.announce_type),
+        doi=row.doi,
+        journal_ref=row.journal_ref,
+        upvotes=row.upvotes,
+        github_repo=row.github_repo,
+        github_stars=row.github_stars,
+        first_seen=row.first_seen,
+        sources=tuple(row.sources),
+    )
+
+
+_FIELDS = (
+    "title", "abstract", "url", "pdf_url", "hf_url", "version", "published", "announced",
+    "announce_type", "doi", "journal_ref", "upvotes", "github_repo", "github_stars",
+)  # fmt: skip
+
+
+def _apply(row: PaperRow, paper: Paper) -> bool:
+    """Copy ``paper`` onto ``row``; return whether anything changed."""
+    changed = False
+    for name in _FIELDS:
+        value = getattr(paper, name)
+        if getattr(row, name) != value:
+            setattr(row, name, value)
+            changed = True
+    for name in ("authors", "categories", "sources"):
+        value = list(getattr(paper, name))
+        if list(getattr(row, name) or []) != value:
+            setattr(row, name, value)
+            changed = True
+    return changed
+
+
+class PaperStore(StoreBase):
+    # -- sources -----------------------------------------------------------------------------
+    def sync_sources(self, sources: Sequence[tuple[str, str, str]]) -> None:
+        """Make sure a row exists for each configured (name, kind, url)."""
+        with self.write() as s:
+            existing = {r.name: r for r in s.scalars(select(SourceRow))}
+            for name, kind, url in sources:
+                row = existing.get(name)
+                if row is None:
+                    s.add(
+                        SourceRow(
+                            name=name, kind=kind, url=url, consecutive_failures=0, entries_seen=0
+                        )
+                    )
+                elif (row.kind, row.url) != (kind, url):
+                    # A different feed under the same name: its validators mean nothing now.
+                    row.kind, row.url, row.etag, row.last_modified = kind, url, None, None
+
+    def source_state(self, name: str) -> SourceState:
+        with self.read() as s:
+            row = s.get(SourceRow, name)
+            if row is None:
+                return SourceState(name=name)
+            return _state(row)
+
+    def source_states(self) -> list[SourceState]:
+        with self.read() as s:
+            return [_state(r) for r in s.scalars(select(SourceRow).order_by(SourceRow.name))]
+
+    def record_source_success(
+        self,
+        name: str,
+        *,
+        etag: str | None,
+        last_modified: str | None,
+        entries: int,
+        now: datetime,
+    ) -> None:
+        with self.write() as s:
+            row = self._source_row(s, name)
+            row.etag, row.last_modified = etag, last_modified
+            row.last_attempt = row.last_success = now
+            row.consecutive_failures = 0
+            row.last_error = None
+            row.entries_seen = (row.entries_seen or 0) + entries
+
+    def record_source_failure(self, name: str, *, error: str, now: datetime) -> None:
+        with self.write() as s:
+            row = self._source_row(s, name)
+            row.last_attempt = now
+            row.consecutive_failures = (row.consecutive_failures or 0) + 1
+            row.last_error = error[:2000]
+
+    @staticmethod
+    def _source_row(s: Session, name: str) -> SourceRow:
+        row = s.get(SourceRow, name)
+        if row is None:
+            row = SourceRow(name=name, kind="", url="", consecutive_failures=0, entries_seen=0)
+            s.add(row)
+        return row
+
+    # -- papers ------------------------------------------------------------------------------
+    def papers_by_id(self, ids: Collection[str]) -> dict[str, Paper]:
+        wanted = list(dict.fromkeys(ids))
+        out: dict[str, Paper] = {}
+        with self.read() as s:
+            for i in range(0, len(wanted), _CHUNK):
+                chunk = wanted[i : i + _CHUNK]
+                for row in s.scalars(select(PaperRow).where(PaperRow.id.in_(chunk))):
+                    out[row.id] = paper_from_row(row)
+        return out
+
+    def save_papers(self, papers: Sequence[Paper], *, now: datetime) -> SaveStats:
+        """Insert or replace whole (already merged) records; keep ``first_seen`` of known ones."""
+        new = updated = unchanged = 0
+        by_id = {p.id: p for p in papers}  # last one wins within a batch
+        ids = list(by_id)
+        with self.write() as s:
+            for i in range(0, len(ids), _CHUNK):
+                chunk = ids[i : i + _CHUNK]
+                rows = {r.id: r for r in s.scalars(select(PaperRow).where(PaperRow.id.in_(chunk)))}
+                versions = {
+                    (v.paper_id, v.version)
+                    for v in s.scalars(
+                        select(PaperVersionRow).where(PaperVersionRow.paper_id.in_(chunk))
+                    )
+                }
+                for pid in chunk:
+                    paper = by_id[pid]
+                    row = rows.get(pid)
+                    if row is None:
+                        row = PaperRow(id=pid, first_seen=paper.first_seen or now, updated_at=now)
+                        _apply(row, paper)
+                        s.add(row)
+                        new += 1
+                    elif _apply(row, paper):
+                        row.updated_at = now
+                        updated += 1
+                    else:
+                        unchanged += 1
+                    if paper.version is not None and (pid, paper.version) not in versions:
+                        s.add(PaperVersionRow(paper_id=pid, version=paper.version, seen_at=now))
+                        versions.add((pid, paper.version))
+        return SaveStats(new=new, updated=updated, unchanged=unchanged)
+
+    def papers_seen_between(self, start: datetime, end: datetime) -> list[Paper]:
+        """Papers first seen in (start, end], oldest first, ties by id (deterministic)."""
+        with self.read() as s:
+            rows = s.scalars(
+                select(PaperRow)
+                .where(PaperRow.first_seen > start, PaperRow.first_seen <= end)
+                .order_by(PaperRow.first_seen, PaperRow.id)
+            )
+            return [paper_from_row(r) for r in rows]
+
+    def paper_versions(self, paper_id: str) -> list[int]:
+        with self.read() as s:
+            return list(
+                s.scalars(
+                    select(PaperVersionRow.version)
+                    .where(PaperVersionRow.paper_id == paper_id)
+                    .order_by(PaperVersionRow.version)
+                )
+            )
+
+    def count_papers(self) -> int:
+        with self.read() as s:
+            return int(s.scalar(select(func.count()).select_from(PaperRow)) or 0)
+
+
+def _state(row: SourceRow) -> SourceState:
+    return SourceState(
+        name=row.name,
+        etag=row.etag,
+        last_modified=row.last_modified,
+        last_attempt=row.last_attempt,
+        last_success=row.last_success,
+        consecutive_failures=row.consecutive_failures or 0,
+        last_error=row.last_error,
+        entries_seen=row.entries_seen or 0,
+    )
