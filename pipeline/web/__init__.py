@@ -1,0 +1,1 @@
+"""Reader-facing web endpoints and their signed link tokens."""

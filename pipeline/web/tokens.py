@@ -1,0 +1,128 @@
+"""Signed link tokens: HMAC-SHA256 via itsdangerous, with key rotation and explicit expiry.
+
+A token carries the subscriber, the action it authorises, an optional paper id
+and its expiry instant. Expiry is a claim inside the signed payload, compared
+with the ``now`` the caller passes, so verification is a pure function of
+(token, keys, now) and tests need no clock tricks.
+
+Rotation: ``keys[0]`` signs new tokens; every key in ``keys`` verifies. To
+rotate, put the new key first and keep the old one until the links it signed
+have expired (one year for unsubscribe links), then remove it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from itsdangerous import BadData, URLSafeSerializer
+
+from pipeline.errors import PaperpostError
+
+ACTIONS: Final = ("unsubscribe", "more", "less", "preview")
+# RFC 8058 links in old mail must keep working: unsubscribe links live a year.
+UNSUBSCRIBE_MAX_AGE_SECONDS: Final = 366 * 86400
+_SALT: Final = "paperpost.link.v1"
+
+
+class InvalidTokenError(PaperpostError):
+    """A link token is forged, tampered with, expired or for another action.
+
+    ``reason`` is for logs only; readers see one uniform page whatever it is.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"invalid link token: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    subscriber: str
+    action: str
+    paper: str | None
+    expires_at: datetime  # UTC
+
+
+class TokenSigner:
+    """Signs and verifies link tokens; ``keys[0]`` signs, all keys verify."""
+
+    def __init__(
+        self,
+        keys: Sequence[str],
+        *,
+        max_age_seconds: int = 90 * 86400,
+        unsubscribe_max_age_seconds: int = UNSUBSCRIBE_MAX_AGE_SECONDS,
+    ) -> None:
+        if isinstance(keys, str):
+            raise TypeError("keys must be a sequence of strings, not one string")
+        if not keys or any(not k for k in keys):
+            raise ValueError("at least one non-empty link-signing key is required")
+        if max_age_seconds <= 0 or unsubscribe_max_age_seconds <= 0:
+            raise ValueError("token lifetimes must be positive")
+        self._max_age = timedelta(seconds=max_age_seconds)
+        self._unsubscribe_max_age = timedelta(seconds=unsubscribe_max_age_seconds)
+        # itsdangerous signs with the LAST key of its list and verifies with all.
+        self._serializer = URLSafeSerializer(
+            list(reversed(keys)),
+            salt=_SALT,
+            signer_kwargs={"digest_method": hashlib.sha256},
+        )
+
+    def lifetime(self, action: str) -> timedelta:
+        return self._unsubscribe_max_age if action == "unsubscribe" else self._max_age
+
+    def sign(self, *, subscriber: str, action: str, paper: str | None = None, now: datetime) -> str:
+        if action not in ACTIONS:
+            raise ValueError(f"unknown token action {action!r}; expected one of {ACTIONS}")
+        if action in ("more", "less") and not paper:
+            raise ValueError(f"a {action!r} token needs the paper it is about")
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        expires = int((now + self.lifetime(action)).timestamp())
+        payload: dict[str, Any] = {"s": subscriber, "a": action, "e": expires}
+        if paper is not None:
+            payload["p"] = paper
+        return self._serializer.dumps(payload)
+
+    def verify(self, token: str, *, action: str | Collection[str], now: datetime) -> TokenClaims:
+        """Claims of a valid token for one of ``action``; else raise ``InvalidTokenError``."""
+        wanted = {action} if isinstance(action, str) else set(action)
+        try:
+            payload = self._serializer.loads(token)
+        except BadData as exc:
+            raise InvalidTokenError("bad signature or malformed token") from exc
+        claims = _claims(payload)
+        if claims.action not in wanted:
+            raise InvalidTokenError(
+                f"token is for {claims.action!r}, this link needs {sorted(wanted)}"
+            )
+        if now >= claims.expires_at:
+            raise InvalidTokenError(f"token expired at {claims.expires_at.isoformat()}")
+        return claims
+
+
+def _claims(payload: object) -> TokenClaims:
+    """Shape-check a payload that carried a valid signature (signed by us, but be strict)."""
+    if not isinstance(payload, dict):
+        raise InvalidTokenError("payload is not an object")
+    subscriber, action, expires = payload.get("s"), payload.get("a"), payload.get("e")
+    paper = payload.get("p")
+    if not isinstance(subscriber, str) or not subscriber:
+        raise InvalidTokenError("payload has no subscriber")
+    if action not in ACTIONS:
+        raise InvalidTokenError(f"payload has unknown action {action!r}")
+    if not isinstance(expires, int) or isinstance(expires, bool):
+        raise InvalidTokenError("payload has no expiry")
+    if paper is not None and not isinstance(paper, str):
+        raise InvalidTokenError("payload paper is not a string")
+    try:
+        expires_at = datetime.fromtimestamp(expires, tz=UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise InvalidTokenError("payload expiry is out of range") from exc
+    return TokenClaims(
+        subscriber=subscriber, action=str(action), paper=paper, expires_at=expires_at
+    )
