@@ -1,0 +1,173 @@
+"""Build the bytes of one digest message: a fast path and an ``email``-package reference.
+
+Both produce the same message: the same header set in the same order, and a
+multipart/alternative body with a text/plain and a text/html part, each UTF-8
+and quoted-printable (every encoded line under 77 octets, far below SMTP's 998).
+A test proves that the ``email`` package parses each fast-path message back to
+exactly the headers and part contents of the reference path.
+
+Why a fast path: ``EmailMessage`` build + serialise costs about 3 ms per
+digest on the benchmark machine, directly assembled bytes about 0.1 ms. Every
+header value still goes through :func:`pipeline.mail.headers.safe_header_value`
+(via the ``encode_*`` helpers) on both paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from binascii import b2a_qp
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import parseaddr
+
+from pipeline.domain import MessageHeaders, RenderedDigest
+from pipeline.errors import HeaderInjectionError
+from pipeline.mail.headers import (
+    ascii_addr_spec,
+    encode_address,
+    encode_phrase,
+    encode_unstructured,
+    format_date,
+    safe_header_url,
+    safe_header_value,
+)
+
+__all__ = ["build_message", "build_message_reference", "header_values"]
+
+_ONE_CLICK = "List-Unsubscribe=One-Click"
+
+
+def header_values(headers: MessageHeaders) -> list[tuple[str, str]]:
+    """The checked, still unencoded header values in sending order (MIME headers excluded).
+
+    Both builders start from this list, so both apply the same safety checks.
+    """
+    _, from_addr = _split_mailbox(headers.from_addr, field="From")
+    ascii_addr_spec(from_addr, field="From")
+    ascii_addr_spec(headers.to_addr, field="To")
+    message_id = safe_header_value(headers.message_id, field="Message-ID")
+    if not (message_id.startswith("<") and message_id.endswith(">") and "@" in message_id):
+        raise HeaderInjectionError(f"header Message-ID: {message_id!r} is not <id@domain>")
+    values = [
+        ("From", headers.from_addr),
+        ("To", headers.to_addr),
+        ("Subject", safe_header_value(headers.subject, field="Subject")),
+        ("Date", format_date(headers.date)),
+        ("Message-ID", message_id),
+        ("MIME-Version", "1.0"),
+        ("List-Id", safe_header_value(headers.list_id, field="List-Id")),
+    ]
+    targets: list[str] = []
+    if headers.unsubscribe_url is not None:
+        url = safe_header_url(headers.unsubscribe_url, field="List-Unsubscribe", schemes=("https",))
+        targets.append(f"<{url}>")
+    if headers.unsubscribe_mailto is not None:
+        mailto = safe_header_url(
+            headers.unsubscribe_mailto, field="List-Unsubscribe", schemes=("mailto",)
+        )
+        targets.append(f"<{mailto}>")
+    if targets:
+        values.append(("List-Unsubscribe", ", ".join(targets)))
+    if headers.unsubscribe_url is not None:
+        values.append(("List-Unsubscribe-Post", _ONE_CLICK))
+    return values
+
+
+def build_message(headers: MessageHeaders, rendered: RenderedDigest) -> bytes:
+    """Assemble the message bytes directly (CRLF line endings, ready for DATA)."""
+    lines: list[str] = []
+    for name, value in header_values(headers):
+        lines.append(f"{name}: {_encode_header(name, value, headers)}")
+    boundary = _boundary(headers.message_id)
+    lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
+    head = "\r\n".join(lines).encode("ascii")
+    delimiter = b"--" + boundary.encode("ascii") + b"\r\n"
+    return b"".join(
+        (
+            head,
+            b"\r\n\r\n",
+            delimiter,
+            _qp_part("plain", rendered.text),
+            b"\r\n",
+            delimiter,
+            _qp_part("html", rendered.html),
+            b"\r\n--",
+            boundary.encode("ascii"),
+            b"--\r\n",
+        )
+    )
+
+
+def build_message_reference(headers: MessageHeaders, rendered: RenderedDigest) -> bytes:
+    """The same message through ``email.message.EmailMessage`` (slow; the yardstick)."""
+    msg = EmailMessage(policy=SMTP)
+    for name, value in header_values(headers):
+        if name == "From":
+            from_name, from_addr = _split_mailbox(value, field="From")
+            msg[name] = _address(from_addr, from_name)
+        elif name == "To":
+            msg[name] = _address(value, headers.to_name)
+        elif name == "MIME-Version":
+            continue  # set_content adds it in this position
+        else:
+            msg[name] = value
+        if name == "Message-ID":
+            msg["MIME-Version"] = "1.0"
+    msg.set_content(_lf(rendered.text), subtype="plain", charset="utf-8", cte="quoted-printable")
+    msg.add_alternative(_lf(rendered.html), subtype="html", charset="utf-8", cte="quoted-printable")
+    for part in msg.iter_parts():
+        del part["MIME-Version"]  # add_alternative puts one in the html part only
+    msg.set_boundary(_boundary(headers.message_id))
+    return msg.as_bytes()
+
+
+def _encode_header(name: str, value: str, headers: MessageHeaders) -> str:
+    if name == "From":
+        from_name, from_addr = _split_mailbox(value, field="From")
+        return encode_address(from_addr, from_name, field="From")
+    if name == "To":
+        return encode_address(value, headers.to_name, field="To")
+    if name == "Subject":
+        return encode_unstructured(value, field="Subject")
+    if name == "List-Id":
+        phrase, sep, rest = value.rpartition(" <")
+        if sep and rest.endswith(">"):
+            return f"{encode_phrase(phrase, field='List-Id')} <{rest}"
+        return encode_unstructured(value, field="List-Id")
+    if name == "List-Unsubscribe":
+        return value.replace(", ", ",\r\n ")
+    return value
+
+
+def _address(addr: str, name: str | None) -> Address:
+    spec = ascii_addr_spec(addr, field="To")
+    local, _, domain = spec.rpartition("@")
+    return Address(display_name=name or "", username=local, domain=domain)
+
+
+def _split_mailbox(value: str, *, field: str) -> tuple[str | None, str]:
+    safe_header_value(value, field=field)
+    name, addr = parseaddr(value)
+    if not addr:
+        raise HeaderInjectionError(f"header {field}: {value!r} is not a mailbox")
+    return (name or None), addr
+
+
+def _boundary(message_id: str) -> str:
+    # "=_" never occurs in quoted-printable output, so the boundary cannot collide.
+    return "=_pp_" + hashlib.sha256(message_id.encode("utf-8")).hexdigest()[:28]
+
+
+def _lf(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text if text.endswith("\n") else text + "\n"
+
+
+def _qp_part(subtype: str, body: str) -> bytes:
+    data = _lf(body).replace("\n", "\r\n").encode("utf-8")
+    encoded = b2a_qp(data, quotetabs=False, istext=True, header=False)
+    return (
+        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+    ).encode("ascii") + encoded
