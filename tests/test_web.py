@@ -1,0 +1,408 @@
+"""HTTP-level tests of the reader-facing web app against an in-memory backend."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+
+import httpx
+import pytest
+from itsdangerous import URLSafeSerializer
+
+from pipeline.web.app import create_app
+from pipeline.web.tokens import TokenSigner
+from tests.web_fakes import FakeBackend, FakeClock
+
+KEY = "current-signing-key-0123456789"
+OLD_KEY = "previous-signing-key-987654321"
+ADMIN = "admin-token-with-enough-entropy"
+ADA = "ada@lab.example"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def backend() -> FakeBackend:
+    return FakeBackend(active={ADA}, previews={ADA: "<html><body>Ada's next digest</body></html>"})
+
+
+@pytest.fixture
+def signer() -> TokenSigner:
+    return TokenSigner([KEY, OLD_KEY])
+
+
+@pytest.fixture
+async def client(
+    backend: FakeBackend, signer: TokenSigner, clock: FakeClock
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(backend, signer, admin_token=ADMIN, clock=clock, list_name="Lab <Digest>")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="https://digest.example") as c:
+        yield c
+
+
+def unsubscribe_token(clock: FakeClock, subscriber: str = ADA, key: str = KEY) -> str:
+    return TokenSigner([key]).sign(subscriber=subscriber, action="unsubscribe", now=clock())
+
+
+def assert_safe_headers(response: httpx.Response) -> None:
+    assert "set-cookie" not in response.headers
+    assert response.headers["cache-control"] == "no-store"
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+# ---------------------------------------------------------------- unsubscribe
+
+
+async def test_get_unsubscribe_shows_a_confirmation_and_changes_nothing(
+    client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock
+) -> None:
+    response = await client.get(f"/unsubscribe/{unsubscribe_token(clock)}")
+    assert response.status_code == 200
+    assert '<form method="post">' in response.text
+    assert 'name="List-Unsubscribe" value="One-Click"' in response.text
+    assert ADA in response.text
+    assert "Lab &lt;Digest&gt;" in response.text
+    assert backend.calls == []
+    assert ADA in backend.active
+    assert_safe_headers(response)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"data": {"List-Unsubscribe": "One-Click"}},
+        {"files": {"List-Unsubscribe": (None, "One-Click")}},
+        {
+            "content": b"List-Unsubscribe=One-Click",
+            "headers": {"Content-Type": "application/x-www-form-urlencoded"},
+        },
+        {},
+    ],
+    ids=["urlencoded", "multipart", "raw-urlencoded", "no-body"],
+)
+async def test_post_unsubscribe_one_click(
+    client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock, body: dict[str, object]
+) -> None:
+    response = await client.post(f"/unsubscribe/{unsubscribe_token(clock)}", **body)  # type: ignore[arg-type]
+    assert response.status_code == 200
+    assert "location" not in response.headers
+    assert "You are unsubscribed" in response.text
+    assert backend.unsubscribed == {ADA: clock()}
+    assert ADA not in backend.active
+    assert_safe_headers(response)
+
+
+async def test_post_unsubscribe_is_idempotent(
+    client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock
+) -> None:
+    url = f"/unsubscribe/{unsubscribe_token(clock)}"
+    first = await client.post(url, data={"List-Unsubscribe": "One-Click"})
+    clock.now += timedelta(hours=1)
+    second = await client.post(url, data={"List-Unsubscribe": "One-Click"})
+    assert first.status_code == second.status_code == 200
+    assert first.text == second.text
+    assert backend.unsubscribed == {ADA: clock.now - timedelta(hours=1)}
+
+
+async def test_unsubscribe_link_signed_with_the_previous_key_still_works(
+    client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock
+) -> None:
+    response = await client.post(f"/unsubscribe/{unsubscribe_token(clock, key=OLD_KEY)}")
+    assert response.status_code == 200
+    assert ADA in backend.unsubscribed
+
+
+async def test_unsubscribe_link_in_year_old_mail_works_and_expires_after(
+    client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock
+) -> None:
+    url = f"/unsubscribe/{unsubscribe_token(clock)}"
+    clock.now += timedelta(days=365)
+    assert (await client.get(url)).status_code == 200
+    clock.now += timedelta(days=1)
+    assert (await client.post(url)).status_code == 400
+    assert backend.calls == []
+
+
+async def test_store_failure_answers_503_and_says_nothing_changed(
+    client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock
+) -> None:
+    backend.broken = True
+    response = await client.post(f"/unsubscribe/{unsubscribe_token(clock)}")
+    assert response.status_code == 503
+    assert "Nothing was changed" in response.text
+    assert "locked" not in response.text
+
+
+# ---------------------------------------------------------------- every bad token
+
+
+def _forged(clock: FakeClock) -> str:
+    return unsubscribe_token(clock, key="an-attacker-guessed-key-123")
+
+
+def _tampered(clock: FakeClock) -> str:
+    token = unsubscribe_token(clock)
+    payload, _, sig = token.rpartition(".")
+    return f"{payload[:-2]}{'A' if payload[-2] != 'A' else 'B'}{payload[-1]}.{sig}"
+
+
+def _other_payload(clock: FakeClock) -> str:
+    mine = unsubscribe_token(clock)
+    eve = unsubscribe_token(clock, subscriber="victim@lab.example", key="eve-own-key-xxxxxxx")
+    return f"{eve.rpartition('.')[0]}.{mine.rpartition('.')[2]}"
+
+
+def _expired(clock: FakeClock) -> str:
+    return TokenSigner([KEY]).sign(
+        subscriber=ADA, action="unsubscribe", now=clock() - timedelta(days=367)
+    )
+
+
+def _expired_feedback(clock: FakeClock) -> str:
+    return TokenSigner([KEY]).sign(
+        subscriber=ADA, action="more", paper="2305.18290", now=clock() - timedelta(days=91)
+    )
+
+
+def _feedback_token(clock: FakeClock) -> str:
+    return TokenSigner([KEY]).sign(subscriber=ADA, action="less", paper="2305.18290", now=clock())
+
+
+def _preview_token(clock: FakeClock) -> str:
+    return TokenSigner([KEY]).sign(subscriber=ADA, action="preview", now=clock())
+
+
+def _feedback_without_paper(clock: FakeClock) -> str:
+    raw = URLSafeSerializer(
+        [KEY], salt="paperpost.link.v1", signer_kwargs={"digest_method": hashlib.sha256}
+    )
+    token = raw.dumps({"s": ADA, "a": "more", "e": int(clock().timestamp()) + 3600})
+    assert isinstance(token, str)
+    return token
+
+
+BAD_TOKENS: list[tuple[str, str, str, Callable[[FakeClock], str]]] = [
+    ("GET", "unsubscribe", "forged", _forged),
+    ("POST", "unsubscribe", "forged", _forged),
+    ("POST", "unsubscribe", "tampered", _tampered),
+    ("POST", "unsubscribe", "swapped-payload", _other_payload),
+    ("POST", "unsubscribe", "expired", _expired),
+    ("POST", "unsubscribe", "feedback-token", _feedback_token),
+    ("POST", "unsubscribe", "preview-token", _preview_token),
+    ("POST", "unsubscribe", "garbage", lambda c: "not-a-token"),
+    ("POST", "unsubscribe", "too-long", lambda c: "A" * 3000 + "." + "B" * 43),
+    (
+        "GET",
+        "feedback",
+        "forged",
+        lambda c: TokenSigner(["x" * 20]).sign(subscriber=ADA, action="more", paper="1", now=c()),
+    ),
+    ("GET", "feedback", "tampered", lambda c: _feedback_token(c)[:-1] + "x"),
+    ("GET", "feedback", "expired", _expired_feedback),
+    ("GET", "feedback", "unsubscribe-token", unsubscribe_token),
+    ("GET", "feedback", "no-paper", _feedback_without_paper),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "route", "make"),
+    [(m, r, f) for m, r, _, f in BAD_TOKENS],
+    ids=[f"{m}-{r}-{name}" for m, r, name, _ in BAD_TOKENS],
+)
+async def test_every_bad_token_gets_the_same_400_page_and_changes_nothing(
+    client: httpx.AsyncClient,
+    backend: FakeBackend,
+    clock: FakeClock,
+    method: str,
+    route: str,
+    make: Callable[[FakeClock], str],
+) -> None:
+    response = await client.request(method, f"/{route}/{make(clock)}")
+    reference = await client.post("/unsubscribe/x.y")
+    assert response.status_code == 400
+    assert response.text == reference.text  # one uniform page
+    assert "This link is not valid" in response.text
+    assert backend.calls == []
+    assert backend.active == {ADA} and not backend.unsubscribed and not backend.feedback
+    assert_safe_headers(response)
+
+
+# ---------------------------------------------------------------- feedback
+
+
+@pytest.mark.parametrize("signal", ["more", "less"], ids=["more", "less"])
+async def test_feedback_records_the_signal(
+    client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock, signal: str
+) -> None:
+    token = TokenSigner([KEY]).sign(subscriber=ADA, action=signal, paper="2305.18290", now=clock())
+    response = await client.get(f"/feedback/{token}")
+    assert response.status_code == 200
+    assert "2305.18290" in response.text
+    assert backend.feedback == {(ADA, "2305.18290"): signal}
+    assert_safe_headers(response)
+
+
+async def test_feedback_for_an_unknown_subscriber_is_410(
+    client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock
+) -> None:
+    token = TokenSigner([KEY]).sign(
+        subscriber="gone@lab.example", action="more", paper="1", now=clock()
+    )
+    response = await client.get(f"/feedback/{token}")
+    assert response.status_code == 410
+    assert "not active" in response.text
+    assert backend.feedback == {}
+
+
+async def test_values_from_tokens_are_escaped(
+    client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock
+) -> None:
+    evil = '"><script>alert(1)</script>@x.example'
+    backend.active.add(evil)
+    signer = TokenSigner([KEY])
+    unsub = await client.get(f"/unsubscribe/{unsubscribe_token(clock, subscriber=evil)}")
+    fb = await client.get(
+        "/feedback/"
+        + signer.sign(
+            subscriber=evil, action="more", paper="<img src=x onerror=alert(1)>", now=clock()
+        )
+    )
+    for response in (unsub, fb):
+        assert response.status_code == 200
+        assert "<script>" not in response.text and "<img" not in response.text
+    assert "&lt;script&gt;" in unsub.text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in fb.text
+
+
+# ---------------------------------------------------------------- preview
+
+
+@pytest.mark.parametrize(
+    ("how", "status"),
+    [
+        ("query-admin", 200),
+        ("bearer-admin", 200),
+        ("signed-preview", 200),
+        ("wrong-admin", 403),
+        ("no-token", 403),
+        ("preview-of-other", 403),
+        ("unsubscribe-token", 403),
+    ],
+    ids=[
+        "query-admin",
+        "bearer-admin",
+        "signed-preview",
+        "wrong-admin",
+        "no-token",
+        "preview-of-other",
+        "unsubscribe-token",
+    ],
+)
+async def test_preview_access(
+    client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock, how: str, status: int
+) -> None:
+    signer = TokenSigner([KEY])
+    params: dict[str, str] = {}
+    headers: dict[str, str] = {}
+    if how == "query-admin":
+        params["token"] = ADMIN
+    elif how == "bearer-admin":
+        headers["Authorization"] = f"Bearer {ADMIN}"
+    elif how == "signed-preview":
+        params["token"] = signer.sign(subscriber=ADA, action="preview", now=clock())
+    elif how == "wrong-admin":
+        params["token"] = ADMIN[:-1] + "X"
+    elif how == "preview-of-other":
+        params["token"] = signer.sign(subscriber="bob@lab.example", action="preview", now=clock())
+    elif how == "unsubscribe-token":
+        params["token"] = unsubscribe_token(clock)
+    response = await client.get(f"/preview/{ADA}", params=params, headers=headers)
+    assert response.status_code == status
+    assert ("Ada's next digest" in response.text) is (status == 200)
+    assert backend.calls == ([f"preview {ADA}"] if status == 200 else [])
+    assert_safe_headers(response)
+
+
+async def test_preview_of_an_unknown_subscriber_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/preview/nobody@lab.example", params={"token": ADMIN})
+    assert response.status_code == 404
+
+
+async def test_preview_without_an_admin_token_configured_refuses_everything(
+    backend: FakeBackend, signer: TokenSigner, clock: FakeClock
+) -> None:
+    app = create_app(backend, signer, admin_token=None, clock=clock)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        for token in ("", "None", ADMIN):
+            assert (await c.get(f"/preview/{ADA}", params={"token": token})).status_code == 403
+    assert backend.calls == []
+
+
+# ---------------------------------------------------------------- health, metrics, errors
+
+
+async def test_healthz_ok(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"ok": True, "database": "ok"}
+
+
+async def test_healthz_unhealthy_is_503(client: httpx.AsyncClient, backend: FakeBackend) -> None:
+    backend.status = {"ok": False, "database": "unreachable"}
+    response = await client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["database"] == "unreachable"
+
+
+async def test_healthz_failure_does_not_leak_the_error_text(
+    client: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    backend.broken = True
+    response = await client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json() == {"ok": False, "error": "StoreError"}
+    assert "s3cret" not in response.text
+
+
+async def test_metrics_exposes_backend_counters_and_web_requests(
+    client: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    await client.post("/unsubscribe/bad.token")
+    await client.post(f"/unsubscribe/{unsubscribe_token(clock)}")
+    await client.post(f"/unsubscribe/{unsubscribe_token(clock)}")
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert "paperpost_digests_sent_total 3\n" in response.text
+    assert 'paperpost_web_requests_total{route="unsubscribe",method="POST",status="400"} 1\n' in (
+        response.text
+    )
+    assert 'paperpost_web_requests_total{route="unsubscribe",method="POST",status="200"} 2\n' in (
+        response.text
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/", 404),
+        ("GET", "/unsubscribe/", 404),
+        ("PUT", "/unsubscribe/x.y", 405),
+        ("POST", "/feedback/x.y", 405),
+        ("GET", "/admin", 404),
+    ],
+    ids=["root", "unsubscribe-no-token", "put", "post-feedback", "unknown"],
+)
+async def test_unknown_routes_and_methods(
+    client: httpx.AsyncClient, backend: FakeBackend, method: str, path: str, status: int
+) -> None:
+    response = await client.request(method, path)
+    assert response.status_code == status
+    assert "Not found" in response.text
+    assert backend.calls == []
