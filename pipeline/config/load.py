@@ -302,7 +302,7 @@ def _resolve_db_url(url: str, base: Path) -> str:
 
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
     """Load and validate ``path``; raise ConfigError listing every problem found."""
-    from pipeline.match import validate_query
+    from pipeline.match.query import validate_query
     from pipeline.schedule.periods import parse_frequency
 
     main = Path(path).resolve()

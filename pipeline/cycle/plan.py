@@ -1,0 +1,161 @@
+"""Planning: which subscribers are due, what goes into each digest, outbox rows written.
+
+This is where the stages meet: schedule (periods) -> match -> store. Each due
+(subscriber, period) gets its outbox row and frozen items in one transaction before
+anything is sent, so a retry, a second daemon or a restart finds the row and sends
+the same digest once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from pipeline.config import Config
+from pipeline.domain import Paper, Period, Profile, Subscriber
+from pipeline.mail import make_message_id
+from pipeline.match import Matcher, MatchSettings
+from pipeline.schedule.periods import latest_due_period
+from pipeline.store import PlannedItem, Store
+
+log = logging.getLogger("paperpost.plan")
+
+
+@dataclass(frozen=True)
+class Due:
+    subscriber: Subscriber
+    subscriber_id: int
+    period: Period
+
+
+@dataclass
+class PlanReport:
+    due: int = 0
+    planned: int = 0
+    skipped_empty: int = 0
+    already_planned: int = 0
+    items: dict[str, int] = field(default_factory=dict)  # email -> papers planned
+
+
+def message_domain(config: Config) -> str:
+    sender = config.file.mail.from_
+    return sender.rsplit("@", 1)[-1].rstrip(">").strip()
+
+
+def outbox_key(subscriber_id: int, period_key: str) -> str:
+    return f"{subscriber_id}:{period_key}"
+
+
+def due_subscribers(store: Store, subscribers: Sequence[Subscriber], *, now: datetime) -> list[Due]:
+    """Active subscribers whose latest due period has no outbox row yet."""
+    states = store.subscriber_states()
+    candidates: list[Due] = []
+    for sub in subscribers:
+        state = states.get(sub.email)
+        if state is None or state.status != "active":
+            continue
+        period = latest_due_period(sub.schedule, now)
+        if period is not None:
+            candidates.append(Due(sub, state.id, period))
+    present = store.periods_present({(d.subscriber_id, d.period.key) for d in candidates})
+    return [d for d in candidates if (d.subscriber_id, d.period.key) not in present]
+
+
+def profile_with_feedback(profile: Profile, liked: Sequence[str], disliked: Sequence[str]) -> Profile:
+    """The config's interests plus "more/less like this" signals from digest links."""
+    if not liked and not disliked:
+        return profile
+    like = tuple(dict.fromkeys((*profile.like, *liked)))
+    dislike = tuple(p for p in dict.fromkeys(disliked) if p not in like)
+    return replace(profile, like=like, dislike=dislike)
+
+
+def match_settings(config: Config) -> MatchSettings:
+    threshold = config.file.match.similarity_threshold
+    if threshold is None:
+        return MatchSettings()
+    return replace(MatchSettings(), similarity_threshold=threshold)
+
+
+def plan_due(
+    store: Store,
+    config: Config,
+    due: Sequence[Due],
+    *,
+    now: datetime,
+    matcher: Matcher | None = None,
+) -> PlanReport:
+    """Match and write outbox rows for ``due``. Subscribers are grouped by window start,
+    so each group is matched in one vectorised call over exactly its papers."""
+    report = PlanReport(due=len(due))
+    if not due:
+        return report
+    sched = config.file.schedule
+    ids = [d.subscriber_id for d in due]
+    last_ends = store.last_window_ends(ids)
+    floor = now - timedelta(days=sched.max_window_days)
+    starts: dict[int, datetime] = {}
+    for d in due:
+        start = last_ends.get(d.subscriber_id, now - timedelta(days=sched.first_digest_days))
+        starts[d.subscriber_id] = max(start, floor)
+
+    papers = store.papers_seen_between(min(starts.values()), now)
+    if matcher is None:
+        corpus = store.papers_seen_between(now - timedelta(days=config.file.match.window_days), now)
+        matcher = Matcher.fit(corpus or papers, match_settings(config))
+    feedback = store.feedback(ids)
+    reserved = store.reserved_papers(ids, [p.id for p in papers])
+    profiles = {
+        d.subscriber_id: profile_with_feedback(d.subscriber.profile, *feedback[d.subscriber_id])
+        for d in due
+    }
+    liked_ids = {pid for p in profiles.values() for pid in (*p.like, *p.dislike)}
+    liked = store.papers_by_id(liked_ids)
+
+    groups: dict[datetime, list[Due]] = defaultdict(list)
+    for d in due:
+        groups[starts[d.subscriber_id]].append(d)
+    domain = message_domain(config)
+    for start in sorted(groups):
+        members = groups[start]
+        window = [p for p in papers if _first_seen(p) > start]
+        results = matcher.match(
+            [profiles[d.subscriber_id] for d in members],
+            window,
+            exclude_ids=[reserved.get(d.subscriber_id, set()) for d in members],
+            liked=liked,
+        )
+        for d, items in zip(members, results, strict=True):
+            planned = [
+                PlannedItem(paper_id=i.paper_id, score=i.score, reason=i.reason, trending=i.trending)
+                for i in items
+            ]
+            row_id = store.plan_delivery(
+                subscriber_id=d.subscriber_id,
+                period_key=d.period.key,
+                window_start=start,
+                window_end=now,
+                message_id=make_message_id(outbox_key(d.subscriber_id, d.period.key), domain),
+                items=planned,
+                now=now,
+                skip_if_empty=d.subscriber.on_empty == "skip",
+            )
+            if row_id is None:
+                report.already_planned += 1
+                continue
+            if not planned and d.subscriber.on_empty == "skip":
+                report.skipped_empty += 1
+                log.info("nothing new for %s in period %s: skipped", d.subscriber.email,
+                         d.period.key)
+            else:
+                report.planned += 1
+            report.items[d.subscriber.email] = len(planned)
+    return report
+
+
+def _first_seen(paper: Paper) -> datetime:
+    assert paper.first_seen is not None, "papers from the store always carry first_seen"
+    return paper.first_seen

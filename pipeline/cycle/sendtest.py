@@ -1,0 +1,54 @@
+"""``paperpost send-test EMAIL``: one real message through the configured transport."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+from pipeline.config import Config
+from pipeline.config.models import check_address
+from pipeline.cycle import make_mailer, make_renderer, make_signer, open_store
+from pipeline.cycle.deliver import sender_address
+from pipeline.cycle.digest import build_digest, message_headers
+from pipeline.domain import Envelope, Schedule
+from pipeline.errors import PaperpostError, TransportError
+from pipeline.mail import build_message, make_message_id
+from pipeline.store import Delivery, DeliveryItem
+
+
+async def send_test(config: Config, email: str, *, now: datetime | None = None) -> str:
+    """Send a digest of the five most recent papers to ``email``; return the server's reply.
+
+    Nothing is recorded in the outbox: a test message is not a digest of any period.
+    """
+    now = now or datetime.now(UTC)
+    try:
+        address = check_address(email)
+    except ValueError as exc:
+        raise PaperpostError(f"send-test: {email!r} is {exc}") from exc
+    store = open_store(config)
+    try:
+        recent = store.papers_seen_between(now - timedelta(days=30), now)[-5:]
+    finally:
+        store.close()
+    delivery = Delivery(
+        id=0, subscriber_id=0, email=address, name=None,
+        period_key=now.date().isoformat(), status="test", attempts=0,
+        message_id=make_message_id(f"test:{uuid4()}", sender_address(config).split("@")[-1]),
+        window_start=now - timedelta(days=30), window_end=now, created_at=now,
+        items=tuple(DeliveryItem(p, 1.0, "test message: most recent papers", False)
+                    for p in reversed(recent)),
+    )
+    schedule = Schedule("daily", now.time().replace(second=0, microsecond=0), "UTC")
+    digest = build_digest(config, make_signer(config), delivery, schedule, now=now)
+    rendered = make_renderer(config).render(digest)
+    headers = message_headers(config, delivery, digest, f"[test] {rendered.subject}", now=now)
+    envelope = Envelope(sender=sender_address(config), recipient=address,
+                        data=build_message(headers, rendered), message_id=delivery.message_id)
+    mailer = make_mailer(config)
+    try:
+        return await mailer.send(envelope)
+    except TransportError as exc:
+        raise PaperpostError(f"send-test to {address}: the server refused: {exc}") from exc
+    finally:
+        await mailer.aclose()

@@ -1,0 +1,159 @@
+"""Shared fixtures: real databases (SQLite in tmp_path, PostgreSQL on 127.0.0.1 in a schema of
+its own per test) and a config-file builder."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_BASE = os.environ.get("PAPERPOST_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+pytest_plugins = ["tests.conftest_smtp"] if (ROOT / "tests" / "conftest_smtp.py").exists() else []
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip when the service is down, unless CI made it mandatory (then fail loudly)."""
+    if _reachable(host, port):
+        return
+    reason = f"{name} is not reachable on {host}:{port}"
+    if os.environ.get(f"PAPERPOST_REQUIRE_{name.upper()}"):
+        pytest.fail(f"{reason}, and PAPERPOST_REQUIRE_{name.upper()} is set")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    require_service("postgres", "127.0.0.1", 5432)
+    from sqlalchemy import create_engine, text
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same tests against both databases."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'paperpost.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+SAMPLES = ROOT / "config" / "samples"
+
+BASE_CONFIG = """
+[database]
+url = "{db_url}"
+
+[mail]
+from = "Paperpost test <digest@paperpost.test>"
+transport = "{transport}"
+list_name = "Paperpost test"
+unsubscribe_mailto = "unsubscribe@paperpost.test"
+{mail_extra}
+
+[mail.maildir]
+path = "{tmp}/maildir"
+
+[web]
+base_url = "https://digest.paperpost.test"
+secret_env = "PAPERPOST_TEST_SECRET"
+
+[render]
+preview_dir = "{tmp}/previews"
+"""
+
+SAMPLE_SOURCES = "".join(
+    f'\n[[sources]]\nname = "{name}"\nkind = "{kind}"\nurl = "{SAMPLES / file}"\n'
+    for name, kind, file in [
+        ("daily-papers-001", "feed", "daily-papers-001.rss"),
+        ("daily-papers-004", "feed", "daily-papers-004.rss"),
+        ("arxiv-api-testing", "arxiv-api", "arxiv-api-search-testing.xml"),
+        ("hf-daily", "hf-daily", "hf-daily-2026-07-31.json"),
+    ]
+)
+
+SUBSCRIBERS = """
+[[subscribers]]
+email = "ada@lab.test"
+name = "Ada Lovelace"
+timezone = "Europe/London"
+send_at = "00:00"
+[subscribers.interests]
+query = 'abs:RLHF OR ti:"preference optimization" OR abs:"reward model"'
+
+[[subscribers]]
+email = "grace@lab.test"
+name = "Grace"
+timezone = "Asia/Tokyo"
+send_at = "00:00"
+[subscribers.interests]
+query = 'abs:(quantization OR pruning) OR ti:efficient'
+
+[[subscribers]]
+email = "zoe@lab.test"
+name = "Zoë"
+timezone = "Pacific/Auckland"
+send_at = "00:00"
+trending = 3
+[subscribers.interests]
+query = 'ti:agent* OR abs:"tool use"'
+"""
+
+
+@pytest.fixture
+def secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAPERPOST_TEST_SECRET", "test-secret-0123456789abcdef")
+
+
+ConfigFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def write_config(tmp_path: Path, secret_env: None) -> ConfigFactory:
+    """Write a config file into tmp_path: sample sources, three subscribers, given transport."""
+
+    def factory(
+        *,
+        db_url: str | None = None,
+        transport: str = "maildir",
+        mail_extra: str = "",
+        sources: str = SAMPLE_SOURCES,
+        subscribers: str = SUBSCRIBERS,
+        extra: str = "",
+        name: str = "paperpost.toml",
+    ) -> Path:
+        text = BASE_CONFIG.format(
+            db_url=db_url or f"sqlite:///{tmp_path / 'paperpost.db'}",
+            transport=transport,
+            mail_extra=mail_extra,
+            tmp=tmp_path,
+        )
+        path = tmp_path / name
+        path.write_text(text + extra + sources + subscribers, encoding="utf-8")
+        return path
+
+    return factory
