@@ -59,7 +59,10 @@ class Store(PaperStore, SubscriberStore, OutboxStore, OpsStore):
                 migrate.upgrade(engine)
             else:
                 tables = inspect(engine).get_table_names()
-                state = "empty" if not tables else f"at revision {current}"
+                if current is not None:
+                    state = f"at revision {current}"
+                else:
+                    state = "empty" if not tables else "without a Paperpost schema"
                 engine.dispose()
                 raise StoreError(
                     f"the database at {parsed.render_as_string(hide_password=True)} is {state}, "
