@@ -1,0 +1,71 @@
+"""A sender killed with SIGKILL in the middle of a batch: on restart, nothing accepted is
+sent again (beyond the documented ambiguous case) and the rest is sent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+from aiosmtpd.smtp import Envelope
+
+from pipeline.config import load_config
+from pipeline.cycle import run_once
+from pipeline.store import Store
+from tests.smtpd import HANG, ScriptedHandler
+
+RECIPIENTS = ("ada@lab.test", "grace@lab.test", "zoe@lab.test")
+
+
+class SignallingHandler(ScriptedHandler):
+    """Sets ``second`` as soon as a second message has arrived."""
+
+    def __init__(self) -> None:
+        # First message: normal (None); second: recorded, then no reply (HANG).
+        super().__init__({"DATA": [None, HANG]})  # type: ignore[list-item]
+        self.second = threading.Event()
+
+    def record(self, envelope: Envelope) -> None:
+        super().record(envelope)
+        if len(self.received) >= 2:
+            self.second.set()
+
+
+def test_sigkill_mid_batch_then_restart(write_config, smtp_server_factory) -> None:
+    handler = SignallingHandler()
+    server = smtp_server_factory(handler)
+    extra = f'concurrency = 1\n\n[mail.smtp]\nhost = "127.0.0.1"\nport = {server.port}\nsecurity = "none"\n'
+    path = write_config(transport="smtp", mail_extra=extra)
+    env = {**os.environ, "PAPERPOST_TEST_SECRET": "test-secret-0123456789abcdef"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "-c", str(path), "run", "--once"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        assert handler.second.wait(timeout=60), proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        handler.release()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+
+    config = load_config(path, env=env)
+    store = Store.open(config.database_url)
+    assert store.outbox_counts() == {"sent": 1, "sending": 1, "claimed": 1}
+    # The restart happens once the dead sender's claims are stale.
+    later = datetime.now(UTC) + timedelta(minutes=15)
+    import asyncio
+
+    report = asyncio.run(run_once(config, clock=lambda: later, store=store))
+    assert (report.deliver.sent, report.deliver.ambiguous) == (1, 1)
+    assert store.outbox_counts() == {"sent": 2, "ambiguous": 1}
+    store.close()
+    # The server got each digest exactly once: the hung one was accepted before the kill and
+    # is not sent again under the default at-most-once policy.
+    assert Counter(e.rcpt_tos[0] for e, _ in server.received) == Counter(RECIPIENTS)
