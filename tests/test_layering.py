@@ -1,0 +1,106 @@
+"""The direction of dependencies, checked by walking every module's imports (STYLE.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
+
+# One third-party library, one home.
+LIBRARY_HOMES = {
+    "apscheduler": {"schedule/scheduler.py"},
+    "aiosmtplib": {"mail/smtp.py"},
+    "feedparser": {"sources/"},
+    "jinja2": {"render/", "web/"},
+    "css_inline": {"render/"},
+    "alembic": {"store/"},
+    "sqlalchemy": {"store/"},
+    "httpx": {"ingest/"},
+    "starlette": {"web/", "daemon.py"},
+    "uvicorn": {"daemon.py", "web/"},
+    "itsdangerous": {"web/tokens.py"},
+    "pydantic": {"config/"},
+}
+
+# Which stage packages each stage may import (besides domain, errors and itself).
+STAGES = {"sources", "ingest", "store", "match", "render", "mail", "schedule", "web"}
+ALLOWED = {
+    "ingest": {"sources"},
+    "store": set(),
+    "sources": set(),
+    "match": set(),
+    "render": set(),
+    "mail": set(),
+    "schedule": set(),
+    "web": set(),
+}
+
+
+def modules() -> list[tuple[str, ast.Module]]:
+    return [
+        (str(p.relative_to(PACKAGE)), ast.parse(p.read_text(encoding="utf-8")))
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if "migrations" not in p.parts
+    ]
+
+
+def imported(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _home(rel: str, homes: set[str]) -> bool:
+    return any(rel == h or (h.endswith("/") and rel.startswith(h)) for h in homes)
+
+
+@pytest.mark.parametrize("library", sorted(LIBRARY_HOMES))
+def test_each_library_has_one_home(library: str) -> None:
+    offenders = [
+        rel
+        for rel, tree in modules()
+        if any(n == library or n.startswith(library + ".") for n in imported(tree))
+        and not _home(rel, LIBRARY_HOMES[library])
+    ]
+    assert offenders == [], f"{library} imported outside {sorted(LIBRARY_HOMES[library])}"
+
+
+def test_stages_do_not_import_each_other_or_the_composition() -> None:
+    problems = []
+    for rel, tree in modules():
+        stage = rel.split("/")[0]
+        if stage not in STAGES:
+            continue
+        for name in imported(tree):
+            parts = name.split(".")
+            if parts[0] != "pipeline" or len(parts) < 2:
+                continue
+            target = parts[1]
+            if target in ("domain", "errors", stage):
+                continue
+            if target not in ALLOWED[stage]:
+                problems.append(f"{rel} imports {name}")
+    assert problems == []
+
+
+def test_only_config_and_cli_read_the_environment() -> None:
+    readers = []
+    for rel, tree in modules():
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in ("environ", "getenv")
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "os"
+            ):
+                readers.append(rel)
+    assert sorted(set(readers)) == sorted(
+        r for r in set(readers) if r.startswith("config/") or r in ("cli.py", "daemon.py")
+    ), sorted(set(readers))
