@@ -380,10 +380,10 @@ async def test_metrics_exposes_backend_counters_and_web_requests(
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     assert "paperpost_digests_sent_total 3\n" in response.text
-    assert 'paperpost_web_requests_total{route="unsubscribe",method="POST",status="400"} 1\n' in (
+    assert 'paperpost_web_requests_total{method="POST",route="unsubscribe",status="400"} 1\n' in (
         response.text
     )
-    assert 'paperpost_web_requests_total{route="unsubscribe",method="POST",status="200"} 2\n' in (
+    assert 'paperpost_web_requests_total{method="POST",route="unsubscribe",status="200"} 2\n' in (
         response.text
     )
 

@@ -36,6 +36,7 @@ from starlette.routing import Route
 
 from pipeline.errors import PaperpostError
 from pipeline.web import pages
+from pipeline.web.metrics import Metric, exposition
 from pipeline.web.tokens import InvalidTokenError, TokenClaims, TokenSigner
 
 log = logging.getLogger("paperpost.web")
@@ -139,12 +140,14 @@ def create_app(
                 backend.unsubscribe, claims.subscriber, now=clock()
             )
         except PaperpostError as exc:
-            log.error("could not unsubscribe %s: %s", claims.subscriber, exc)
+            log.error("could not unsubscribe %s: %s", claims.subscriber, exc, extra=_who(claims))
             return _html(pages.unavailable(), 503)
         if was_active:
-            log.info("unsubscribed %s via link", claims.subscriber)
+            log.info("unsubscribed %s via link", claims.subscriber, extra=_who(claims))
         else:
-            log.info("unsubscribe link for %s: already not active", claims.subscriber)
+            log.info(
+                "unsubscribe link for %s: already not active", claims.subscriber, extra=_who(claims)
+            )
         return _html(pages.unsubscribed(claims.subscriber, list_name))
 
     async def feedback(request: Request) -> Response:
@@ -160,12 +163,24 @@ def create_app(
                 backend.record_feedback, claims.subscriber, claims.paper, claims.action, now=clock()
             )
         except PaperpostError as exc:
-            log.error("could not record feedback of %s: %s", claims.subscriber, exc)
+            log.error(
+                "could not record feedback of %s: %s", claims.subscriber, exc, extra=_who(claims)
+            )
             return _html(pages.unavailable(), 503)
         if not recorded:
-            log.info("feedback link for unknown subscriber %s ignored", claims.subscriber)
+            log.info(
+                "feedback link for unknown subscriber %s ignored",
+                claims.subscriber,
+                extra=_who(claims),
+            )
             return _html(pages.link_inactive(), 410)
-        log.info("feedback %s on %s from %s", claims.action, claims.paper, claims.subscriber)
+        log.info(
+            "feedback %s on %s from %s",
+            claims.action,
+            claims.paper,
+            claims.subscriber,
+            extra=_who(claims),
+        )
         return _html(pages.feedback_recorded(claims.action, claims.paper))
 
     async def preview(request: Request) -> Response:
@@ -220,18 +235,25 @@ def create_app(
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
 
 
+def _who(claims: TokenClaims) -> dict[str, str]:
+    return {"subscriber": claims.subscriber}
+
+
 def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
 def _request_metrics(requests: Counter[tuple[str, str, int]]) -> str:
-    lines = [
-        "# HELP paperpost_web_requests_total Reader-facing web requests by route and status.",
-        "# TYPE paperpost_web_requests_total counter",
-    ]
-    for (route, method, status), n in sorted(requests.items()):
-        lines.append(
-            f'paperpost_web_requests_total{{route="{route}",method="{method}",'
-            f'status="{status}"}} {n}'
-        )
-    return "\n".join(lines) + "\n"
+    return exposition(
+        [
+            Metric(
+                "paperpost_web_requests_total",
+                "counter",
+                "Reader-facing web requests by route, method and status.",
+                tuple(
+                    ({"route": route, "method": method, "status": str(status)}, n)
+                    for (route, method, status), n in sorted(requests.items())
+                ),
+            )
+        ]
+    )
