@@ -1,0 +1,409 @@
+"""``paperpost daemon``: the scheduler and the web endpoints in one asyncio loop.
+
+Wiring only: jobs call the cycle's stage composition (``pipeline.cycle``),
+the web app gets a backend over the store, signals drive the life cycle.
+
+- SIGTERM / SIGINT: stop claiming, let in-flight sends finish and be recorded
+  for up to ``grace_seconds``, release the scheduler lease, stop the web
+  server, exit 0. A second signal during the drain is logged and ignored.
+- SIGHUP (``paperpost reload``): load the config again; an invalid one is
+  rejected with every problem logged and the running config is kept. A valid
+  one replaces subscribers (the suppression list still wins), sources, job
+  intervals, link-signing keys and the admin token. ``database.url`` and the
+  listen address need a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.types import Receive, Scope, Send
+
+from pipeline import cycle
+from pipeline.config import Config, load_config
+from pipeline.errors import ConfigError, PaperpostError
+from pipeline.schedule.due import sources_due
+from pipeline.schedule.scheduler import PeriodicJob, Scheduler
+from pipeline.store import Store
+from pipeline.web.app import create_app
+from pipeline.web.metrics import Metric, exposition
+from pipeline.web.tokens import TokenSigner
+
+log = logging.getLogger("paperpost.daemon")
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonOptions:
+    grace_seconds: float = 30.0
+    lease_ttl: timedelta = timedelta(seconds=90)
+    maintenance_every: timedelta = timedelta(hours=1)
+    pid_file: Path | None = None  # default: var/paperpost.pid beside the config file
+
+
+def default_pid_file(config_path: str | Path) -> Path:
+    return Path(config_path).resolve().parent / "var" / "paperpost.pid"
+
+
+@dataclass
+class Stats:
+    """Counters since the daemon started, for /metrics."""
+
+    started: float = field(default_factory=time.time)
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    ambiguous: int = 0
+    papers_new: int = 0
+    source_failures: int = 0
+    dispatch_runs: int = 0
+    dispatch_seconds: float = 0.0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the daemon owns the process's signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        options: DaemonOptions = DaemonOptions(),
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self.options = options
+        self.clock: Clock = clock or cycle.utc_now
+        self.store: Store = cycle.open_store(config)
+        self.holder = cycle.holder_name()
+        self.stats = Stats()
+        self.stopping = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self.scheduler = Scheduler(
+            self._jobs(config),
+            leases=self.store,
+            holder=self.holder,
+            clock=self.clock,
+            lease_ttl=options.lease_ttl,
+        )
+        self.app = self._make_app(config)
+
+    # -- jobs ------------------------------------------------------------------------------
+    def _ingest_tick(self, config: Config) -> timedelta:
+        ing = config.file.ingest.interval_minutes
+        minutes = [s.interval_minutes or ing for s in config.sources if s.enabled] or [ing]
+        return timedelta(minutes=min(minutes))
+
+    def _jobs(self, config: Config) -> list[PeriodicJob]:
+        every = timedelta(seconds=config.file.schedule.dispatch_every_seconds)
+        return [
+            PeriodicJob("ingest", self._ingest_tick(config), self._ingest),
+            PeriodicJob("dispatch", every, self._dispatch),
+            PeriodicJob("maintenance", self.options.maintenance_every, self._maintenance),
+        ]
+
+    async def _ingest(self) -> None:
+        config, now = self.config, self.clock()
+        default = config.file.ingest.interval_minutes
+        intervals = {
+            s.name: timedelta(minutes=s.interval_minutes or default)
+            for s in config.sources
+            if s.enabled
+        }
+        states = await asyncio.to_thread(self.store.source_states)
+        last = {st.name: st.last_attempt for st in states}
+        due = set(sources_due(intervals, last, tick=self._ingest_tick(config), now=now))
+        if not due:
+            return
+        subset = [s for s in config.file.sources if s.name in due]
+        only_due = dataclasses.replace(
+            config, file=config.file.model_copy(update={"sources": subset})
+        )
+        outcomes = await cycle.ingest(self.store, only_due, now=now)
+        self.stats.papers_new += sum(o.new for o in outcomes)
+        self.stats.source_failures += sum(1 for o in outcomes if not o.ok)
+
+    async def _dispatch(self) -> None:
+        if self.stopping.is_set():
+            return
+        began = time.monotonic()
+        _, report = await cycle.dispatch(
+            self.store, self.config, clock=self.clock, holder=self.holder, stopping=self.stopping
+        )
+        self.stats.dispatch_runs += 1
+        self.stats.dispatch_seconds += time.monotonic() - began
+        self.stats.sent += report.sent
+        self.stats.deferred += report.deferred
+        self.stats.failed += report.failed
+        self.stats.ambiguous += report.ambiguous
+
+    async def _maintenance(self) -> None:
+        alert = self.config.file.ingest.alert_after_failures
+        for state in await asyncio.to_thread(self.store.source_states):
+            if state.consecutive_failures >= alert:
+                log.error(
+                    "source %s has failed %d times in a row; last error: %s",
+                    state.name,
+                    state.consecutive_failures,
+                    state.last_error,
+                    extra={"source": state.name},
+                )
+
+    # -- web -------------------------------------------------------------------------------
+    def _make_app(self, config: Config) -> Starlette:
+        return create_app(
+            DaemonWebBackend(self),
+            TokenSigner(config.secrets.link_keys),
+            admin_token=config.secrets.admin_token,
+            clock=self.clock,
+            list_name=config.file.mail.list_name,
+        )
+
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI entry point uvicorn serves; it follows the app across reloads."""
+        await self.app(scope, receive, send)
+
+    # -- life cycle ------------------------------------------------------------------------
+    def request_stop(self, name: str) -> None:
+        if self._stop_requested.is_set():
+            log.warning("%s received while stopping; still draining", name)
+            return
+        log.warning("%s received: draining for up to %.0f s", name, self.options.grace_seconds)
+        self._stop_requested.set()
+
+    async def reload(self) -> bool:
+        """Load the config file again; keep the running config if the new one is invalid."""
+        path = self.config.path
+        try:
+            new = await asyncio.to_thread(load_config, path)
+        except ConfigError as exc:
+            log.error("reload rejected; the running config stays in force: %s", exc)
+            return False
+        if new.database_url != self.config.database_url:
+            log.error("reload rejected: database.url changed; restart the daemon to switch")
+            return False
+        web_old, web_new = self.config.file.web, new.file.web
+        if (web_old.listen_host, web_old.listen_port) != (web_new.listen_host, web_new.listen_port):
+            log.warning("the new web listen address takes effect on restart")
+        try:
+            await asyncio.to_thread(cycle.sync, self.store, new, now=self.clock())
+        except PaperpostError as exc:
+            log.error("reload rejected: could not store the new subscribers: %s", exc)
+            return False
+        self.config = new
+        self.app = self._make_app(new)
+        self.scheduler.set_jobs(self._jobs(new))
+        log.warning(
+            "config reloaded from %s: %d subscribers, %d sources",
+            path,
+            len(new.file.subscribers),
+            len(new.file.sources),
+        )
+        return True
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def on_hup() -> None:
+            task = loop.create_task(self.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        web = self.config.file.web
+        server = _Server(
+            uvicorn.Config(
+                self.asgi,
+                host=web.listen_host,
+                port=web.listen_port,
+                lifespan="off",
+                access_log=False,
+                log_level="warning",
+                timeout_graceful_shutdown=max(1, int(self.options.grace_seconds)),
+            )
+        )
+        await asyncio.to_thread(cycle.sync, self.store, self.config, now=self.clock())
+        await self.scheduler.start()
+        serving = asyncio.create_task(server.serve())
+        stop_wait = asyncio.create_task(self._stop_requested.wait())
+        log.warning(
+            "daemon %s started: web on http://%s:%d, %s the scheduler lease",
+            self.holder,
+            web.listen_host,
+            web.listen_port,
+            "holding" if self.scheduler.holds_lease else "standing by for",
+        )
+        await asyncio.wait({serving, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        if serving.done():  # the web server could not start (port taken, ...)
+            log.error("the web server stopped unexpectedly; shutting down")
+            code = 1
+        self.stopping.set()
+        drained = await self.scheduler.stop(grace=self.options.grace_seconds)
+        server.should_exit = True
+        with contextlib.suppress(BaseException):
+            await serving
+        stop_wait.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await asyncio.to_thread(self.store.close)
+        log.warning(
+            "daemon %s stopped (%s)",
+            self.holder,
+            "drained" if drained else "in-flight work cancelled after the grace period",
+        )
+        return code
+
+
+class DaemonWebBackend:
+    """The web app's port over the store and the cycle; reads the daemon's current config."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def unsubscribe(self, email: str, *, now: datetime) -> bool:
+        return self._daemon.store.unsubscribe(email, now=now)
+
+    def record_feedback(self, email: str, paper_id: str, signal: str, *, now: datetime) -> bool:
+        return self._daemon.store.record_feedback(email, paper_id, signal, now=now)
+
+    def render_preview(self, email: str) -> str | None:
+        d = self._daemon
+        try:
+            path = cycle.preview(d.config, d.store, email, now=d.clock())
+        except KeyError:
+            return None
+        return path.read_text(encoding="utf-8")
+
+    def health(self) -> Mapping[str, object]:
+        d = self._daemon
+        try:
+            outbox = d.store.outbox_counts()
+        except Exception as exc:  # health reports, never raises
+            return {"ok": False, "database": type(exc).__name__}
+        return {
+            "ok": True,
+            "database": "ok",
+            "instance": d.holder,
+            "scheduler_lease": d.scheduler.holds_lease,
+            "running_jobs": d.scheduler.running_jobs,
+            "stopping": d.stopping.is_set(),
+            "outbox": outbox,
+        }
+
+    def metrics_text(self) -> str:
+        d, s = self._daemon, self._daemon.stats
+        outbox = d.store.outbox_counts()
+        sources = d.store.source_states()
+
+        def counter(name: str, help_text: str, value: float) -> Metric:
+            return Metric(name, "counter", help_text, (({}, value),))
+
+        return exposition(
+            [
+                Metric("paperpost_papers", "gauge", "Papers in the store.",
+                       (({}, d.store.count_papers()),)),
+                counter("paperpost_papers_ingested_total", "New papers stored by this process.",
+                        s.papers_new),
+                counter("paperpost_digests_sent_total", "Digests sent by this process.", s.sent),
+                counter("paperpost_digests_failed_total", "Digests failed permanently.", s.failed),
+                counter("paperpost_digests_deferred_total", "Digest sends deferred for retry.",
+                        s.deferred),
+                counter("paperpost_digests_ambiguous_total", "Digest sends with unknown outcome.",
+                        s.ambiguous),
+                counter("paperpost_source_failures_total", "Failed source fetches.",
+                        s.source_failures),
+                counter("paperpost_dispatch_runs_total", "Dispatch ticks run.", s.dispatch_runs),
+                counter("paperpost_dispatch_seconds_total",
+                        "Time spent planning and sending (sum over dispatch ticks).",
+                        s.dispatch_seconds),
+                Metric("paperpost_outbox", "gauge", "Outbox rows by state.",
+                       tuple(({"state": k}, v) for k, v in sorted(outbox.items()))),
+                Metric("paperpost_source_consecutive_failures", "gauge",
+                       "Consecutive failed fetches per source.",
+                       tuple(({"source": st.name}, st.consecutive_failures) for st in sources)),
+                Metric("paperpost_scheduler_lease_held", "gauge",
+                       "1 if this instance runs the scheduled jobs.",
+                       (({}, 1 if d.scheduler.holds_lease else 0),)),
+            ]
+        )  # fmt: skip
+
+
+# -- process entry points ------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim_pid_file(path: Path) -> None:
+    try:
+        other = int(path.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        other = 0
+    if other and other != os.getpid() and _pid_alive(other):
+        raise PaperpostError(
+            f"another daemon (pid {other}) runs with this config ({path}); stop it first"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{os.getpid()}\n", encoding="utf-8")
+
+
+def run_daemon(config_path: str | Path, *, options: DaemonOptions = DaemonOptions()) -> int:
+    """Run until SIGTERM/SIGINT. Returns the process exit status."""
+    config = load_config(config_path)
+    pid_file = options.pid_file or default_pid_file(config.path)
+    _claim_pid_file(pid_file)
+
+    async def main() -> int:
+        return await Daemon(config, options=options).run()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        with contextlib.suppress(OSError):
+            if pid_file.read_text(encoding="utf-8").strip() == str(os.getpid()):
+                pid_file.unlink()
+
+
+def signal_reload(config_path: str | Path, *, pid_file: Path | None = None) -> int:
+    """Send SIGHUP to the daemon running with this config (found by its pid file)."""
+    path = pid_file or default_pid_file(config_path)
+    try:
+        pid = int(path.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        print(f"paperpost: no running daemon found (cannot read {path})", file=sys.stderr)
+        return 1
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        print(f"paperpost: the daemon (pid {pid}) in {path} is not running", file=sys.stderr)
+        return 1
+    print(f"asked the daemon (pid {pid}) to reload its config; see its log for the result")
+    return 0
