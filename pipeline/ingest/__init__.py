@@ -1,0 +1,1 @@
+"""Ingest: fetch listings, parse them with the source adapters, merge and store papers."""

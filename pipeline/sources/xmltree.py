@@ -1,0 +1,53 @@
+"""A fast, safe element tree for the arXiv adapters (expat via defusedxml).
+
+The arXiv listings are large (a busy day is ~1,500 entries, an API page up to 2,000), so
+their adapters read them with ElementTree, which is about ten times faster than
+feedparser; a document ElementTree rejects as ill-formed falls back to feedparser's
+lenient parser in :mod:`pipeline.sources.feed`.
+"""
+
+from __future__ import annotations
+
+from xml.etree.ElementTree import Element, ParseError
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring
+
+from pipeline.errors import SourceError
+
+ATOM = "{http://www.w3.org/2005/Atom}"
+ARXIV = "{http://arxiv.org/schemas/atom}"
+DC = "{http://purl.org/dc/elements/1.1/}"
+RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+RSS1 = "{http://purl.org/rss/1.0/}"
+OPENSEARCH = "{http://a9.com/-/spec/opensearch/1.1/}"
+
+__all__ = [
+    "ARXIV",
+    "ATOM",
+    "DC",
+    "OPENSEARCH",
+    "RDF",
+    "RSS1",
+    "Element",
+    "ParseError",
+    "parse_tree",
+]
+
+
+def parse_tree(data: bytes, *, source: str) -> Element:
+    """The root of ``data`` (already through ``prepare_xml``). Raises ParseError if ill-formed."""
+    try:
+        root: Element = fromstring(data, forbid_dtd=True, forbid_entities=True)
+    except DefusedXmlException as exc:
+        raise SourceError(source, f"refused unsafe XML ({exc})") from exc
+    return root
+
+
+def text_of(element: Element | None, path: str) -> str | None:
+    if element is None:
+        return None
+    found = element.find(path)
+    if found is None:
+        return None
+    return "".join(found.itertext())
