@@ -146,7 +146,7 @@ class Daemon:
         if self.stopping.is_set():
             return
         began = time.monotonic()
-        _, report = await cycle.dispatch(
+        plan, report = await cycle.dispatch(
             self.store, self.config, clock=self.clock, holder=self.holder, stopping=self.stopping
         )
         self.stats.dispatch_runs += 1
@@ -155,6 +155,14 @@ class Daemon:
         self.stats.deferred += report.deferred
         self.stats.failed += report.failed
         self.stats.ambiguous += report.ambiguous
+        log.info(
+            "dispatch tick by %s: %d planned, %d sent, %d deferred, %d failed",
+            self.holder,
+            plan.planned,
+            report.sent,
+            report.deferred,
+            report.failed,
+        )
 
     async def _maintenance(self) -> None:
         alert = self.config.file.ingest.alert_after_failures
