@@ -98,6 +98,7 @@ class Daemon:
         self.stats = Stats()
         self.stopping = asyncio.Event()
         self._stop_requested = asyncio.Event()
+        self._dispatch_started = False
         self.scheduler = Scheduler(
             self._jobs(config),
             leases=self.store,
@@ -117,11 +118,21 @@ class Daemon:
         every = timedelta(seconds=config.file.schedule.dispatch_every_seconds)
         return [
             PeriodicJob("ingest", self._ingest_tick(config), self._ingest),
-            PeriodicJob("dispatch", every, self._dispatch),
+            # Dispatch first runs right after the first ingest (see _ingest), so a fresh
+            # start's digests contain the papers that ingest is about to store.
+            PeriodicJob("dispatch", every, self._dispatch, run_at_start=False),
             PeriodicJob("maintenance", self.options.maintenance_every, self._maintenance),
         ]
 
     async def _ingest(self) -> None:
+        try:
+            await self._ingest_due()
+        finally:
+            if not self._dispatch_started:
+                self._dispatch_started = True
+                self.scheduler.run_now("dispatch")
+
+    async def _ingest_due(self) -> None:
         config, now = self.config, self.clock()
         default = config.file.ingest.interval_minutes
         intervals = {

@@ -253,3 +253,16 @@ async def test_two_schedulers_on_one_sqlite_database_share_one_lease(tmp_path: P
     finally:
         await second.stop(grace=5)
         store.close()
+
+
+async def test_run_now_is_ignored_before_start_after_stop_and_for_unknown_jobs() -> None:
+    job, done, calls = counter_job("dispatch", run_at_start=False)
+    scheduler = Scheduler([job], leases=MemoryLeases(), holder="a", clock=FakeClock())
+    scheduler.run_now("dispatch")  # not started: nothing happens, nothing raises
+    await scheduler.start()
+    scheduler.run_now("no-such-job")
+    scheduler.run_now("dispatch")
+    await wait(done)
+    assert await scheduler.stop(grace=5)
+    scheduler.run_now("dispatch")
+    assert calls == [1]

@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.triggers.interval import IntervalTrigger
 
 log = logging.getLogger("paperpost.scheduler")
@@ -155,8 +156,12 @@ class Scheduler:
                 log.info("job %s now runs every %s", name, job.every)
 
     def run_now(self, name: str) -> None:
-        """Run job ``name`` as soon as possible (it still never overlaps with itself)."""
-        self._aps.modify_job(name, next_run_time=datetime.now(UTC))
+        """Run job ``name`` as soon as possible (it still never overlaps with itself).
+
+        Does nothing once ``stop`` has begun or before ``start``.
+        """
+        if self._aps.state == STATE_RUNNING and name in self._jobs:
+            self._aps.modify_job(name, next_run_time=datetime.now(UTC))
 
     async def _run(self, name: str) -> None:
         job = self._jobs.get(name)
@@ -209,7 +214,7 @@ class Scheduler:
             log.info("instance %s holds the %s lease; running jobs", self._holder, self._lease_name)
             self._holds_lease = True
             self._known_holder = None
-            if self._aps.running:
+            if self._aps.state == STATE_RUNNING:
                 for job in self._jobs.values():
                     if job.needs_lease:
                         self.run_now(job.name)
