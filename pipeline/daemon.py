@@ -21,10 +21,11 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from pipeline.schedule.due import sources_due
 from pipeline.schedule.scheduler import PeriodicJob, Scheduler
 from pipeline.store import Store
 from pipeline.web.app import create_app
-from pipeline.web.metrics import Metric, exposition
+from pipeline.web.metrics import exposition, pipeline_metrics
 from pipeline.web.tokens import TokenSigner
 
 log = logging.getLogger("paperpost.daemon")
@@ -61,14 +62,13 @@ def default_pid_file(config_path: str | Path) -> Path:
 
 @dataclass
 class Stats:
-    """Counters since the daemon started, for /metrics."""
+    """Counters since the daemon started, for /metrics (names as in ``web.metrics.COUNTERS``)."""
 
-    started: float = field(default_factory=time.time)
-    sent: int = 0
-    deferred: int = 0
-    failed: int = 0
-    ambiguous: int = 0
-    papers_new: int = 0
+    papers_ingested: int = 0
+    digests_sent: int = 0
+    digests_failed: int = 0
+    digests_deferred: int = 0
+    digests_ambiguous: int = 0
     source_failures: int = 0
     dispatch_runs: int = 0
     dispatch_seconds: float = 0.0
@@ -150,7 +150,7 @@ class Daemon:
             config, file=config.file.model_copy(update={"sources": subset})
         )
         outcomes = await cycle.ingest(self.store, only_due, now=now)
-        self.stats.papers_new += sum(o.new for o in outcomes)
+        self.stats.papers_ingested += sum(o.new for o in outcomes)
         self.stats.source_failures += sum(1 for o in outcomes if not o.ok)
 
     async def _dispatch(self) -> None:
@@ -162,10 +162,10 @@ class Daemon:
         )
         self.stats.dispatch_runs += 1
         self.stats.dispatch_seconds += time.monotonic() - began
-        self.stats.sent += report.sent
-        self.stats.deferred += report.deferred
-        self.stats.failed += report.failed
-        self.stats.ambiguous += report.ambiguous
+        self.stats.digests_sent += report.sent
+        self.stats.digests_deferred += report.deferred
+        self.stats.digests_failed += report.failed
+        self.stats.digests_ambiguous += report.ambiguous
         log.info(
             "dispatch tick by %s: %d planned, %d sent, %d deferred, %d failed",
             self.holder,
@@ -252,11 +252,10 @@ class Daemon:
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         web = self.config.file.web
+        listener = _listen(web.listen_host, web.listen_port)  # fails here, before any work
         server = _Server(
             uvicorn.Config(
                 self.asgi,
-                host=web.listen_host,
-                port=web.listen_port,
                 lifespan="off",
                 access_log=False,
                 log_level="warning",
@@ -265,13 +264,13 @@ class Daemon:
         )
         await asyncio.to_thread(cycle.sync, self.store, self.config, now=self.clock())
         await self.scheduler.start()
-        serving = asyncio.create_task(server.serve())
+        serving = asyncio.create_task(server.serve(sockets=[listener]))
         stop_wait = asyncio.create_task(self._stop_requested.wait())
         log.warning(
             "daemon %s started: web on http://%s:%d, %s the scheduler lease",
             self.holder,
             web.listen_host,
-            web.listen_port,
+            listener.getsockname()[1],
             "holding" if self.scheduler.holds_lease else "standing by for",
         )
         await asyncio.wait({serving, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -294,6 +293,16 @@ class Daemon:
             "drained" if drained else "in-flight work cancelled after the grace period",
         )
         return code
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise PaperpostError(
+            f"cannot listen on {host}:{port} ([web] listen_host / listen_port): {exc}"
+        ) from exc
 
 
 class DaemonWebBackend:
@@ -333,41 +342,16 @@ class DaemonWebBackend:
         }
 
     def metrics_text(self) -> str:
-        d, s = self._daemon, self._daemon.stats
-        outbox = d.store.outbox_counts()
-        sources = d.store.source_states()
-
-        def counter(name: str, help_text: str, value: float) -> Metric:
-            return Metric(name, "counter", help_text, (({}, value),))
-
+        d = self._daemon
         return exposition(
-            [
-                Metric("paperpost_papers", "gauge", "Papers in the store.",
-                       (({}, d.store.count_papers()),)),
-                counter("paperpost_papers_ingested_total", "New papers stored by this process.",
-                        s.papers_new),
-                counter("paperpost_digests_sent_total", "Digests sent by this process.", s.sent),
-                counter("paperpost_digests_failed_total", "Digests failed permanently.", s.failed),
-                counter("paperpost_digests_deferred_total", "Digest sends deferred for retry.",
-                        s.deferred),
-                counter("paperpost_digests_ambiguous_total", "Digest sends with unknown outcome.",
-                        s.ambiguous),
-                counter("paperpost_source_failures_total", "Failed source fetches.",
-                        s.source_failures),
-                counter("paperpost_dispatch_runs_total", "Dispatch ticks run.", s.dispatch_runs),
-                counter("paperpost_dispatch_seconds_total",
-                        "Time spent planning and sending (sum over dispatch ticks).",
-                        s.dispatch_seconds),
-                Metric("paperpost_outbox", "gauge", "Outbox rows by state.",
-                       tuple(({"state": k}, v) for k, v in sorted(outbox.items()))),
-                Metric("paperpost_source_consecutive_failures", "gauge",
-                       "Consecutive failed fetches per source.",
-                       tuple(({"source": st.name}, st.consecutive_failures) for st in sources)),
-                Metric("paperpost_scheduler_lease_held", "gauge",
-                       "1 if this instance runs the scheduled jobs.",
-                       (({}, 1 if d.scheduler.holds_lease else 0),)),
-            ]
-        )  # fmt: skip
+            pipeline_metrics(
+                papers=d.store.count_papers(),
+                outbox=d.store.outbox_counts(),
+                source_failures={s.name: s.consecutive_failures for s in d.store.source_states()},
+                lease_held=d.scheduler.holds_lease,
+                counters=dataclasses.asdict(d.stats),
+            )
+        )
 
 
 # -- process entry points ------------------------------------------------------------------

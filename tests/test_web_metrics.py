@@ -72,3 +72,38 @@ def test_invalid_names_are_refused(name: str, labels: dict[str, str], message: s
 
 def test_nothing_renders_as_empty_text() -> None:
     assert exposition([]) == ""
+
+
+def test_pipeline_metrics_families() -> None:
+    from pipeline.web.metrics import pipeline_metrics
+
+    text = exposition(
+        pipeline_metrics(
+            papers=120,
+            outbox={"sent": 3, "pending": 1},
+            source_failures={"arxiv-cs": 0, "hf": 4},
+            lease_held=True,
+            counters={"digests_sent": 3, "dispatch_seconds": 1.5},
+        )
+    )
+    for line in [
+        "paperpost_papers 120",
+        "paperpost_digests_sent_total 3",
+        "paperpost_dispatch_seconds_total 1.5",
+        'paperpost_outbox{state="pending"} 1',
+        'paperpost_outbox{state="sent"} 3',
+        'paperpost_source_consecutive_failures{source="hf"} 4',
+        "paperpost_scheduler_lease_held 1",
+        "# TYPE paperpost_digests_sent_total counter",
+        "# TYPE paperpost_outbox gauge",
+    ]:
+        assert line + "\n" in text
+
+
+def test_pipeline_metrics_refuses_unknown_counters() -> None:
+    from pipeline.web.metrics import pipeline_metrics
+
+    with pytest.raises(ValueError, match=r"unknown counters \['digests_lost'\]"):
+        pipeline_metrics(
+            papers=0, outbox={}, source_failures={}, lease_held=False, counters={"digests_lost": 1}
+        )

@@ -58,3 +58,56 @@ def exposition(metrics: Iterable[Metric]) -> str:
             braces = f"{{{label_text}}}" if label_text else ""
             lines.append(f"{metric.name}{braces} {_number(value)}")
     return "\n".join(lines) + "\n" if lines else ""
+
+
+# Process counters the daemon keeps (name without prefix and suffix -> help text).
+COUNTERS = {
+    "papers_ingested": "New papers stored by this process.",
+    "digests_sent": "Digests sent by this process.",
+    "digests_failed": "Digests that failed permanently.",
+    "digests_deferred": "Digest sends deferred for a retry.",
+    "digests_ambiguous": "Digest sends whose outcome is unknown.",
+    "source_failures": "Failed source fetches.",
+    "dispatch_runs": "Dispatch ticks run.",
+    "dispatch_seconds": "Time spent planning and sending, summed over dispatch ticks.",
+}
+
+
+def pipeline_metrics(
+    *,
+    papers: int,
+    outbox: Mapping[str, int],
+    source_failures: Mapping[str, int],
+    lease_held: bool,
+    counters: Mapping[str, float],
+) -> list[Metric]:
+    """The pipeline's metric families from plain numbers (``counters`` keyed as ``COUNTERS``)."""
+    unknown = set(counters) - set(COUNTERS)
+    if unknown:
+        raise ValueError(f"unknown counters {sorted(unknown)}")
+    families = [Metric("paperpost_papers", "gauge", "Papers in the store.", (({}, papers),))]
+    families += [
+        Metric(f"paperpost_{name}_total", "counter", COUNTERS[name], (({}, value),))
+        for name, value in counters.items()
+    ]
+    families += [
+        Metric(
+            "paperpost_outbox",
+            "gauge",
+            "Outbox rows by state.",
+            tuple(({"state": k}, v) for k, v in sorted(outbox.items())),
+        ),
+        Metric(
+            "paperpost_source_consecutive_failures",
+            "gauge",
+            "Consecutive failed fetches per source.",
+            tuple(({"source": k}, v) for k, v in sorted(source_failures.items())),
+        ),
+        Metric(
+            "paperpost_scheduler_lease_held",
+            "gauge",
+            "1 if this instance runs the scheduled jobs.",
+            (({}, 1 if lease_held else 0),),
+        ),
+    ]
+    return families
