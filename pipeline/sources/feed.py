@@ -51,10 +51,10 @@ def _authors(entry: Any) -> tuple[str, ...]:
         name = author.get("name") if isinstance(author, dict) else None
         if isinstance(name, str) and name.strip():
             names.append(name)
-    if len(names) == 1 and ("," in names[0] or " and " in names[0]):
-        return n.split_authors(names[0])  # one dc:creator listing everybody (arXiv style)
     single = _text(entry, "author")
-    if not names and single:
+    if len(names) <= 1 and single:
+        # One author string (RSS <author>, dc:creator): split it ourselves. feedparser's own
+        # "email (Name)" split miscounts non-ASCII names.
         return n.split_authors(single)
     return tuple(names)
 

@@ -171,10 +171,27 @@ def clean_url(value: str | None) -> str | None:
 _AUTHOR_SPLIT = re.compile(r"\s*,\s*|\s+and\s+|\s*;\s*")
 
 
+_INITIALS = re.compile(r"^(?:[A-Z]\.(?:-[A-Z]\.)?\s*){1,4}$")
+_EMAIL_NAME = re.compile(r"^\s*[^\s@()]+@[^\s@()]+\s*\((?P<name>[^()]+)\)\s*$")
+
+
 def split_authors(value: str | None) -> tuple[str, ...]:
-    """Authors from one string (``A, B and C``; HTML links allowed, as in legacy arXiv RSS)."""
+    """Authors from one string (``A, B and C``; HTML links allowed, as in legacy arXiv RSS).
+
+    Also understood: ``Last, I., Last2, I. J.`` (bioRxiv; becomes ``I. Last``) and the RSS
+    ``email (Name)`` form.
+    """
     text = clean_text(value, AUTHOR_MAX * AUTHORS_MAX)
-    return clean_authors(_AUTHOR_SPLIT.split(text))
+    email_name = _EMAIL_NAME.match(text)
+    if email_name:
+        return clean_authors([email_name.group("name")])
+    names: list[str] = []
+    for part in _AUTHOR_SPLIT.split(text):
+        if names and part and _INITIALS.match(part) and not _INITIALS.match(names[-1]):
+            names[-1] = f"{part} {names[-1]}"
+        else:
+            names.append(part)
+    return clean_authors(names)
 
 
 def clean_authors(names: Iterable[str | None]) -> tuple[str, ...]:
