@@ -1,0 +1,59 @@
+"""Tunables of the matching engine, with the defaults measured in bench/MATCH.md."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["MatchSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class MatchSettings:
+    """How rules and similarity combine (see docs/matching.md for the full semantics).
+
+    score = similarity + query_boost·[query hit] + author_boost·[author hit]
+            + category_boost·[category hit]
+
+    similarity = (about_weight·cos(about) + like_weight·mean cos(liked))
+                 / (about_weight·[has about] + like_weight·[has liked])
+                 − dislike_weight·mean cos(disliked) − background_weight·cos(window mean)
+    """
+
+    # A paper with no rule hit is admitted when its similarity reaches this.
+    similarity_threshold: float = 0.06
+    # Added to the score of a paper that the profile's query matches.
+    query_boost: float = 1.0
+    # Added when one of the profile's followed authors wrote the paper.
+    author_boost: float = 1.0
+    # Added when one of the paper's categories matches the profile's categories.
+    category_boost: float = 0.5
+    # Weight of the `about` text against the liked papers (taken together).
+    about_weight: float = 1.0
+    # Weight of the liked papers (their cosines are averaged) against `about`.
+    like_weight: float = 1.0
+    # Weight of the mean cosine to disliked papers, subtracted.
+    dislike_weight: float = 1.0
+    # Rocchio's negative centroid: subtracts the paper's dot product with the mean
+    # vector of the fitted window, so generic papers stop looking similar to everything.
+    background_weight: float = 1.0
+    # TF-IDF vocabulary: a term is kept when min_df ≤ document frequency ≤ max_df·N.
+    min_df: int = 2
+    max_df: float = 0.5
+    # Also use pairs of adjacent stems ("language model") as features.
+    bigrams: bool = True
+    # How many times title terms count against abstract terms.
+    title_weight: int = 1
+    # Profiles scored together; bounds memory at chunk_size × papers × ~20 bytes.
+    chunk_size: int = 8192
+    # At most this many query terms are named in a reason line.
+    reason_terms: int = 3
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise ValueError(f"MatchSettings.chunk_size must be >= 1, got {self.chunk_size}")
+        if self.min_df < 1:
+            raise ValueError(f"MatchSettings.min_df must be >= 1, got {self.min_df}")
+        if not 0.0 < self.max_df <= 1.0:
+            raise ValueError(f"MatchSettings.max_df must be in (0, 1], got {self.max_df}")
+        if self.title_weight < 1:
+            raise ValueError(f"MatchSettings.title_weight must be >= 1, got {self.title_weight}")
