@@ -1,0 +1,272 @@
+"""Render one digest into subject, HTML (CSS inlined, size-capped) and text (72 columns).
+
+Speed comes from rendering each paper once per run. ``_item.html.j2`` and
+``_item.txt.j2`` are rendered per (paper, shape), where the shape says which
+personal parts the entry has (a reason, a "more" link, a "less" link), with
+the personal values replaced by private-use placeholder characters. The HTML
+is CSS-inlined and the text wrapped at that point, and the result cached. Per
+digest, each entry is the cached chunk with its placeholders replaced by the
+escaped personal values (and the few text lines holding them re-wrapped);
+only the small shell (header, section titles, footer) goes through Jinja and
+css-inline. The shell carries slots where the entries go; HTML slots are
+comments (autoescaping turns any ``<`` from data into ``&lt;``) and text
+slots use NUL, so data cannot forge either. Cleaning removes the placeholder
+characters and NUL from every value.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import css_inline
+import jinja2
+from markupsafe import Markup, escape
+
+from pipeline.domain import Digest, DigestItem, Paper, RenderedDigest
+from pipeline.errors import TemplateError
+from pipeline.render.environment import REQUIRED_TEMPLATES, TemplateSet
+from pipeline.render.sample import sample_digest
+from pipeline.render.text import clean_text, collapse_whitespace, safe_url, truncate, wrap_text
+from pipeline.render.views import ItemView, Section, digest_view, paper_view
+
+__all__ = ["RenderOptions", "Renderer"]
+
+_HTML_SLOT = re.compile(r"<!--pp:(\d+)-->")
+_TEXT_SLOT = re.compile("\x00(\\d+)\x00")
+_NUMBER = "\ue004\ue004"  # two columns wide, like the " 1" it becomes in text
+_REASON, _MORE, _LESS = "\ue001", "\ue002", "\ue003"
+_PLACEHOLDERS = (_REASON, _MORE, _LESS)
+
+Shape = tuple[bool, bool, bool]  # has reason, has "more" link, has "less" link
+
+
+@dataclass(frozen=True, slots=True)
+class RenderOptions:
+    """Rendering knobs (``[render]`` in the config)."""
+
+    snippet_chars: int = 400  # abstract snippet, cut at a sentence boundary
+    max_html_bytes: int = 100_000  # Gmail clips messages over 102 KB
+    max_authors: int = 3  # "A, B, C … +12"
+    text_width: int = 72
+    subject_max_chars: int = 110
+    fragment_cache_size: int = 20_000  # (paper, shape) chunks kept per run
+
+    def __post_init__(self) -> None:
+        if self.snippet_chars < 40 or self.max_html_bytes < 5_000 or self.text_width < 40:
+            raise ValueError(
+                "render options out of range: snippet_chars >= 40, "
+                "max_html_bytes >= 5000, text_width >= 40"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """One paper's entry with placeholders for the personal parts."""
+
+    html: str
+    text_lines: tuple[str, ...]
+    personal_lines: tuple[int, ...]  # text lines holding reason / link placeholders
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    html: str
+    text: str
+
+
+class Renderer:
+    """Jinja2 templates (autoescape, StrictUndefined) from ``templates/`` or the operator's dir.
+
+    An operator directory overrides the shipped templates file by file; any
+    file it lacks falls back to the shipped one.
+    """
+
+    def __init__(
+        self, template_dir: Path | None = None, options: RenderOptions = RenderOptions()
+    ) -> None:
+        self._options = options
+        self._templates = TemplateSet(template_dir)
+        self._inliner = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
+        self._css: str | None = None
+        self._chunks: dict[tuple[Paper, Shape], _Chunk] = {}
+
+    @property
+    def template_dirs(self) -> tuple[Path, ...]:
+        return self._templates.search_path
+
+    def check(self) -> None:
+        """Compile every template and render a sample digest; raise ``TemplateError`` if broken."""
+        for name in REQUIRED_TEMPLATES:
+            if name.endswith(".j2"):
+                self._templates.get(name)
+        self._stylesheet()
+        self._chunks.clear()
+        self.render(sample_digest())
+        self._chunks.clear()
+
+    def render(self, digest: Digest) -> RenderedDigest:
+        """Subject, HTML (CSS inlined, under ``max_html_bytes``) and text for one digest."""
+        try:
+            return self._render(digest)
+        except jinja2.TemplateError as exc:
+            raise TemplateError(self._describe(exc)) from exc
+        except css_inline.InlineError as exc:
+            raise TemplateError(f"CSS inlining failed ({self.template_dirs[0]}): {exc}") from exc
+
+    def _render(self, digest: Digest) -> RenderedDigest:
+        items = [self._entry(item, n) for n, item in enumerate(digest.items, 1)]
+        trending = [self._entry(item, n) for n, item in enumerate(digest.trending, 1)]
+        omitted = 0
+        while True:
+            rendered = self._compose(digest, items, trending, omitted)
+            size = len(rendered.html.encode("utf-8"))
+            over = size - self._options.max_html_bytes
+            if over <= 0:
+                return rendered
+            if not items and not trending:
+                raise TemplateError(
+                    f"the digest without any paper is {size} bytes, over max_html_bytes "
+                    f"({self._options.max_html_bytes}); shorten the templates in "
+                    f"{self.template_dirs[0]}"
+                )
+            # Drop trending first, then the lowest-ranked matches, until the estimate fits.
+            while over > 0 and (items or trending):
+                if trending:
+                    dropped = trending.pop()
+                else:
+                    dropped = items.pop()
+                    omitted += 1
+                over -= len(dropped.html.encode("utf-8"))
+
+    def _compose(
+        self, digest: Digest, items: list[_Entry], trending: list[_Entry], omitted: int
+    ) -> RenderedDigest:
+        entries = [*items, *trending]
+        view = digest_view(digest, count=len(items), trending_count=len(trending), omitted=omitted)
+        subject = self._subject(view.list_name, view.period_label, digest.items, len(items))
+
+        def sections(html: bool) -> list[Section]:
+            slot = "<!--pp:{}-->" if html else "\x00{}\x00"
+            # Slots are built from ints, never from data.
+            marks = [Markup(slot.format(k)) for k in range(len(entries))]  # noqa: S704
+            result = [Section("", marks[: len(items)], omitted)]
+            if trending:
+                result.append(Section("Trending", marks[len(items) :]))
+            return result
+
+        html_shell = self._templates.get("digest.html.j2").render(
+            digest=view,
+            sections=sections(html=True),
+            subject=subject,
+            css=Markup(self._stylesheet()),  # noqa: S704 -- the operator's stylesheet, not data
+        )
+        html = _HTML_SLOT.sub(
+            lambda m: entries[int(m.group(1))].html, self._inliner.inline(html_shell)
+        )
+        text_shell = self._templates.get("digest.txt.j2").render(
+            digest=view, sections=sections(html=False), subject=subject
+        )
+        text = _TEXT_SLOT.sub(
+            lambda m: entries[int(m.group(1))].text,
+            wrap_text(text_shell, self._options.text_width),
+        )
+        return RenderedDigest(subject=subject, html=_ends_line(html), text=_ends_line(text))
+
+    def _subject(
+        self, list_name: str, period_label: str, items: tuple[DigestItem, ...], count: int
+    ) -> str:
+        # Titles are hostile: whitespace (CR, LF, tabs ...) collapses here; anything
+        # still unsafe (other controls, encoded-words) makes build_message raise.
+        top_title = collapse_whitespace(items[0].paper.title) if count else ""
+        line = self._templates.get("subject.txt.j2").render(
+            list_name=list_name, period_label=period_label, count=count, top_title=top_title
+        )
+        return truncate(collapse_whitespace(line), self._options.subject_max_chars)
+
+    def _entry(self, item: DigestItem, number: int) -> _Entry:
+        reason = clean_text(item.reason)
+        more, less = safe_url(item.more_url), safe_url(item.less_url)
+        chunk = self._chunk(item.paper, (bool(reason), more is not None, less is not None))
+        html = chunk.html.replace(_NUMBER, str(number))
+        if reason:
+            html = html.replace(_REASON, _escape(reason))
+        if more is not None:
+            html = html.replace(_MORE, _escape(more))
+        if less is not None:
+            html = html.replace(_LESS, _escape(less))
+        lines = list(chunk.text_lines)
+        lines[0] = lines[0].replace(_NUMBER, f"{number:>2}")
+        width = self._options.text_width
+        for index in chunk.personal_lines:
+            line = lines[index]
+            if _REASON in line:
+                # Prose: wrapped. A line ending in a link is kept whole (URLs do not break).
+                line = wrap_text(line.replace(_REASON, reason), width)
+            lines[index] = line.replace(_MORE, more or "").replace(_LESS, less or "")
+        return _Entry(html, "\n".join(lines))
+
+    def _chunk(self, paper: Paper, shape: Shape) -> _Chunk:
+        key = (paper, shape)
+        cached = self._chunks.get(key)
+        if cached is not None:
+            return cached
+        view = ItemView(
+            paper=paper_view(
+                paper,
+                snippet_chars=self._options.snippet_chars,
+                max_authors=self._options.max_authors,
+            ),
+            number=_NUMBER,
+            reason=_REASON if shape[0] else "",
+            more_url=_MORE if shape[1] else None,
+            less_url=_LESS if shape[2] else None,
+        )
+        html = self._inliner.inline_fragment(
+            self._templates.get("_item.html.j2").render(item=view), self._stylesheet()
+        )
+        raw_text = self._templates.get("_item.txt.j2").render(item=view).strip("\n")
+        # Wrap with a real-looking number so "NN. " gets its hanging indent.
+        wrapped = wrap_text(raw_text.replace(_NUMBER, "00", 1), self._options.text_width)
+        lines = tuple(wrapped.replace("00", _NUMBER, 1).split("\n"))
+        personal = tuple(i for i, line in enumerate(lines) if any(p in line for p in _PLACEHOLDERS))
+        chunk = _Chunk(html.strip(), lines, personal)
+        if len(self._chunks) >= self._options.fragment_cache_size:
+            self._chunks.clear()
+        self._chunks[key] = chunk
+        return chunk
+
+    def _stylesheet(self) -> str:
+        if self._css is None:
+            self._css = self._templates.source("digest.css")
+        return self._css
+
+    def _describe(self, exc: jinja2.TemplateError) -> str:
+        if isinstance(exc, jinja2.TemplateSyntaxError):
+            where = exc.filename or exc.name or "template"
+            return f"{where}:{exc.lineno}: {exc.message}"
+        location = _template_frame(exc.__traceback__)
+        where = f"{location[0]}:{location[1]}" if location else str(self.template_dirs[0])
+        return f"{where}: {exc.__class__.__name__}: {exc}"
+
+
+def _escape(value: str) -> str:
+    if "&" in value or "<" in value or ">" in value or '"' in value or "'" in value:
+        return str(escape(value))
+    return value
+
+
+def _ends_line(value: str) -> str:
+    return value if value.endswith("\n") else value + "\n"
+
+
+def _template_frame(tb: TracebackType | None) -> tuple[str, int] | None:
+    found: tuple[str, int] | None = None
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename.endswith(".j2"):
+            found = (filename, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
