@@ -22,7 +22,6 @@ used.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -114,41 +113,43 @@ def _zone(name: str) -> ZoneInfo:
         raise ValueError(f"unknown time zone {name!r} (expected an IANA name)") from exc
 
 
-def _local_times(rule: _Rule, schedule: Schedule, day: date) -> tuple[time, ...]:
+def _local_times(rule: _Rule, send_at: time, day: date) -> tuple[time, ...]:
     if rule.kind == "daily":
-        return (schedule.send_at,)
+        return (send_at,)
     if rule.kind == "weekdays":
-        return (schedule.send_at,) if day.weekday() < 5 else ()
+        return (send_at,) if day.weekday() < 5 else ()
     if rule.kind == "weekly":
-        return (schedule.send_at,) if day.weekday() == rule.weekday else ()
+        return (send_at,) if day.weekday() == rule.weekday else ()
     assert rule.cron is not None
     return rule.cron.times() if rule.cron.matches_date(day) else ()
 
 
-def _periods_on(
-    rule: _Rule, schedule: Schedule, zone: ZoneInfo, days: Iterable[date]
-) -> list[Period]:
-    """Every period whose nominal local date is in ``days``, ordered by due instant.
+# One firing: (due instant in UTC, nominal local date, period key).
+_Firing = tuple[datetime, date, str]
 
-    Wall times that map to the same instant (a cron firing inside a spring
-    gap, or a whole skipped day) are one period: the later nominal one.
-    """
-    by_instant: dict[datetime, tuple[date, str]] = {}
-    for day in days:
-        for t in _local_times(rule, schedule, day):
-            local = datetime.combine(day, t.replace(tzinfo=None, fold=0), tzinfo=zone)
-            due = local.astimezone(UTC)
-            if rule.kind == "weekly":
-                year, week, _ = day.isocalendar()
-                key = f"{year}-W{week:02d}"
-            elif rule.cron is not None and not rule.cron.once_a_day:
-                key = due.astimezone(zone).strftime("%Y-%m-%dT%H:%M")
-            else:
-                key = day.isoformat()
-            previous = by_instant.get(due)
-            if previous is None or previous[0] < day:
-                by_instant[due] = (day, key)
-    return [Period(key=key, due_at=due) for due, (_, key) in sorted(by_instant.items())]
+
+@lru_cache(maxsize=65536)
+def _firings(frequency: str, send_at: time, timezone: str, day: date) -> tuple[_Firing, ...]:
+    """The firings whose nominal local date is ``day``, by instant (cached: ticks repeat days)."""
+    rule, zone = _rule(frequency), _zone(timezone)
+    out = []
+    for t in _local_times(rule, send_at, day):
+        # fold=0: the first of a repeated wall time; a skipped one is shifted past the gap.
+        local = datetime.combine(day, t.replace(tzinfo=None, fold=0), tzinfo=zone)
+        due = local.astimezone(UTC)
+        if rule.kind == "weekly":
+            year, week, _ = day.isocalendar()
+            key = f"{year}-W{week:02d}"
+        elif rule.cron is not None and not rule.cron.once_a_day:
+            key = due.astimezone(zone).strftime("%Y-%m-%dT%H:%M")
+        else:
+            key = day.isoformat()
+        out.append((due, day, key))
+    return tuple(sorted(out))
+
+
+def _firings_on(schedule: Schedule, day: date) -> tuple[_Firing, ...]:
+    return _firings(schedule.frequency, schedule.send_at, schedule.timezone, day)
 
 
 def _check_now(now: datetime) -> datetime:
@@ -157,44 +158,75 @@ def _check_now(now: datetime) -> datetime:
     return now.astimezone(UTC)
 
 
+def _scan(schedule: Schedule, now: datetime, step: int) -> _Firing | None:
+    """Walk local days from ``now``'s (backwards if ``step`` is -1) for the nearest firing.
+
+    Firings at one instant (a cron inside a spring gap, a skipped calendar day)
+    are one period: the later nominal date wins. After the first day with a
+    match, one more day is checked, in case a shifted wall time crossed midnight.
+    """
+    rule = _rule(schedule.frequency)
+    today = now.astimezone(_zone(schedule.timezone)).date()
+    best: _Firing | None = None
+    extra_days = 1
+    for offset in range(-1, _SCAN_DAYS[rule.kind]):
+        day = today - timedelta(days=offset) if step < 0 else today + timedelta(days=offset)
+        for firing in _firings_on(schedule, day):
+            if (firing[0] <= now if step < 0 else firing[0] > now) and _nearer(firing, best, step):
+                best = firing
+        if best is not None:
+            if extra_days == 0:
+                break
+            extra_days -= 1
+    return best
+
+
+def _nearer(firing: _Firing, best: _Firing | None, step: int) -> bool:
+    """Later instants win going back, earlier ones going forward; ties go to the later date."""
+    if best is None:
+        return True
+    if firing[0] != best[0]:
+        return firing[0] > best[0] if step < 0 else firing[0] < best[0]
+    return firing[1] > best[1]
+
+
+# Per schedule, the last computed (latest firing, next firing): valid for every ``now``
+# in [latest, next), so a dispatch tick over many subscribers is mostly dict look-ups.
+_Bracket = tuple[_Firing | None, _Firing | None]
+_BRACKETS: dict[tuple[str, time, str], _Bracket] = {}
+_BRACKETS_MAX = 200_000
+
+
+def _bracket(schedule: Schedule, now: datetime) -> _Bracket:
+    cache_key = (schedule.frequency, schedule.send_at, schedule.timezone)
+    hit = _BRACKETS.get(cache_key)
+    if hit is not None:
+        latest, upcoming = hit
+        if (latest is None or latest[0] <= now) and upcoming is not None and now < upcoming[0]:
+            return hit
+    found = (_scan(schedule, now, -1), _scan(schedule, now, +1))
+    if len(_BRACKETS) >= _BRACKETS_MAX:
+        _BRACKETS.clear()
+    _BRACKETS[cache_key] = found
+    return found
+
+
 def latest_due_period(schedule: Schedule, now: datetime) -> Period | None:
     """The most recent period whose due instant is at or before ``now``.
 
     ``None`` only when the schedule has not fired in the last nine years (a
     cron expression for a date that does not occur).
     """
-    now = _check_now(now)
-    rule, zone = _rule(schedule.frequency), _zone(schedule.timezone)
-    today = now.astimezone(zone).date()
-    # Look at two local days at a time, walking back: one day of overlap makes
-    # the answer right even where a shifted wall time crosses midnight.
-    for back in range(-1, _SCAN_DAYS[rule.kind]):
-        day = today - timedelta(days=back)
-        due = [
-            p
-            for p in _periods_on(rule, schedule, zone, (day - timedelta(days=1), day))
-            if p.due_at <= now
-        ]
-        if due:
-            return due[-1]
-    return None
+    found = _bracket(schedule, _check_now(now))[0]
+    return None if found is None else Period(key=found[2], due_at=found[0])
 
 
 def next_due_period(schedule: Schedule, now: datetime) -> Period:
     """The first period whose due instant is strictly after ``now``."""
-    now = _check_now(now)
-    rule, zone = _rule(schedule.frequency), _zone(schedule.timezone)
-    today = now.astimezone(zone).date()
-    for ahead in range(-1, _SCAN_DAYS[rule.kind]):
-        day = today + timedelta(days=ahead)
-        later = [
-            p
-            for p in _periods_on(rule, schedule, zone, (day, day + timedelta(days=1)))
-            if p.due_at > now
-        ]
-        if later:
-            return later[0]
-    raise ValueError(f"schedule {schedule.frequency!r} does not fire in the next nine years")
+    found = _bracket(schedule, _check_now(now))[1]
+    if found is None:
+        raise ValueError(f"schedule {schedule.frequency!r} does not fire in the next nine years")
+    return Period(key=found[2], due_at=found[0])
 
 
 def due_periods(schedule: Schedule, after: datetime, until: datetime) -> list[Period]:
@@ -206,11 +238,15 @@ def due_periods(schedule: Schedule, after: datetime, until: datetime) -> list[Pe
     after, until = _check_now(after), _check_now(until)
     if until <= after:
         return []
-    rule, zone = _rule(schedule.frequency), _zone(schedule.timezone)
+    zone = _zone(schedule.timezone)
     first = after.astimezone(zone).date() - timedelta(days=1)
     last = until.astimezone(zone).date() + timedelta(days=1)
-    days = (first + timedelta(days=i) for i in range((last - first).days + 1))
-    return [p for p in _periods_on(rule, schedule, zone, days) if after < p.due_at <= until]
+    by_instant: dict[datetime, tuple[date, str]] = {}
+    for i in range((last - first).days + 1):
+        for due, nominal, key in _firings_on(schedule, first + timedelta(days=i)):
+            if after < due <= until and (due not in by_instant or by_instant[due][0] < nominal):
+                by_instant[due] = (nominal, key)
+    return [Period(key=key, due_at=due) for due, (_, key) in sorted(by_instant.items())]
 
 
 def _long_date(day: date) -> str:
