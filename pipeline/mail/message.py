@@ -48,6 +48,8 @@ def header_values(headers: MessageHeaders) -> list[tuple[str, str]]:
     _, from_addr = _split_mailbox(headers.from_addr, field="From")
     ascii_addr_spec(from_addr, field="From")
     ascii_addr_spec(headers.to_addr, field="To")
+    if headers.to_name is not None:
+        safe_header_value(headers.to_name, field="To")
     message_id = safe_header_value(headers.message_id, field="Message-ID")
     if not (message_id.startswith("<") and message_id.endswith(">") and "@" in message_id):
         raise HeaderInjectionError(f"header Message-ID: {message_id!r} is not <id@domain>")
@@ -82,7 +84,7 @@ def build_message(headers: MessageHeaders, rendered: RenderedDigest) -> bytes:
     for name, value in header_values(headers):
         lines.append(f"{name}: {_encode_header(name, value, headers)}")
     boundary = _boundary(headers.message_id)
-    lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
+    lines.append(f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"')
     head = "\r\n".join(lines).encode("ascii")
     delimiter = b"--" + boundary.encode("ascii") + b"\r\n"
     return b"".join(
