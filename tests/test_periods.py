@@ -539,3 +539,18 @@ def test_period_label_rejects_a_key_of_another_schedule() -> None:
         ValueError, match="period key '2026-11-23' does not belong to a 'weekly:mon'"
     ):
         period_label(sched("weekly:mon", "08:00", "UTC"), Period("2026-11-23", utc(2026, 11, 23)))
+
+
+def test_cached_answers_follow_now_backwards_and_forwards() -> None:
+    schedule = sched("daily", "08:00", "Asia/Tokyo")
+    nows = [utc(2026, 11, 22, 23, 0), utc(2026, 11, 20, 0, 0), utc(2026, 11, 22, 22, 59),
+            utc(2026, 11, 22, 23, 0), utc(2027, 1, 1, 0, 0)]  # fmt: skip
+    keys = [latest_due_period(schedule, n) for n in nows]
+    assert [p.key for p in keys if p] == [
+        "2026-11-23",
+        "2026-11-19",
+        "2026-11-22",
+        "2026-11-23",
+        "2026-12-31",
+    ]
+    assert next_due_period(schedule, utc(2026, 11, 20, 0, 0)).key == "2026-11-21"
