@@ -5,10 +5,12 @@ bibliographic fields (title, abstract, authors, links, DOI, journal reference); 
 only fills gaps. So a ``replace`` announcement or a vN+1 updates the one paper (a new
 version, never a new paper), an older listing seen late cannot roll a paper back, and a
 Hugging Face entry never overwrites arXiv's metadata but contributes its upvotes, page
-and GitHub repository (the latest counts win). Categories are the union, primary first.
-``published`` keeps the earliest date; ``announced``/``announce_type`` follow the latest
-announcement, so a cross-list announced today makes the paper new to that category's
-readers today. ``first_seen`` is the store's; ``sources`` accumulates.
+and GitHub repository (the latest counts win).
+
+Categories are the union (stored order, then new ones) with the authoritative record's
+primary first. ``published`` keeps the earliest date. ``announced``/``announce_type``
+follow the latest announcement, so a cross-list announced today makes the paper new to
+that category's readers today. ``first_seen`` is the store's; ``sources`` accumulates.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def merge_paper(old: Paper | None, new: Paper, *, source: str) -> Paper:
         title=main.title or other.title,
         abstract=main.abstract or other.abstract,
         authors=main.authors or other.authors,
-        categories=_union(main.categories, other.categories),
+        categories=_union(main.categories[:1], _union(old.categories, new.categories)),
         url=main.url or other.url,
         pdf_url=main.pdf_url or other.pdf_url,
         hf_url=new.hf_url or old.hf_url,

@@ -153,7 +153,7 @@ async def _ingest_one(
     try:
         listing = await _fetch_listing(spec, fetcher, state, now=now)
     except SourceError as exc:
-        message = str(exc)
+        message = reason(exc)
         store.record_source_failure(spec.name, error=message, now=now)
         failures = store.source_state(spec.name).consecutive_failures
         level = logging.ERROR if failures >= failure_alert else logging.WARNING

@@ -73,28 +73,31 @@ def _int(text: str | None) -> int | None:
         return None
 
 
-def check_error_feed(root: Element, *, source: str) -> None:
-    """Raise SourceError for the arXiv API's error feed (one entry titled "Error")."""
+def error_detail(root: Element) -> str | None:
+    """The message of the arXiv API's error feed (one entry titled "Error"), else None."""
     entries = root.findall(f"{ATOM}entry")
     if len(entries) != 1:
-        return
+        return None
     entry = entries[0]
     ident = text_of(entry, f"{ATOM}id") or ""
-    if (text_of(entry, f"{ATOM}title") or "").strip() == "Error" and "/api/errors" in ident:
-        detail = n.clean_text(text_of(entry, f"{ATOM}summary"), 300) or ident
+    if (text_of(entry, f"{ATOM}title") or "").strip() != "Error" or "/api/errors" not in ident:
+        return None
+    return n.clean_text(text_of(entry, f"{ATOM}summary"), 300) or ident
+
+
+def check_error_feed(root: Element, *, source: str) -> None:
+    """Raise SourceError for the arXiv API's error feed."""
+    detail = error_detail(root)
+    if detail is not None:
         raise SourceError(source, f"the arXiv API answered with an error: {detail}")
 
 
 def api_error(body: bytes) -> str | None:
     """The message of an arXiv API error feed in ``body``, or None if it is not one."""
     try:
-        root = parse_tree(prepare_xml(body, source="arxiv-api"), source="arxiv-api")
-        check_error_feed(root, source="arxiv-api")
-    except SourceError as exc:
-        return str(exc).split(": ", 1)[-1]
-    except ParseError:
+        return error_detail(parse_tree(prepare_xml(body, source="arxiv-api"), source="arxiv-api"))
+    except (SourceError, ParseError):
         return None
-    return None
 
 
 def parse_atom_root(root: Element, *, source: str, now: datetime) -> ParseResult:
