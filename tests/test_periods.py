@@ -548,9 +548,9 @@ def test_cached_answers_follow_now_backwards_and_forwards() -> None:
     keys = [latest_due_period(schedule, n) for n in nows]
     assert [p.key for p in keys if p] == [
         "2026-11-23",
-        "2026-11-19",
+        "2026-11-20",
         "2026-11-22",
         "2026-11-23",
-        "2026-12-31",
+        "2027-01-01",
     ]
     assert next_due_period(schedule, utc(2026, 11, 20, 0, 0)).key == "2026-11-21"
