@@ -28,7 +28,7 @@ SNIPPETS = [
     (
         "cut-at-sentence",
         ABSTRACT,
-        150,
+        120,
         "We study preference optimization. Our method, e.g. DPO, is simple and stable.",
     ),
     (
