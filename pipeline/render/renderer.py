@@ -160,14 +160,14 @@ class Renderer:
         html_shell = self._templates.get("digest.html.j2").render(
             digest=view,
             sections=sections(html=True),
-            subject=subject,
+            subject=clean_text(subject),
             css=Markup(self._stylesheet()),  # noqa: S704 -- the operator's stylesheet, not data
         )
         html = _HTML_SLOT.sub(
             lambda m: entries[int(m.group(1))].html, self._inliner.inline(html_shell)
         )
         text_shell = self._templates.get("digest.txt.j2").render(
-            digest=view, sections=sections(html=False), subject=subject
+            digest=view, sections=sections(html=False), subject=clean_text(subject)
         )
         text = _TEXT_SLOT.sub(
             lambda m: entries[int(m.group(1))].text,

@@ -45,7 +45,7 @@ def clean_text(value: str) -> str:
     """Collapse whitespace and drop the remaining control characters (for bodies)."""
     if value.isprintable() and "  " not in value and value == value.strip():
         return value  # the common case, ten times faster
-    return _CONTROLS.sub("", collapse_whitespace(value))
+    return collapse_whitespace(_CONTROLS.sub("", value))
 
 
 def plain_text(value: str) -> str:
