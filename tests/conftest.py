@@ -69,17 +69,17 @@ BASE_CONFIG = """
 url = "{db_url}"
 
 [mail]
-from = "Paperpost test <digest@paperpost.test>"
+from = "Paperpost test <digest@paperpost.example>"
 transport = "{transport}"
 list_name = "Paperpost test"
-unsubscribe_mailto = "unsubscribe@paperpost.test"
+unsubscribe_mailto = "unsubscribe@paperpost.example"
 {mail_extra}
 
 [mail.maildir]
 path = "{tmp}/maildir"
 
 [web]
-base_url = "https://digest.paperpost.test"
+base_url = "https://digest.paperpost.example"
 secret_env = "PAPERPOST_TEST_SECRET"
 
 [render]
@@ -98,7 +98,7 @@ SAMPLE_SOURCES = "".join(
 
 SUBSCRIBERS = """
 [[subscribers]]
-email = "ada@lab.test"
+email = "ada@lab.example"
 name = "Ada Lovelace"
 timezone = "Europe/London"
 send_at = "00:00"
@@ -106,7 +106,7 @@ send_at = "00:00"
 query = 'abs:RLHF OR ti:"preference optimization" OR abs:"reward model"'
 
 [[subscribers]]
-email = "grace@lab.test"
+email = "grace@lab.example"
 name = "Grace"
 timezone = "Asia/Tokyo"
 send_at = "00:00"
@@ -114,7 +114,7 @@ send_at = "00:00"
 query = 'abs:(quantization OR pruning) OR ti:efficient'
 
 [[subscribers]]
-email = "zoe@lab.test"
+email = "zoe@lab.example"
 name = "Zoë"
 timezone = "Pacific/Auckland"
 send_at = "00:00"

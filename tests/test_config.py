@@ -170,6 +170,12 @@ CASES = [
         "web.base_url: expected an http:// or https:// URL, found 'ftp://digest.lab.example'",
     ),
     (
+        "base-url-plain-http-to-remote-host",
+        lambda t: t.replace('"https://digest.lab.example"', '"http://digest.lab.example"'),
+        "web.base_url: readers' links must use https:// (plain http only for a loopback host), "
+        "found 'http://digest.lab.example'",
+    ),
+    (
         "bad-source-url-scheme",
         lambda t: t.replace('"https://rss.arxiv.org/rss/cs.LG"', '"gopher://rss.arxiv.org/"'),
         "sources[0].url: expected an http(s):// URL or a local path, found 'gopher://rss.arxiv.org/'",

@@ -24,7 +24,7 @@ from pipeline.store import Store
 from tests.smtpd import RunningServer
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # a Monday, noon UTC
-SUBSCRIBERS = ("ada@lab.test", "grace@lab.test", "zoe@lab.test")
+SUBSCRIBERS = ("ada@lab.example", "grace@lab.example", "zoe@lab.example")
 
 
 def clock(at: datetime = NOW):  # type: ignore[no-untyped-def]
@@ -53,9 +53,9 @@ def check_digest(store: Store, message: EmailMessage, recipient: str) -> list[st
     """Check one received digest against what the outbox planned; return its paper ids."""
     assert message["To"].addresses[0].addr_spec == recipient
     assert message["Subject"]
-    assert message["Message-ID"].startswith("<") and message["Message-ID"].endswith("@paperpost.test>")
+    assert message["Message-ID"].startswith("<") and message["Message-ID"].endswith("@paperpost.example>")
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert "https://digest.paperpost.test/unsubscribe/" in message["List-Unsubscribe"]
+    assert "https://digest.paperpost.example/unsubscribe/" in message["List-Unsubscribe"]
     text, html = parts(message)
     [(period, status, count)] = store.deliveries_for(recipient)
     assert status == "sent"
@@ -79,7 +79,7 @@ async def test_full_cycle_over_smtp(write_config, smtp_server: RunningServer) ->
     assert sorted(env.rcpt_tos[0] for env, _ in received) == sorted(SUBSCRIBERS)
     store = Store.open(config.database_url)
     for env, data in received:
-        assert env.mail_from == "digest@paperpost.test"
+        assert env.mail_from == "digest@paperpost.example"
         ids = check_digest(store, parse(data), env.rcpt_tos[0])
         assert len(ids) == len(set(ids)) > 0
     store.close()
@@ -115,7 +115,7 @@ async def test_full_cycle_into_maildir(write_config, tmp_path: Path) -> None:
         check_digest(store, message, message["To"].addresses[0].addr_spec)
     store.close()
     assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == sorted(
-        f"{s}.html" for s in SUBSCRIBERS
+        s.replace("@", "_") + ".html" for s in SUBSCRIBERS
     )
     second = await run_once(config, clock=clock(NOW + timedelta(hours=1)))
     assert second.deliver.sent == 0
@@ -219,8 +219,8 @@ async def test_unsubscribed_reader_gets_nothing_and_config_does_not_revive(
     config = load_config(write_config(transport="smtp", mail_extra=smtp_extra(smtp_server)))
     store = Store.open(config.database_url)
     store.sync_subscribers(config.subscribers(), now=NOW)
-    store.unsubscribe("grace@lab.test", now=NOW)
+    store.unsubscribe("grace@lab.example", now=NOW)
     report = await run_once(config, clock=clock(), store=store)
     store.close()
     assert report.deliver.sent == len(SUBSCRIBERS) - 1
-    assert "grace@lab.test" not in {env.rcpt_tos[0] for env, _ in smtp_server.received}
+    assert "grace@lab.example" not in {env.rcpt_tos[0] for env, _ in smtp_server.received}

@@ -18,7 +18,7 @@ from pipeline.cycle import run_once
 from pipeline.store import Store
 from tests.smtpd import HANG, ScriptedHandler
 
-RECIPIENTS = ("ada@lab.test", "grace@lab.test", "zoe@lab.test")
+RECIPIENTS = ("ada@lab.example", "grace@lab.example", "zoe@lab.example")
 
 
 class SignallingHandler(ScriptedHandler):

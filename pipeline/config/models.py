@@ -56,6 +56,9 @@ class SmtpConfig(_Model):
     username: str | None = None
     password_env: str | None = None
     timeout_seconds: float = Field(60.0, gt=0)
+    data_timeout_seconds: float = Field(600.0, gt=0)  # wait for the reply to DATA's final "."
+    ca_file: Path | None = None  # extra CA bundle for a private SMTP server's certificate
+    validate_certs: bool = True
     pool_size: int = Field(4, ge=1, le=64)
     rate_per_second: float = Field(0.0, ge=0)  # 0 = unlimited
     max_per_connection: int = Field(100, ge=1)
@@ -123,8 +126,13 @@ class WebConfig(_Model):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", v):
+        match = re.match(r"^(https?)://([^/\s:]+|\[[0-9a-fA-F:]+\])(:\d+)?(/\S*)?$", v)
+        if not match:
             raise ValueError(f"expected an http:// or https:// URL, found {v!r}")
+        if match.group(1) == "http" and match.group(2) not in ("127.0.0.1", "localhost", "[::1]"):
+            raise ValueError(
+                f"readers' links must use https:// (plain http only for a loopback host), found {v!r}"
+            )
         return v.rstrip("/")
 
     @model_validator(mode="after")

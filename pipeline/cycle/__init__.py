@@ -63,7 +63,9 @@ def make_signer(config: Config) -> TokenSigner:
 
 
 def make_renderer(config: Config) -> Renderer:
-    return Renderer(config.template_dir, RenderOptions(snippet_chars=config.file.render.snippet_chars))
+    return Renderer(
+        config.template_dir, RenderOptions(snippet_chars=config.file.render.snippet_chars)
+    )
 
 
 def make_mailer(config: Config) -> Mailer:
@@ -80,10 +82,13 @@ def make_mailer(config: Config) -> Mailer:
             username=smtp.username,
             password=config.secrets.smtp_password,
             timeout=smtp.timeout_seconds,
+            data_timeout=smtp.data_timeout_seconds,
             pool_size=smtp.pool_size,
-            rate_per_second=smtp.rate_per_second,
+            rate_per_second=smtp.rate_per_second or None,  # 0 = unlimited
             max_per_connection=smtp.max_per_connection,
             helo_name=smtp.helo_name,
+            ca_file=config.path.parent / smtp.ca_file if smtp.ca_file else None,
+            validate_certs=smtp.validate_certs,
         )
     )
 
@@ -117,8 +122,13 @@ def sync(store: Store, config: Config, *, now: datetime) -> None:
     """Make the database's subscribers and sources match the config (suppressions win)."""
     stats = store.sync_subscribers(config.subscribers(), now=now)
     if stats.added or stats.removed or stats.updated:
-        log.info("subscribers synced: %d added, %d updated, %d removed, %d suppressed",
-                 stats.added, stats.updated, stats.removed, stats.suppressed)
+        log.info(
+            "subscribers synced: %d added, %d updated, %d removed, %d suppressed",
+            stats.added,
+            stats.updated,
+            stats.removed,
+            stats.suppressed,
+        )
     store.sync_sources([(s.name, s.kind, config.source_location(s)) for s in config.sources])
 
 
@@ -137,12 +147,15 @@ async def ingest(store: Store, config: Config, *, now: datetime) -> list[SourceO
         await fetcher.aclose()
     for o in outcomes:
         if o.ok:
-            log.info("source %s: %d entries, %d new, %d updated", o.name, o.entries, o.new,
-                     o.updated)
+            log.info(
+                "source %s: %d entries, %d new, %d updated", o.name, o.entries, o.new, o.updated
+            )
         else:
             log.error("source %s failed: %s", o.name, o.error)
     store.record_run(
-        "ingest", started=now, finished=utc_now(),
+        "ingest",
+        started=now,
+        finished=utc_now(),
         summary={o.name: {"ok": o.ok, "new": o.new, "error": o.error} for o in outcomes},
     )
     return outcomes
@@ -166,9 +179,15 @@ async def dispatch(
     own_mailer = mailer is None
     mailer = mailer or make_mailer(config)
     deliverer = Deliverer(
-        store, config, mailer, make_renderer(config), make_signer(config),
+        store,
+        config,
+        mailer,
+        make_renderer(config),
+        make_signer(config),
         {s.email: s.schedule for s in subscribers},
-        clock=clock, holder=holder or holder_name(), write_previews=write_previews,
+        clock=clock,
+        holder=holder or holder_name(),
+        write_previews=write_previews,
     )
     try:
         report = await deliverer.run()
@@ -176,9 +195,16 @@ async def dispatch(
         if own_mailer:
             await mailer.aclose()
     store.record_run(
-        "dispatch", started=now, finished=clock(),
-        summary={"planned": plan.planned, "sent": report.sent, "deferred": report.deferred,
-                 "failed": report.failed, "ambiguous": report.ambiguous},
+        "dispatch",
+        started=now,
+        finished=clock(),
+        summary={
+            "planned": plan.planned,
+            "sent": report.sent,
+            "deferred": report.deferred,
+            "failed": report.failed,
+            "ambiguous": report.ambiguous,
+        },
     )
     return plan, report
 
@@ -233,12 +259,21 @@ def preview(config: Config, store: Store, email: str, *, now: datetime) -> Path:
     [items] = matcher.match([profile], papers, exclude_ids=[reserved], liked=liked)
     by_id = {p.id: p for p in papers}
     delivery = Delivery(
-        id=0, subscriber_id=state.id, email=subscriber.email, name=subscriber.name,
-        period_key=next_due_period(subscriber.schedule, now).key, status="preview", attempts=0, message_id="<preview@paperpost>",
-        window_start=start, window_end=now, created_at=now,
+        id=0,
+        subscriber_id=state.id,
+        email=subscriber.email,
+        name=subscriber.name,
+        period_key=next_due_period(subscriber.schedule, now).key,
+        status="preview",
+        attempts=0,
+        message_id="<preview@paperpost>",
+        window_start=start,
+        window_end=now,
+        created_at=now,
         items=tuple(
-            DeliveryItem(paper=by_id[i.paper_id], score=i.score, reason=i.reason,
-                         trending=i.trending)
+            DeliveryItem(
+                paper=by_id[i.paper_id], score=i.score, reason=i.reason, trending=i.trending
+            )
             for i in items
         ),
     )

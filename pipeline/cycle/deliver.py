@@ -136,8 +136,9 @@ class Deliverer:
             envelope = self._envelope(delivery, now=now)
         except PaperpostError as exc:
             # A hostile name or title that cannot be made safe: this recipient only.
-            self.store.mark_failed(delivery_id, error=f"could not build the message: {exc}",
-                                   now=now)
+            self.store.mark_failed(
+                delivery_id, error=f"could not build the message: {exc}", now=now
+            )
             self.report.failed += 1
             log.error("digest %s for %s not built: %s", delivery.period_key, delivery.email, exc)
             return
@@ -159,8 +160,13 @@ class Deliverer:
             self.store.mark_sent(delivery_id, reply=reply, now=self.clock())
             self.report.sent += 1
             self.report.delivered[delivery.email] = reply
-            log.info("sent digest %s to %s (%d papers): %s", delivery.period_key,
-                     delivery.email, len(delivery.items), reply)
+            log.info(
+                "sent digest %s to %s (%d papers): %s",
+                delivery.period_key,
+                delivery.email,
+                len(delivery.items),
+                reply,
+            )
 
     def _envelope(self, delivery: Delivery, *, now: datetime) -> Envelope:
         schedule = self.schedules.get(delivery.email) or Schedule("daily", now.time(), "UTC")
@@ -186,24 +192,34 @@ class Deliverer:
         if now - delivery.created_at >= max_age:
             self.store.mark_failed(delivery.id, error=f"gave up after {max_age}: {error}", now=now)
             self.report.failed += 1
-            log.error("digest for %s failed: still deferred after %s: %s", delivery.email,
-                      max_age, error)
+            log.error(
+                "digest for %s failed: still deferred after %s: %s", delivery.email, max_age, error
+            )
             return
         retry_at = now + retry_delay(delivery.attempts + 1)
         self.store.mark_deferred(delivery.id, error=error, retry_at=retry_at, now=now)
         self.report.deferred += 1
-        log.warning("digest for %s deferred until %s: %s", delivery.email,
-                    retry_at.isoformat(timespec="seconds"), error)
+        log.warning(
+            "digest for %s deferred until %s: %s",
+            delivery.email,
+            retry_at.isoformat(timespec="seconds"),
+            error,
+        )
 
     def _ambiguous(self, delivery_id: int, error: str, now: datetime) -> None:
         """The server may have accepted the message. Policy from [mail] ambiguous_policy."""
         self.report.ambiguous += 1
         if self.config.file.mail.ambiguous_policy == "at-least-once":
-            self.store.mark_deferred(delivery_id, error=f"ambiguous, resending: {error}",
-                                     retry_at=now, now=now)
-            log.warning("digest %d: delivery ambiguous (%s); resending with the same Message-ID",
-                        delivery_id, error)
+            self.store.mark_deferred(
+                delivery_id, error=f"ambiguous, resending: {error}", retry_at=now, now=now
+            )
+            log.warning(
+                "digest %d: delivery ambiguous (%s); resending with the same Message-ID",
+                delivery_id,
+                error,
+            )
         else:
             self.store.mark_ambiguous(delivery_id, error=error, now=now)
-            log.warning("digest %d: delivery ambiguous (%s); not resent (at-most-once)",
-                        delivery_id, error)
+            log.warning(
+                "digest %d: delivery ambiguous (%s); not resent (at-most-once)", delivery_id, error
+            )

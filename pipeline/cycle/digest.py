@@ -18,7 +18,9 @@ def _link(config: Config, path: str, token: str) -> str:
 
 
 def unsubscribe_url(config: Config, signer: TokenSigner, email: str, *, now: datetime) -> str:
-    return _link(config, "unsubscribe", signer.sign(subscriber=email, action="unsubscribe", now=now))
+    return _link(
+        config, "unsubscribe", signer.sign(subscriber=email, action="unsubscribe", now=now)
+    )
 
 
 def build_digest(
@@ -77,7 +79,13 @@ def message_headers(
         message_id=delivery.message_id,
         date=now,
         list_id=f"{mail.list_name} <digest.{base_host or domain}>",
-        unsubscribe_url=digest.unsubscribe_url,
+        # RFC 8058 one-click needs an https URL; a plain-http base URL (a local set-up such as
+        # the demo) keeps its link in the body and only the mailto in the header.
+        unsubscribe_url=(
+            digest.unsubscribe_url
+            if digest.unsubscribe_url and digest.unsubscribe_url.startswith("https://")
+            else None
+        ),
         unsubscribe_mailto=(
             f"mailto:{mail.unsubscribe_mailto}?subject=unsubscribe"
             if mail.unsubscribe_mailto

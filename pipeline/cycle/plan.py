@@ -64,7 +64,9 @@ def due_subscribers(store: Store, subscribers: Sequence[Subscriber], *, now: dat
     return [d for d in candidates if (d.subscriber_id, d.period.key) not in present]
 
 
-def profile_with_feedback(profile: Profile, liked: Sequence[str], disliked: Sequence[str]) -> Profile:
+def profile_with_feedback(
+    profile: Profile, liked: Sequence[str], disliked: Sequence[str]
+) -> Profile:
     """The config's interests plus "more/less like this" signals from digest links."""
     if not liked and not disliked:
         return profile
@@ -130,7 +132,9 @@ def plan_due(
         )
         for d, items in zip(members, results, strict=True):
             planned = [
-                PlannedItem(paper_id=i.paper_id, score=i.score, reason=i.reason, trending=i.trending)
+                PlannedItem(
+                    paper_id=i.paper_id, score=i.score, reason=i.reason, trending=i.trending
+                )
                 for i in items
             ]
             row_id = store.plan_delivery(
@@ -148,8 +152,9 @@ def plan_due(
                 continue
             if not planned and d.subscriber.on_empty == "skip":
                 report.skipped_empty += 1
-                log.info("nothing new for %s in period %s: skipped", d.subscriber.email,
-                         d.period.key)
+                log.info(
+                    "nothing new for %s in period %s: skipped", d.subscriber.email, d.period.key
+                )
             else:
                 report.planned += 1
             report.items[d.subscriber.email] = len(planned)

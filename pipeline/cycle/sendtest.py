@@ -32,19 +32,32 @@ async def send_test(config: Config, email: str, *, now: datetime | None = None) 
     finally:
         store.close()
     delivery = Delivery(
-        id=0, subscriber_id=0, email=address, name=None,
-        period_key=now.date().isoformat(), status="test", attempts=0,
+        id=0,
+        subscriber_id=0,
+        email=address,
+        name=None,
+        period_key=now.date().isoformat(),
+        status="test",
+        attempts=0,
         message_id=make_message_id(f"test:{uuid4()}", sender_address(config).split("@")[-1]),
-        window_start=now - timedelta(days=30), window_end=now, created_at=now,
-        items=tuple(DeliveryItem(p, 1.0, "test message: most recent papers", False)
-                    for p in reversed(recent)),
+        window_start=now - timedelta(days=30),
+        window_end=now,
+        created_at=now,
+        items=tuple(
+            DeliveryItem(p, 1.0, "test message: most recent papers", False)
+            for p in reversed(recent)
+        ),
     )
     schedule = Schedule("daily", now.time().replace(second=0, microsecond=0), "UTC")
     digest = build_digest(config, make_signer(config), delivery, schedule, now=now)
     rendered = make_renderer(config).render(digest)
     headers = message_headers(config, delivery, digest, f"[test] {rendered.subject}", now=now)
-    envelope = Envelope(sender=sender_address(config), recipient=address,
-                        data=build_message(headers, rendered), message_id=delivery.message_id)
+    envelope = Envelope(
+        sender=sender_address(config),
+        recipient=address,
+        data=build_message(headers, rendered),
+        message_id=delivery.message_id,
+    )
     mailer = make_mailer(config)
     try:
         return await mailer.send(envelope)
