@@ -125,6 +125,13 @@ class PeriodIndex:
         for i, names in enumerate(self.authors):
             for name in names:
                 self.by_surname.setdefault(name.surname, []).append((i, name))
+        self.categories: list[tuple[str, ...]] = [
+            tuple(c.casefold() for c in p.categories) for p in self.papers
+        ]
+        self._by_category: dict[str, int] = {}
+        for i, folded in enumerate(self.categories):
+            for c in folded:
+                self._by_category[c] = self._by_category.get(c, 0) | (1 << i)
         self._term_memo: dict[Term, int] = {}
         self._query_memo: dict[str, int] = {}
         self._cat_memo: dict[str, int] = {}
@@ -192,9 +199,9 @@ class PeriodIndex:
         mask = self._cat_memo.get(pattern)
         if mask is None:
             mask = 0
-            for i, paper in enumerate(self.papers):
-                if any(category_matches(pattern, c) for c in paper.categories):
-                    mask |= 1 << i
+            for category, bits in self._by_category.items():
+                if category_matches(pattern, category):
+                    mask |= bits
             self._cat_memo[pattern] = mask
         return mask
 
@@ -226,5 +233,7 @@ class PeriodIndex:
     def matched_categories(self, patterns: Sequence[str], i: int) -> list[str]:
         """The paper's categories that match any of ``patterns``."""
         return [
-            c for c in self.papers[i].categories if any(category_matches(p, c) for p in patterns)
+            c
+            for c, folded in zip(self.papers[i].categories, self.categories[i], strict=True)
+            if any(self.category(p) >> i & 1 and category_matches(p, folded) for p in patterns)
         ]

@@ -13,7 +13,7 @@ Format: ``; ``-separated parts, in this order, each present only when true::
 from __future__ import annotations
 
 from pipeline.match.period import Components, Period
-from pipeline.match.query import parse, positive_terms, to_string
+from pipeline.match.query import Term, parse, positive_terms, to_string
 
 __all__ = ["Reasons"]
 
@@ -24,13 +24,18 @@ class Reasons:
         self.components = components
         self.terms = terms
         self._memo: dict[tuple[object, ...], str] = {}
+        self._terms: dict[str, list[tuple[Term, str]]] = {}
 
     def query(self, text: str, paper: int) -> str:
         key = ("q", text, paper)
         found = self._memo.get(key)
         if found is None:
             index = self.period.index
-            hits = [to_string(t) for t in positive_terms(parse(text)) if index.term(t) >> paper & 1]
+            terms = self._terms.get(text)
+            if terms is None:
+                terms = [(t, to_string(t)) for t in positive_terms(parse(text))]
+                self._terms[text] = terms
+            hits = [shown for t, shown in terms if index.term(t) >> paper & 1]
             unique = list(dict.fromkeys(hits))
             shown = ", ".join(unique[: self.terms])
             if len(unique) > self.terms:

@@ -65,16 +65,15 @@ def compile_chunk(
     settings: MatchSettings,
 ) -> Chunk:
     c = len(profiles)
-    query = np.zeros(c, dtype=np.int32)
-    exclude = np.zeros(c, dtype=np.int32)
-    cats = np.zeros(c, dtype=np.int32)
-    auths = np.zeros(c, dtype=np.int32)
-    about_row = np.full(c, -1, dtype=np.int32)
-    about_coef = np.zeros(c, dtype=np.float32)
-    has_sim = np.zeros(c, dtype=bool)
-    max_items = np.zeros(c, dtype=np.int64)
-    min_score = np.zeros(c, dtype=np.float32)
+    query: list[int] = []
+    exclude: list[int] = []
+    cats: list[int] = []
+    auths: list[int] = []
+    about_row = [-1] * c
+    about_coef = [0.0] * c
+    has_sim = [False] * c
     about_texts: dict[str, int] = {}
+    no_words: set[str] = set()
     like_rows: list[list[int]] = []
     indptr = [0]
     indices: list[int] = []
@@ -84,31 +83,34 @@ def compile_chunk(
     rows = components.row
     position = period.position
     wa, wl = settings.about_weight, settings.like_weight
+    background = -settings.background_weight
     for r, profile in enumerate(profiles):
-        query[r] = tables.query(profile.query)
-        exclude[r] = tables.query(profile.exclude)
-        cats[r] = tables.categories(profile.categories)
-        auths[r] = tables.authors(profile.authors)
-        max_items[r] = max(profile.max_items, 0)
-        min_score[r] = profile.min_score
-        likes = [rows[i] for i in profile.like if i in rows]
+        query.append(tables.query(profile.query))
+        exclude.append(tables.query(profile.exclude))
+        cats.append(tables.categories(profile.categories))
+        auths.append(tables.authors(profile.authors))
+        likes = [rows[i] for i in profile.like if i in rows] if profile.like else []
         like_rows.append(likes)
-        about = profile.about if profile.about and words(profile.about) else None
+        about = profile.about or None
+        if about is not None and about not in about_texts:
+            if about in no_words or not words(about):
+                no_words.add(about)
+                about = None
         denominator = (wa if about else 0.0) + (wl if likes else 0.0)
         if denominator > 0:
             has_sim[r] = True
             indices.append(0)
-            data.append(-settings.background_weight)
+            data.append(background)
             if about:
                 about_row[r] = about_texts.setdefault(about, len(about_texts))
                 about_coef[r] = wa / denominator
-            for row in likes:
-                indices.append(row)
-                data.append(wl / (len(likes) * denominator))
-        dislikes = [rows[i] for i in profile.dislike if i in rows]
-        for row in dislikes:
-            indices.append(row)
-            data.append(-settings.dislike_weight / len(dislikes))
+            if likes:
+                indices.extend(likes)
+                data.extend([wl / (len(likes) * denominator)] * len(likes))
+        if profile.dislike:
+            dislikes = [rows[i] for i in profile.dislike if i in rows]
+            indices.extend(dislikes)
+            data.extend([-settings.dislike_weight / len(dislikes)] * len(dislikes))
         indptr.append(len(indices))
         if exclude_ids is not None and exclude_ids[r]:
             sent = exclude_ids[r]
@@ -122,18 +124,18 @@ def compile_chunk(
         shape=(c, components.pad_row),
     )
     return Chunk(
-        query,
-        exclude,
-        cats,
-        auths,
-        about_row,
-        about_coef,
+        np.array(query, dtype=np.int32),
+        np.array(exclude, dtype=np.int32),
+        np.array(cats, dtype=np.int32),
+        np.array(auths, dtype=np.int32),
+        np.array(about_row, dtype=np.int32),
+        np.array(about_coef, dtype=np.float32),
         list(about_texts),
         weights,
-        has_sim,
+        np.array(has_sim, dtype=bool),
         like_rows,
-        max_items,
-        min_score,
+        np.array([max(p.max_items, 0) for p in profiles], dtype=np.int64),
+        np.array([p.min_score for p in profiles], dtype=np.float32),
         np.array(sent_rows, dtype=np.int64),
         np.array(sent_cols, dtype=np.int64),
     )

@@ -29,6 +29,7 @@ __all__ = ["STOPWORDS", "analyze", "normalize", "stem", "words"]
 # Hyphens, dashes, the minus sign and the slash all separate words.
 _BREAKS = re.compile(r"[\u002d\u00ad\u2010-\u2015\u2212\ufe58\ufe63\uff0d/]")
 _POSSESSIVE = re.compile(r"['\u2019]s\b")
+_COMBINING = re.compile(r"[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
 _WORD = re.compile(r"[^\W_]+")
 
 _BRITISH = re.compile(r"(?<=\w{3})is(ation|ations|e|es|ed|ing|er|ers)$")
@@ -85,9 +86,11 @@ STOPWORDS: frozenset[str] = frozenset(
 
 def normalize(text: str) -> str:
     """NFKC, no diacritics, case folded, hyphens and possessives as word breaks."""
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(ch for ch in text if not unicodedata.combining(ch))
-    text = unicodedata.normalize("NFKC", text).casefold()
+    if text.isascii():
+        text = text.lower()
+    else:
+        text = _COMBINING.sub("", unicodedata.normalize("NFKD", text))
+        text = unicodedata.normalize("NFKC", text).casefold()
     text = _POSSESSIVE.sub("", text)
     return _BREAKS.sub(" ", text)
 
@@ -113,7 +116,7 @@ def stem(word: str) -> str:
                 break
     if (len(word) >= 5 and word.endswith("ll")) or (len(word) >= 4 and _DOUBLE.search(word)):
         word = word[:-1]
-    if len(word) >= 5 and word.endswith("e"):
+    if len(word) >= 4 and word.endswith("e"):
         word = word[:-1]
     if len(word) >= 4 and word.endswith("y") and word[-2] not in "aeiou":
         word = word[:-1] + "i"
