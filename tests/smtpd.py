@@ -41,6 +41,7 @@ class RecordingHandler:
     def __init__(self) -> None:
         self.received: list[tuple[ReceivedEnvelope, bytes]] = []
         self.commands: list[str] = []  # "MAIL", "RCPT", "DATA", in arrival order
+        self.peers: set[object] = set()  # client (host, port) of every session that sent MAIL
         self._lock = threading.Lock()
 
     def record(self, envelope: Envelope) -> None:
@@ -55,6 +56,7 @@ class RecordingHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> Any:
         self.commands.append("MAIL")
+        self.peers.add(session.peer)
         return MISSING
 
     async def handle_RCPT(
@@ -91,6 +93,7 @@ class ScriptedHandler(RecordingHandler):
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> Any:
         self.commands.append("MAIL")
+        self.peers.add(session.peer)
         return self._reply_or_default(server, self._next("MAIL"))
 
     async def handle_RCPT(

@@ -25,12 +25,14 @@ from functools import lru_cache
 
 import idna
 
-from pipeline.errors import HeaderInjectionError
+from pipeline.domain import Envelope
+from pipeline.errors import HeaderInjectionError, PermanentDeliveryError
 
 __all__ = [
     "encode_address",
     "encode_phrase",
     "encode_unstructured",
+    "envelope_addresses",
     "format_date",
     "make_message_id",
     "safe_header_url",
@@ -151,6 +153,20 @@ def ascii_domain(domain: str, *, field: str) -> str:
         raise HeaderInjectionError(
             f"header {field}: domain {_preview(domain)} is not a valid IDNA name ({exc})"
         ) from exc
+
+
+def envelope_addresses(envelope: Envelope) -> tuple[str, str]:
+    """SMTP envelope sender and recipient as ASCII addr-specs (punycode domains).
+
+    A bad address is a :class:`PermanentDeliveryError` for that message alone.
+    """
+    try:
+        return (
+            ascii_addr_spec(envelope.sender, field="envelope sender"),
+            ascii_addr_spec(envelope.recipient, field="envelope recipient"),
+        )
+    except HeaderInjectionError as exc:
+        raise PermanentDeliveryError(f"message {envelope.message_id}: {exc}") from exc
 
 
 def format_date(value: datetime) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pipeline.domain import Envelope
 from pipeline.errors import BatchAbortedError, TransientDeliveryError
-from pipeline.mail.headers import ascii_addr_spec
+from pipeline.mail.headers import envelope_addresses
 
 __all__ = ["MaildirMailer"]
 
@@ -46,14 +46,14 @@ class MaildirMailer:
         """Deliver one message; return the path of the delivered file."""
         if self._closed:
             raise BatchAbortedError(f"Maildir mailer for {self._path} is closed")
+        envelope_addresses(envelope)  # a bad address fails this message only
         return await asyncio.to_thread(self._deliver, envelope)
 
     async def aclose(self) -> None:
         self._closed = True
 
     def _deliver(self, envelope: Envelope) -> str:
-        sender = ascii_addr_spec(envelope.sender, field="Return-Path")
-        recipient = ascii_addr_spec(envelope.recipient, field="Delivered-To")
+        sender, recipient = envelope_addresses(envelope)
         name = hashlib.sha256(envelope.message_id.encode("utf-8")).hexdigest()[:40] + ".paperpost"
         try:
             tmp_dir, new_dir, cur_dir = self._ensure_dirs()

@@ -43,6 +43,7 @@ from pipeline.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from pipeline.mail.headers import envelope_addresses
 from pipeline.mail.pacing import Pacer
 
 __all__ = ["SmtpMailer", "SmtpSettings", "SmtpStats"]
@@ -131,6 +132,7 @@ class SmtpMailer:
         """Send one message; return the server's reply to the final '.'."""
         if self._closed:
             raise BatchAbortedError(f"SMTP mailer for {self._settings.server} is closed")
+        envelope_addresses(envelope)  # a bad address fails this message only, before any I/O
         async with self._slots:
             delay = self._pacer.reserve()
             if delay > 0:
@@ -219,11 +221,12 @@ class SmtpMailer:
     async def _transaction(self, conn: _Connection, envelope: Envelope) -> str:
         client = conn.client
         who = _who(envelope)
+        sender, recipient = envelope_addresses(envelope)
         payload = _data_payload(envelope.data)
         options = [f"SIZE={len(payload) - 3}"] if client.supports_extension("size") else []
         try:
-            await client.mail(envelope.sender, options=options)
-            await client.rcpt(envelope.recipient)
+            await client.mail(sender, options=options)
+            await client.rcpt(recipient)
             start = await client.execute_command(b"DATA")
             if start.code != 354:
                 raise aiosmtplib.SMTPDataError(start.code, start.message)
