@@ -256,6 +256,7 @@ class Daemon:
         server = _Server(
             uvicorn.Config(
                 self.asgi,
+                interface="asgi3",
                 lifespan="off",
                 access_log=False,
                 log_level="warning",

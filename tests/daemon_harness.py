@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+from tests.conftest import SUBSCRIBERS as _CONFTEST_SUBSCRIBERS
 from tests.smtpd import HANG, RecordingHandler, ScriptedHandler
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,10 +24,10 @@ DAEMON_CONFIG = """
 url = "{db_url}"
 
 [mail]
-from = "Paperpost test <digest@paperpost.test>"
+from = "Paperpost test <digest@paperpost.example>"
 transport = "smtp"
 list_name = "Paperpost test"
-unsubscribe_mailto = "unsubscribe@paperpost.test"
+unsubscribe_mailto = "unsubscribe@paperpost.example"
 concurrency = 1
 
 [mail.smtp]
@@ -43,6 +44,11 @@ admin_token_env = "PAPERPOST_TEST_ADMIN"
 [render]
 preview_dir = "{directory}/previews"
 """
+
+
+# The shared subscribers, at a domain email-validator accepts (".test" is special-use).
+SUBSCRIBERS = _CONFTEST_SUBSCRIBERS.replace("@lab.test", "@lab.example")
+RECIPIENTS = ("ada@lab.example", "grace@lab.example", "zoe@lab.example")
 
 
 def free_port() -> int:

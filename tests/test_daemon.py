@@ -16,9 +16,11 @@ import pytest
 
 from pipeline.daemon import default_pid_file, signal_reload
 from pipeline.store import Store
-from tests.conftest import SAMPLE_SOURCES, SUBSCRIBERS
+from tests.conftest import SAMPLE_SOURCES
 from tests.daemon_harness import (
     ADMIN,
+    RECIPIENTS,
+    SUBSCRIBERS,
     CountingHandler,
     DaemonProcess,
     HangOnSecondHandler,
@@ -27,7 +29,6 @@ from tests.daemon_harness import (
 
 pytestmark = pytest.mark.slow
 
-RECIPIENTS = ("ada@lab.test", "grace@lab.test", "zoe@lab.test")
 
 StartDaemon = Callable[..., DaemonProcess]
 
@@ -91,10 +92,10 @@ def test_daemon_sends_serves_links_and_drains_on_sigterm(
 
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as web:
         health = web.get("/healthz")
-        assert health.status_code == 200
+        assert health.status_code == 200, daemon.log()
         assert health.json()["scheduler_lease"] is True
         assert health.json()["outbox"] == {"sent": 3}
-        ada = message_to(handler.received, "ada@lab.test")
+        ada = message_to(handler.received, "ada@lab.example")
         unsubscribe = web.post(
             link_path(ada, "unsubscribe"), data={"List-Unsubscribe": "One-Click"}
         )
@@ -103,10 +104,10 @@ def test_daemon_sends_serves_links_and_drains_on_sigterm(
         metrics = web.get("/metrics").text
         assert "paperpost_digests_sent_total 3\n" in metrics
         assert 'paperpost_outbox{state="sent"} 3\n' in metrics
-        preview = web.get("/preview/zoe@lab.test", params={"token": ADMIN})
+        preview = web.get("/preview/zoe@lab.example", params={"token": ADMIN})
         assert preview.status_code == 200
         assert "<html" in preview.text.lower()
-        assert web.get("/preview/zoe@lab.test", params={"token": "wrong"}).status_code == 403
+        assert web.get("/preview/zoe@lab.example", params={"token": "wrong"}).status_code == 403
 
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
@@ -114,7 +115,7 @@ def test_daemon_sends_serves_links_and_drains_on_sigterm(
     assert not default_pid_file(config).exists()
     store = Store.open(f"sqlite:///{db}")
     try:
-        state = store.subscriber_state("ada@lab.test")
+        state = store.subscriber_state("ada@lab.example")
         assert state is not None and state.status == "unsubscribed"
         assert store.lease_holder("scheduler", now=datetime.now(UTC)) is None  # released
     finally:
@@ -247,7 +248,7 @@ def test_sighup_rejects_an_invalid_config_and_applies_a_valid_one(
     assert handler.wait_for(3), daemon.log()
     daemon.wait_for("3 sent")
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as web:
-        ada = message_to(handler.received, "ada@lab.test")
+        ada = message_to(handler.received, "ada@lab.example")
         assert web.post(link_path(ada, "unsubscribe")).status_code == 200
 
         mark = daemon.mark()
@@ -259,7 +260,7 @@ def test_sighup_rejects_an_invalid_config_and_applies_a_valid_one(
         assert web.get("/healthz").status_code == 200
 
         mark = daemon.mark()
-        extra = '\n[[subscribers]]\nemail = "new@lab.test"\ntimezone = "UTC"\n'
+        extra = '\n[[subscribers]]\nemail = "new@lab.example"\ntimezone = "UTC"\n'
         config.write_text(original + extra)
         assert signal_reload(config) == 0
         daemon.wait_for("config reloaded from", after=mark)
@@ -272,8 +273,8 @@ def test_sighup_rejects_an_invalid_config_and_applies_a_valid_one(
         states = store.subscriber_states()
     finally:
         store.close()
-    assert states["new@lab.test"].status == "active"
-    assert states["ada@lab.test"].status == "unsubscribed"  # a reload never re-activates
+    assert states["new@lab.example"].status == "active"
+    assert states["ada@lab.example"].status == "unsubscribed"  # a reload never re-activates
 
 
 def test_reload_without_a_running_daemon_says_so(

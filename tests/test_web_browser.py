@@ -12,8 +12,13 @@ from pathlib import Path
 import pytest
 
 from pipeline.store import Store
-from tests.conftest import SAMPLE_SOURCES, SUBSCRIBERS
-from tests.daemon_harness import CountingHandler, DaemonProcess, write_daemon_config
+from tests.conftest import SAMPLE_SOURCES
+from tests.daemon_harness import (
+    SUBSCRIBERS,
+    CountingHandler,
+    DaemonProcess,
+    write_daemon_config,
+)
 from tests.test_daemon import link_path, message_to
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -61,8 +66,8 @@ def test_unsubscribe_and_feedback_flows_in_chromium(
         assert handler.wait_for(3), daemon.log()
         daemon.wait_for("3 sent")
         base = f"http://127.0.0.1:{port}"
-        ada = message_to(handler.received, "ada@lab.test")
-        grace = message_to(handler.received, "grace@lab.test")
+        ada = message_to(handler.received, "ada@lab.example")
+        grace = message_to(handler.received, "grace@lab.example")
 
         context = browser.new_context()  # type: ignore[attr-defined]
         page = context.new_page()
@@ -70,21 +75,21 @@ def test_unsubscribe_and_feedback_flows_in_chromium(
         response = page.goto(base + link_path(ada, "unsubscribe"))
         assert response.status == 200
         assert "Unsubscribe from Paperpost test?" in page.title()
-        assert _status(db, "ada@lab.test") == "active"
+        assert _status(db, "ada@lab.example") == "active"
         with page.expect_navigation():
             page.click("#unsubscribe")
         assert page.locator("h1").inner_text() == "You are unsubscribed"
-        assert "ada@lab.test" in page.locator("main").inner_text()
+        assert "ada@lab.example" in page.locator("main").inner_text()
         assert page.url == base + link_path(ada, "unsubscribe")  # 200, no redirect
         assert context.cookies() == []
-        assert _status(db, "ada@lab.test") == "unsubscribed"
+        assert _status(db, "ada@lab.example") == "unsubscribed"
 
         # Feedback: "more like this" from Grace's digest is recorded.
         feedback = link_path(grace, "feedback")
         response = page.goto(base + feedback)
         assert response.status == 200
         assert page.locator("h1").inner_text() == "Thanks, noted"
-        assert _feedback(db, "grace@lab.test") != ([], [])
+        assert _feedback(db, "grace@lab.example") != ([], [])
 
         # A tampered link: the uniform page, nothing changed.
         response = page.goto(base + feedback[:-3] + "xyz")
