@@ -95,7 +95,7 @@ def check_error_feed(root: Element, *, source: str) -> None:
 def api_error(body: bytes) -> str | None:
     """The message of an arXiv API error feed in ``body``, or None if it is not one."""
     try:
-        return error_detail(parse_tree(prepare_xml(body, source="arxiv-api"), source="arxiv-api"))
+        return error_detail(parse_tree(prepare_xml(body, source="arxiv-api")))
     except (SourceError, ParseError):
         return None
 
@@ -114,7 +114,7 @@ def parse(
 ) -> ParseResult:
     data = prepare_xml(body, source=source, content_type=content_type)
     try:
-        root = parse_tree(data, source=source)
+        root = parse_tree(data)
     except ParseError as exc:
         result = parse_feed(body, source=source, now=now, arxiv=True, prepared=data)
         result.problems.insert(0, f"not well-formed XML ({exc}); read leniently")

@@ -95,7 +95,7 @@ def parse(
 ) -> ParseResult:
     data = prepare_xml(body, source=source, content_type=content_type)
     try:
-        root = parse_tree(data, source=source)
+        root = parse_tree(data)
     except ParseError as exc:
         result = parse_feed(body, source=source, now=now, arxiv=True, prepared=data)
         result.problems.insert(0, f"not well-formed XML ({exc}); read leniently")

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 
 # -- caps (characters) -------------------------------------------------------------------------
 TITLE_MAX = 1_000
@@ -114,6 +115,7 @@ _TAG = re.compile(rf"</?(?:{_HTML_TAGS})\b{_ATTR}*\s*/?>", re.IGNORECASE)
 _DROP_BLOCKS = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NEEDS_WORK = re.compile("[<&\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u00c2\u00c3]")
 
 
 def cap(text: str, limit: int) -> str:
@@ -131,6 +133,8 @@ def clean_text(value: str | None, limit: int) -> str:
     """
     if not value:
         return ""
+    if _NEEDS_WORK.search(value) is None:  # the common case: plain text
+        return cap(" ".join(value.split()), limit)
     text = value
     if "<" in text:
         text = _DROP_BLOCKS.sub(" ", text)
@@ -233,16 +237,20 @@ def parse_date(value: str | None, *, now: datetime) -> datetime | None:
     """
     if not value:
         return None
-    text = value.strip()
-    parsed: datetime | None = None
+    return sane_date(_parse_date_text(value.strip()), now=now)
+
+
+@lru_cache(maxsize=4096)
+def _parse_date_text(text: str) -> datetime | None:
+    """Pure and cached: a daily listing repeats one date on every entry."""
     try:
-        parsed = datetime.fromisoformat(text)
+        return datetime.fromisoformat(text)
     except ValueError:
-        try:
-            parsed = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-    return sane_date(parsed, now=now)
+        pass
+    try:
+        return parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def sane_date(value: datetime | None, *, now: datetime) -> datetime | None:

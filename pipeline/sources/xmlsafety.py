@@ -10,10 +10,10 @@ carries on. So every document goes through :func:`prepare_xml` first:
   UTF-8 when the bytes are valid UTF-8, then the HTTP and XML declarations, then
   windows-1252), and re-encoded as UTF-8 with a matching XML declaration. A server that
   says ``iso-8859-1`` for UTF-8 bytes (or the reverse) therefore still decodes correctly.
-* Any entity declaration (``<!ENTITY``) outside CDATA is rejected: no feed needs one, and
-  all entity-expansion attacks (nested, one huge entity repeated, external, parameter
-  entities) need one. A DOCTYPE without entity declarations is removed, so no DTD is ever
-  read, fetched or applied.
+* Any entity declaration (``<!ENTITY``) anywhere is refused: no feed needs one, and all
+  entity-expansion attacks (nested, one huge entity repeated, external, parameter
+  entities) need one. Every DOCTYPE is removed, so no DTD is ever read, fetched or
+  applied, and the parsers after this step never see a DTD at all.
 
 The scan is linear in the document size and touches neither the file system nor the
 network.
@@ -31,9 +31,6 @@ _XML_DECL = re.compile(r"^\s*<\?xml\s[^>]*?\?>", re.IGNORECASE)
 _DECL_ENCODING = re.compile(rb"""^\s*<\?xml\s[^>]*?encoding\s*=\s*["']([A-Za-z0-9._\-]+)["']""")
 _CHARSET_PARAM = re.compile(r"""charset\s*=\s*["']?([A-Za-z0-9._\-]+)""", re.IGNORECASE)
 _ENTITY_DECL = re.compile(r"<!ENTITY", re.IGNORECASE)
-_DOCTYPE = re.compile(r"<!DOCTYPE", re.IGNORECASE)
-_CDATA_OPEN = "<![CDATA["
-_CDATA_CLOSE = "]]>"
 
 _BOMS: tuple[tuple[bytes, str], ...] = (
     (codecs.BOM_UTF32_LE, "utf-32-le"),
@@ -105,12 +102,8 @@ def decode_document(body: bytes, content_type: str | None = None) -> Decoded:
         return Decoded(body.decode("latin-1"), "latin-1", declared)
 
 
-def _inside_cdata(text: str, pos: int) -> bool:
-    opened = text.rfind(_CDATA_OPEN, 0, pos)
-    if opened < 0:
-        return False
-    closed = text.find(_CDATA_CLOSE, opened, pos)
-    return closed < 0
+_MARKUP = re.compile(r"<!--|<!\[CDATA\[|<\?|<!DOCTYPE", re.IGNORECASE)
+_MARKUP_END = {"<!--": "-->", "<![CDATA[": "]]>", "<?": "?>"}
 
 
 def _doctype_end(text: str, start: int) -> int:
@@ -134,21 +127,36 @@ def _doctype_end(text: str, start: int) -> int:
 
 
 def neutralise(text: str, *, source: str) -> str:
-    """Reject entity declarations; remove DOCTYPEs (outside CDATA). Raises SourceError."""
-    for found in _ENTITY_DECL.finditer(text):
-        if not _inside_cdata(text, found.start()):
-            raise SourceError(
-                source,
-                "the document declares XML entities (<!ENTITY ...>), which can expand "
-                "without bound; refused before parsing",
-            )
+    """Refuse entity declarations; remove every DOCTYPE. Raises SourceError.
+
+    Any ``<!ENTITY`` anywhere is refused, even inside CDATA or a comment: feedparser
+    re-reads entity declarations found at the start of any line, wherever they are, so
+    only refusing all of them is safe. DOCTYPEs are found the way an XML parser would,
+    skipping comments, CDATA sections and processing instructions, and removed.
+    """
+    if _ENTITY_DECL.search(text):
+        raise SourceError(
+            source,
+            "the document declares XML entities (<!ENTITY ...>), which can expand "
+            "without bound; refused before parsing",
+        )
+    if "<!" not in text:
+        return text
     pieces: list[str] = []
-    pos = 0
-    for found in _DOCTYPE.finditer(text):
-        if found.start() < pos or _inside_cdata(text, found.start()):
+    pos = scan = 0
+    while True:
+        found = _MARKUP.search(text, scan)
+        if found is None:
+            break
+        token = found.group(0)
+        if token.upper() == "<!DOCTYPE":
+            pieces.append(text[pos : found.start()])
+            pos = scan = _doctype_end(text, found.start())
             continue
-        pieces.append(text[pos : found.start()])
-        pos = _doctype_end(text, found.start())
+        closing = text.find(_MARKUP_END[token.upper()], found.end())
+        if closing < 0:
+            break
+        scan = closing + len(_MARKUP_END[token.upper()])
     if not pieces:
         return text
     pieces.append(text[pos:])

@@ -1,4 +1,4 @@
-"""A fast, safe element tree for the arXiv adapters (expat via defusedxml).
+"""A fast element tree for the arXiv adapters (stdlib expat, after the safety pass).
 
 The arXiv listings are large (a busy day is ~1,500 entries, an API page up to 2,000), so
 their adapters read them with ElementTree, which is about ten times faster than
@@ -8,12 +8,7 @@ lenient parser in :mod:`pipeline.sources.feed`.
 
 from __future__ import annotations
 
-from xml.etree.ElementTree import Element, ParseError
-
-from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import fromstring
-
-from pipeline.errors import SourceError
+from xml.etree.ElementTree import Element, ParseError, XMLParser
 
 ATOM = "{http://www.w3.org/2005/Atom}"
 ARXIV = "{http://arxiv.org/schemas/atom}"
@@ -35,12 +30,17 @@ __all__ = [
 ]
 
 
-def parse_tree(data: bytes, *, source: str) -> Element:
-    """The root of ``data`` (already through ``prepare_xml``). Raises ParseError if ill-formed."""
-    try:
-        root: Element = fromstring(data, forbid_dtd=True, forbid_entities=True)
-    except DefusedXmlException as exc:
-        raise SourceError(source, f"refused unsafe XML ({exc})") from exc
+def parse_tree(data: bytes) -> Element:
+    """The root of ``data``. Raises ParseError if ill-formed.
+
+    ``data`` must come from :func:`pipeline.sources.xmlsafety.prepare_xml`, which refuses
+    every entity declaration and removes every DOCTYPE, so expat here never sees a DTD:
+    nothing can expand and nothing is fetched. That is why the C-accelerated stdlib parser
+    is safe here (defusedxml's Python-level hooks cost five times the parse itself).
+    """
+    parser = XMLParser()  # noqa: S314 (safe: see above)
+    parser.feed(data)
+    root: Element = parser.close()
     return root
 
 
