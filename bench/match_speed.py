@@ -35,8 +35,37 @@ from pipeline.domain import Paper, Profile  # noqa: E402
 from pipeline.match import Matcher  # noqa: E402
 
 EVAL = ROOT.parent / "shared" / "fixtures" / "eval"
-FIRST = "Wei Yann Ada Rafael Maria Li Chen Anna Lukas Sofia Omar Priya Kenji Elena Jan".split()
-LAST = "Zhang LeCun Lovelace Rafailov Garcia Wang Müller Rossi Kim Nguyen Smith Okafor".split()
+FIRST = [
+    "Wei",
+    "Yann",
+    "Ada",
+    "Rafael",
+    "Maria",
+    "Li",
+    "Chen",
+    "Anna",
+    "Lukas",
+    "Sofia",
+    "Omar",
+    "Priya",
+    "Kenji",
+    "Elena",
+    "Jan",
+]
+LAST = [
+    "Zhang",
+    "LeCun",
+    "Lovelace",
+    "Rafailov",
+    "Garcia",
+    "Wang",
+    "Müller",
+    "Rossi",
+    "Kim",
+    "Nguyen",
+    "Smith",
+    "Okafor",
+]
 
 
 def load_papers() -> tuple[list[Paper], list[Paper]]:
@@ -61,13 +90,17 @@ def load_papers() -> tuple[list[Paper], list[Paper]]:
                 upvotes=upvotes,
             )
         )
-    dev = [p for p, r in zip(papers, rows, strict=True) if r.get("listing_date", "") >= "2025-01-01"]
+    dev = [
+        p for p, r in zip(papers, rows, strict=True) if r.get("listing_date", "") >= "2025-01-01"
+    ]
     dates = {r["id"]: r.get("listing_date", "") for r in rows}
     new = sorted(dev, key=lambda p: (dates[p.id], p.id), reverse=True)[:500]
     return papers, new
 
 
-def make_profiles(n: int, window: list[Paper], new: list[Paper]) -> tuple[list[Profile], list[set[str]]]:
+def make_profiles(
+    n: int, window: list[Paper], new: list[Paper]
+) -> tuple[list[Profile], list[set[str]]]:
     rng = random.Random(n)
     words = [w for p in window[:800] for w in p.title.split() if w.isalpha() and len(w) > 4]
     cats = [c for p in window for c in p.categories[:1]]
@@ -102,9 +135,7 @@ def make_profiles(n: int, window: list[Paper], new: list[Paper]) -> tuple[list[P
                 categories=tuple(rng.sample(cats, rng.randrange(1, 4)))
                 if rng.random() < 0.5
                 else (),
-                authors=tuple(rng.sample(names, rng.randrange(1, 4)))
-                if rng.random() < 0.2
-                else (),
+                authors=tuple(rng.sample(names, rng.randrange(1, 4))) if rng.random() < 0.2 else (),
                 about=rng.choice(abouts) if rng.random() < 0.3 else None,
                 like=tuple(rng.sample(ids, rng.randrange(1, 11))) if rng.random() < 0.3 else (),
                 dislike=tuple(rng.sample(ids, rng.randrange(1, 4))) if rng.random() < 0.05 else (),

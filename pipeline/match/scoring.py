@@ -92,10 +92,13 @@ def compile_chunk(
         likes = [rows[i] for i in profile.like if i in rows] if profile.like else []
         like_rows.append(likes)
         about = profile.about or None
-        if about is not None and about not in about_texts:
-            if about in no_words or not words(about):
-                no_words.add(about)
-                about = None
+        if (
+            about is not None
+            and about not in about_texts
+            and (about in no_words or not words(about))
+        ):
+            no_words.add(about)
+            about = None
         denominator = (wa if about else 0.0) + (wl if likes else 0.0)
         if denominator > 0:
             has_sim[r] = True
