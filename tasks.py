@@ -18,19 +18,20 @@ import sys
 import venv
 from pathlib import Path
 
+if sys.version_info < (3, 11):  # noqa: UP036 (this file must run on any python3 to say so)
+    sys.exit(f"Paperpost needs Python 3.11 or newer; this is {sys.version.split()[0]}")
+
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 
 
 def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> int:
-    return subprocess.call([str(c) for c in cmd], cwd=ROOT, env=env)
+    return subprocess.call([str(c) for c in cmd], cwd=ROOT, env=env)  # noqa: S603 (our own tools)
 
 
 def ensure_venv(extra: str = "") -> None:
     """Create .venv and install the project (again only when pyproject.toml changed)."""
-    if sys.version_info < (3, 11):
-        sys.exit(f"Paperpost needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     if not (BIN / "python").exists():
         print(f"creating {VENV} ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)

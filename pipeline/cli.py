@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -48,19 +47,39 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{config.path}: OK")
     print(f"database: {config.database_url}")
     transport = f.mail.transport
-    where = config.maildir if transport == "maildir" else f"{f.mail.smtp.host}:{f.mail.smtp.port}" \
-        if f.mail.smtp else "?"
+    where = (
+        config.maildir
+        if transport == "maildir"
+        else f"{f.mail.smtp.host}:{f.mail.smtp.port}"
+        if f.mail.smtp
+        else "?"
+    )
     print(f"mail: {transport} -> {where}, from {f.mail.from_}")
     print(f"web: {f.web.base_url}")
     print()
-    print(_table([(s.name, s.kind, s.url, "yes" if s.enabled else "no") for s in f.sources],
-                 ("source", "kind", "url", "enabled")))
+    print(
+        _table(
+            [(s.name, s.kind, s.url, "yes" if s.enabled else "no") for s in f.sources],
+            ("source", "kind", "url", "enabled"),
+        )
+    )
     print()
-    print(_table(
-        [(s.email, s.timezone, s.frequency, s.send_at, s.max_items,
-          ", ".join(s.interests.categories) or "-") for s in f.subscribers],
-        ("subscriber", "timezone", "frequency", "send_at", "max", "categories"),
-    ))
+    print(
+        _table(
+            [
+                (
+                    s.email,
+                    s.timezone,
+                    s.frequency,
+                    s.send_at,
+                    s.max_items,
+                    ", ".join(s.interests.categories) or "-",
+                )
+                for s in f.subscribers
+            ],
+            ("subscriber", "timezone", "frequency", "send_at", "max", "categories"),
+        )
+    )
     return 0
 
 
@@ -80,25 +99,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     report = asyncio.run(run_once(config, write_previews=args.previews))
     failed = [o for o in report.sources if not o.ok]
-    print(f"ingested {len(report.sources)} sources"
-          + (f" ({len(failed)} failed: {', '.join(o.name for o in failed)})" if failed else ""))
+    print(
+        f"ingested {len(report.sources)} sources"
+        + (f" ({len(failed)} failed: {', '.join(o.name for o in failed)})" if failed else "")
+    )
     d = report.deliver
     if not report.plan.planned and not d.sent:
-        print("nothing new to deliver: every due digest was already sent "
-              f"({report.plan.skipped_empty} empty periods skipped)")
+        print(
+            "nothing new to deliver: every due digest was already sent "
+            f"({report.plan.skipped_empty} empty periods skipped)"
+        )
     else:
         rows = []
         for email, reply in sorted(d.delivered.items()):
             preview = d.previews.get(email)
-            rows.append((email, report.plan.items.get(email, "?"), reply,
-                         str(preview) if preview else "-"))
-        print(f"delivered {d.sent} digests"
-              + (f", {d.deferred} deferred" if d.deferred else "")
-              + (f", {d.failed} failed" if d.failed else "")
-              + (f", {d.ambiguous} ambiguous" if d.ambiguous else ""))
+            rows.append(
+                (email, report.plan.items.get(email, "?"), reply, str(preview) if preview else "-")
+            )
+        print(
+            f"delivered {d.sent} digests"
+            + (f", {d.deferred} deferred" if d.deferred else "")
+            + (f", {d.failed} failed" if d.failed else "")
+            + (f", {d.ambiguous} ambiguous" if d.ambiguous else "")
+        )
         print(_table(rows, ("subscriber", "papers", "delivered to", "HTML preview")))
     if config.file.mail.transport == "maildir":
-        print(f"\nMaildir: {config.maildir}  (open it with any mail client, e.g. mutt -f {config.maildir})")
+        print(
+            f"\nMaildir: {config.maildir}\n"
+            f"  (open it with any mail client, e.g. mutt -f {config.maildir})"
+        )
     if args.previews:
         print(f"HTML previews: {config.preview_dir}")
     if d.aborted:
@@ -118,9 +147,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         outcomes = asyncio.run(ingest(store, config, now=now))
     finally:
         store.close()
-    print(_table([(o.name, "ok" if o.ok else "FAILED", o.entries, o.new, o.updated,
-                   o.error or "") for o in outcomes],
-                 ("source", "result", "entries", "new", "updated", "error")))
+    print(
+        _table(
+            [
+                (o.name, "ok" if o.ok else "FAILED", o.entries, o.new, o.updated, o.error or "")
+                for o in outcomes
+            ],
+            ("source", "result", "entries", "new", "updated", "error"),
+        )
+    )
     return 0 if all(o.ok for o in outcomes) else 1
 
 
@@ -153,7 +188,9 @@ def cmd_resubscribe(args: argparse.Namespace) -> int:
         changed = store.resubscribe(args.email.strip().lower(), now=utc_now())
     finally:
         store.close()
-    print(f"{args.email}: " + ("resubscribed" if changed else "was not unsubscribed; nothing changed"))
+    print(
+        f"{args.email}: " + ("resubscribed" if changed else "was not unsubscribed; nothing changed")
+    )
     return 0
 
 
@@ -171,24 +208,38 @@ def cmd_status(args: argparse.Namespace) -> int:
         for src in config.sources:
             st = states.get(src.name)
             fails = st.consecutive_failures if st else 0
-            rows.append((
-                src.name, src.kind,
-                st.last_success.isoformat(timespec="minutes") if st and st.last_success else "never",
-                f"{fails}{' ALERT' if fails >= alert else ''}",
-                st.entries_seen if st else 0,
-                (st.last_error or "")[:60] if st else "",
-            ))
+            rows.append(
+                (
+                    src.name,
+                    src.kind,
+                    st.last_success.isoformat(timespec="minutes")
+                    if st and st.last_success
+                    else "never",
+                    f"{fails}{' ALERT' if fails >= alert else ''}",
+                    st.entries_seen if st else 0,
+                    (st.last_error or "")[:60] if st else "",
+                )
+            )
         print(_table(rows, ("source", "kind", "last success", "failures", "entries", "last error")))
         print()
         subs = store.subscriber_states()
         upcoming = sorted(
-            (next_due_period(s.schedule, now).due_at, s.email,
-             subs[s.email].status if s.email in subs else "new")
+            (
+                next_due_period(s.schedule, now).due_at,
+                s.email,
+                subs[s.email].status if s.email in subs else "new",
+            )
             for s in config.subscribers()
         )
-        print(_table([(due.isoformat(timespec="minutes"), email, status)
-                      for due, email, status in upcoming[:20]],
-                     ("next due (UTC)", "subscriber", "status")))
+        print(
+            _table(
+                [
+                    (due.isoformat(timespec="minutes"), email, status)
+                    for due, email, status in upcoming[:20]
+                ],
+                ("next due (UTC)", "subscriber", "status"),
+            )
+        )
         print()
         counts = store.outbox_counts()
         print("outbox: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "empty"))
@@ -216,8 +267,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         paper_id = args.paper.removeprefix("arXiv:")
         papers = store.papers_by_id([paper_id])
         if paper_id not in papers:
-            print(f"paper {args.paper!r} is not in the database (run `paperpost ingest`)",
-                  file=sys.stderr)
+            print(
+                f"paper {args.paper!r} is not in the database (run `paperpost ingest`)",
+                file=sys.stderr,
+            )
             return 1
         state = store.subscriber_state(email)
         profile = sub.profile
@@ -264,8 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="paperpost", description="Personalised email digests of new research papers."
     )
     parser.add_argument("--version", action="version", version=f"paperpost {__version__}")
-    parser.add_argument("-c", "--config", type=Path,
-                        help=f"config file (default: $PAPERPOST_CONFIG or {DEFAULT_CONFIG})")
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        help=f"config file (default: $PAPERPOST_CONFIG or {DEFAULT_CONFIG})",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every event")
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -278,12 +335,21 @@ def build_parser() -> argparse.ArgumentParser:
     check = add("check", cmd_check, "validate the config (and templates) and summarise it")
     check.add_argument("config_file", nargs="?", type=Path, help="config file to check")
     run = add("run", cmd_run, "run one full cycle now: ingest, match, render, deliver")
-    run.add_argument("--once", action="store_true", required=True,
-                     help="one cycle, then exit (use `paperpost daemon` to keep running)")
-    run.add_argument("--previews", action="store_true",
-                     help="also write each delivered digest's HTML to [render] preview_dir")
+    run.add_argument(
+        "--once",
+        action="store_true",
+        required=True,
+        help="one cycle, then exit (use `paperpost daemon` to keep running)",
+    )
+    run.add_argument(
+        "--previews",
+        action="store_true",
+        help="also write each delivered digest's HTML to [render] preview_dir",
+    )
     add("ingest", cmd_ingest, "fetch every source now and store new papers")
-    preview = add("preview", cmd_preview, "render EMAIL's next digest to an HTML file, send nothing")
+    preview = add(
+        "preview", cmd_preview, "render EMAIL's next digest to an HTML file, send nothing"
+    )
     preview.add_argument("email")
     preview.add_argument("--open", action="store_true", help="open the file in a web browser")
     explain = add("explain", cmd_explain, "show why PAPER ranks where it does for EMAIL")

@@ -53,11 +53,13 @@ def check_digest(store: Store, message: EmailMessage, recipient: str) -> list[st
     """Check one received digest against what the outbox planned; return its paper ids."""
     assert message["To"].addresses[0].addr_spec == recipient
     assert message["Subject"]
-    assert message["Message-ID"].startswith("<") and message["Message-ID"].endswith("@paperpost.example>")
+    assert message["Message-ID"].startswith("<") and message["Message-ID"].endswith(
+        "@paperpost.example>"
+    )
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert "https://digest.paperpost.example/unsubscribe/" in message["List-Unsubscribe"]
     text, html = parts(message)
-    [(period, status, count)] = store.deliveries_for(recipient)
+    [(_period, status, count)] = store.deliveries_for(recipient)
     assert status == "sent"
     sent = store.sent_paper_ids(recipient)
     assert len(sent) == count
@@ -108,7 +110,7 @@ async def test_full_cycle_into_maildir(write_config, tmp_path: Path) -> None:
     report = await run_once(config, clock=clock(), write_previews=True)
     assert report.deliver.sent == len(SUBSCRIBERS)
     box = mailbox.Maildir(tmp_path / "maildir", factory=None, create=False)
-    messages = [parse(box.get_bytes(key)) for key in box.keys()]
+    messages = [parse(box.get_bytes(key)) for key in box.iterkeys()]
     assert sorted(m["To"].addresses[0].addr_spec for m in messages) == sorted(SUBSCRIBERS)
     store = Store.open(config.database_url)
     for message in messages:
@@ -197,7 +199,9 @@ async def test_crash_mid_batch_recovers_without_resending(
     assert sum(recipients.values()) == len(SUBSCRIBERS) - 1
 
 
-async def test_full_cycle_on_postgres(write_config, pg_url: str, smtp_server: RunningServer) -> None:
+async def test_full_cycle_on_postgres(
+    write_config, pg_url: str, smtp_server: RunningServer
+) -> None:
     Store.open(pg_url, auto_upgrade=True).close()
     config = load_config(
         write_config(db_url=pg_url, transport="smtp", mail_extra=smtp_extra(smtp_server))

@@ -38,12 +38,17 @@ class SignallingHandler(ScriptedHandler):
 def test_sigkill_mid_batch_then_restart(write_config, smtp_server_factory) -> None:
     handler = SignallingHandler()
     server = smtp_server_factory(handler)
-    extra = f'concurrency = 1\n\n[mail.smtp]\nhost = "127.0.0.1"\nport = {server.port}\nsecurity = "none"\n'
+    extra = (
+        f'concurrency = 1\n\n[mail.smtp]\nhost = "127.0.0.1"\nport = {server.port}\n'
+        'security = "none"\n'
+    )
     path = write_config(transport="smtp", mail_extra=extra)
     env = {**os.environ, "PAPERPOST_TEST_SECRET": "test-secret-0123456789abcdef"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "-c", str(path), "run", "--once"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         assert handler.second.wait(timeout=60), proc.stderr.read() if proc.stderr else ""

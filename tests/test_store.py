@@ -17,8 +17,9 @@ NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
 
 def subscriber(email: str) -> Subscriber:
-    return Subscriber(email=email, name=None, schedule=Schedule("daily", time(8), "UTC"),
-                      profile=Profile())
+    return Subscriber(
+        email=email, name=None, schedule=Schedule("daily", time(8), "UTC"), profile=Profile()
+    )
 
 
 def paper(pid: str, version: int | None = None, **kw: object) -> Paper:
@@ -40,9 +41,13 @@ def sub_id(store: Store, email: str) -> int:
 
 def plan(store: Store, sid: int, key: str, papers: list[str], *, now: datetime = NOW) -> int | None:
     return store.plan_delivery(
-        subscriber_id=sid, period_key=key, window_start=now - timedelta(days=1), window_end=now,
+        subscriber_id=sid,
+        period_key=key,
+        window_start=now - timedelta(days=1),
+        window_end=now,
         message_id=f"<{sid}.{key}@paperpost.test>",
-        items=[PlannedItem(p, 1.0 - i / 10, f"reason {p}") for i, p in enumerate(papers)], now=now,
+        items=[PlannedItem(p, 1.0 - i / 10, f"reason {p}") for i, p in enumerate(papers)],
+        now=now,
         skip_if_empty=False,
     )
 
@@ -59,7 +64,11 @@ def test_database_behind_the_code_asks_for_db_upgrade(tmp_path: Path) -> None:
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE unrelated (x INTEGER)"))
     engine.dispose()
-    with pytest.raises(StoreError, match=r"without a Paperpost schema, the code needs revision \w+: run `paperpost db upgrade`"):
+    with pytest.raises(
+        StoreError,
+        match=r"without a Paperpost schema, the code needs revision \w+: "
+        r"run `paperpost db upgrade`",
+    ):
         Store.open(f"sqlite:///{path}")
     Store.open(f"sqlite:///{path}", auto_upgrade=True).close()
     Store.open(f"sqlite:///{path}").close()  # now at head: opens without upgrading
@@ -87,7 +96,10 @@ def test_papers_seen_between_is_half_open_and_ordered(store: Store) -> None:
     store.save_papers([paper("b")], now=NOW)
     store.save_papers([paper("a")], now=NOW)
     store.save_papers([paper("c")], now=NOW + timedelta(hours=1))
-    ids = [p.id for p in store.papers_seen_between(NOW - timedelta(seconds=1), NOW + timedelta(hours=1))]
+    ids = [
+        p.id
+        for p in store.papers_seen_between(NOW - timedelta(seconds=1), NOW + timedelta(hours=1))
+    ]
     assert ids == ["a", "b", "c"]
     assert [p.id for p in store.papers_seen_between(NOW, NOW + timedelta(hours=1))] == ["c"]
 
@@ -104,7 +116,9 @@ def test_unsubscribe_wins_over_config_until_resubscribe(store: Store) -> None:
     assert store.resubscribe("a@x.test", now=NOW) is True
     store.sync_subscribers([subscriber("a@x.test"), subscriber("b@x.test")], now=NOW)
     assert {e: s.status for e, s in store.subscriber_states().items()} == {
-        "a@x.test": "active", "b@x.test": "active"}
+        "a@x.test": "active",
+        "b@x.test": "active",
+    }
 
 
 def test_one_outbox_row_per_period(store: Store) -> None:
@@ -114,7 +128,9 @@ def test_one_outbox_row_per_period(store: Store) -> None:
     first = plan(store, sid, "2026-11-23", ["p1"])
     assert first is not None
     assert plan(store, sid, "2026-11-23", ["p2"]) is None
-    assert store.periods_present({(sid, "2026-11-23"), (sid, "2026-11-24")}) == {(sid, "2026-11-23")}
+    assert store.periods_present({(sid, "2026-11-23"), (sid, "2026-11-24")}) == {
+        (sid, "2026-11-23")
+    }
 
 
 def test_a_paper_is_reserved_once_per_subscriber(store: Store) -> None:

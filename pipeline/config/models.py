@@ -131,7 +131,8 @@ class WebConfig(_Model):
             raise ValueError(f"expected an http:// or https:// URL, found {v!r}")
         if match.group(1) == "http" and match.group(2) not in ("127.0.0.1", "localhost", "[::1]"):
             raise ValueError(
-                f"readers' links must use https:// (plain http only for a loopback host), found {v!r}"
+                "readers' links must use https:// (plain http only for a loopback host), "
+                f"found {v!r}"
             )
         return v.rstrip("/")
 
