@@ -3,6 +3,7 @@ signed links) and the message headers."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from urllib.parse import quote
 
@@ -70,7 +71,9 @@ def message_headers(
 ) -> MessageHeaders:
     mail = config.file.mail
     domain = mail.from_.rsplit("@", 1)[-1].rstrip(">").strip()
-    base_host = config.file.web.base_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    # RFC 2919: a stable list identifier under the operator's domain, e.g.
+    # "Lab digest <lab-digest.lab.example>".
+    slug = re.sub(r"[^a-z0-9]+", "-", mail.list_name.lower()).strip("-") or "paperpost"
     return MessageHeaders(
         from_addr=mail.from_,
         to_addr=delivery.email,
@@ -78,7 +81,7 @@ def message_headers(
         subject=subject,
         message_id=delivery.message_id,
         date=now,
-        list_id=f"{mail.list_name} <digest.{base_host or domain}>",
+        list_id=f"{mail.list_name} <{slug}.{domain}>",
         # RFC 8058 one-click needs an https URL; a plain-http base URL (a local set-up such as
         # the demo) keeps its link in the body and only the mailto in the header.
         unsubscribe_url=(
