@@ -15,8 +15,14 @@ from tests.smtpd import HANG, RecordingHandler, ScriptedHandler
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-0123456789abcdef"
+NEW_SECRET = "rotated-secret-0123456789abcdef"
 ADMIN = "admin-token-0123456789abcdef"
-ENV = {**os.environ, "PAPERPOST_TEST_SECRET": SECRET, "PAPERPOST_TEST_ADMIN": ADMIN}
+ENV = {
+    **os.environ,
+    "PAPERPOST_TEST_SECRET": SECRET,
+    "PAPERPOST_TEST_SECRET2": NEW_SECRET,
+    "PAPERPOST_TEST_ADMIN": ADMIN,
+}
 WAIT = 120.0  # seconds: a safety net against hangs, never a timing assertion
 
 DAEMON_CONFIG = """

@@ -16,9 +16,11 @@ import pytest
 
 from pipeline.daemon import default_pid_file, signal_reload
 from pipeline.store import Store
+from pipeline.web.tokens import TokenSigner
 from tests.conftest import SAMPLE_SOURCES
 from tests.daemon_harness import (
     ADMIN,
+    NEW_SECRET,
     RECIPIENTS,
     SUBSCRIBERS,
     CountingHandler,
@@ -122,10 +124,15 @@ def test_daemon_sends_serves_links_and_drains_on_sigterm(
         store.close()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"], ids=["sqlite", "postgres"])
+@pytest.mark.parametrize(
+    ("backend", "stop"),
+    [("sqlite", signal.SIGTERM), ("postgres", signal.SIGTERM), ("sqlite", signal.SIGKILL)],
+    ids=["sqlite-clean-stop-releases", "postgres-clean-stop-releases", "sqlite-killed-expires"],
+)
 def test_two_daemons_on_one_database_send_each_digest_once(
     tmp_path: Path,
     backend: str,
+    stop: signal.Signals,
     request: pytest.FixtureRequest,
     smtp_server_factory: Callable[..., object],
     start_daemon: StartDaemon,
@@ -156,8 +163,9 @@ def test_two_daemons_on_one_database_send_each_digest_once(
     first.wait_for("3 sent")
 
     mark = second.mark()
-    first.send(signal.SIGTERM)
-    assert first.wait() == 0
+    first.send(stop)
+    assert first.wait() == (0 if stop == signal.SIGTERM else -signal.SIGKILL)
+    # Released by a clean stop: taken at the next renewal; a killed holder's lease expires.
     second.wait_for("holds the scheduler lease; running jobs", after=mark)
     second.wait_for("dispatch tick by", after=mark)  # the take-over dispatched at once
     assert Counter(e.rcpt_tos[0] for e, _ in handler.received) == Counter(RECIPIENTS)
@@ -259,12 +267,20 @@ def test_sighup_rejects_an_invalid_config_and_applies_a_valid_one(
         assert "running config stays in force" in rejected
         assert web.get("/healthz").status_code == 200
 
+        rotated = TokenSigner([NEW_SECRET]).sign(
+            subscriber="zoe@lab.example", action="unsubscribe", now=datetime.now(UTC)
+        )
+        assert web.get(f"/unsubscribe/{rotated}").status_code == 400  # key not configured yet
+
         mark = daemon.mark()
         extra = '\n[[subscribers]]\nemail = "new@lab.example"\ntimezone = "UTC"\n'
-        config.write_text(original + extra)
+        keys = 'secret_env = ["PAPERPOST_TEST_SECRET2", "PAPERPOST_TEST_SECRET"]'
+        config.write_text(original.replace('secret_env = "PAPERPOST_TEST_SECRET"', keys) + extra)
         assert signal_reload(config) == 0
         daemon.wait_for("config reloaded from", after=mark)
         assert web.get("/healthz").status_code == 200
+        assert web.get(f"/unsubscribe/{rotated}").status_code == 200  # the new key verifies
+        assert web.get(link_path(ada, "unsubscribe")).status_code == 200  # old links still work
 
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
