@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pipeline import __version__
 from pipeline.config import Config, load_config
@@ -243,12 +244,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         print()
         counts = store.outbox_counts()
         print("outbox: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "empty"))
-        runs = store.last_runs(5)
-        for run in runs:
-            print(f"last {run.kind}: {run.started_at.isoformat(timespec='seconds')} {run.summary}")
+        for run in store.last_runs(4):
+            print(
+                f"{run.kind} at {run.started_at.isoformat(timespec='seconds')}: "
+                f"{_run_summary(run.kind, run.summary)}"
+            )
     finally:
         store.close()
     return 0
+
+
+def _run_summary(kind: str, summary: dict[str, Any]) -> str:
+    if kind == "ingest":
+        failed = sorted(name for name, r in summary.items() if not r.get("ok"))
+        new = sum(int(r.get("new") or 0) for r in summary.values())
+        text = f"{len(summary)} sources, {new} new papers"
+        return text + (f", failed: {', '.join(failed)}" if failed else "")
+    return ", ".join(f"{k} {v}" for k, v in summary.items())
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

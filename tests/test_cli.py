@@ -1,0 +1,102 @@
+"""The command line, run in-process through ``pipeline.cli.main``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_summarises_a_valid_config(write_config, capsys) -> None:
+    path = write_config()
+    code, out, _ = run(capsys, "check", str(path))
+    assert code == 0
+    assert out.startswith(f"{path}: OK\n")
+    assert re.search(r"^daily-papers-001 +feed ", out, re.M)
+    assert "zoe@lab.example" in out and "Pacific/Auckland" in out
+
+
+def test_check_reports_every_problem_and_fails(write_config, capsys) -> None:
+    path = write_config(subscribers='\n[[subscribers]]\nemail = "nope"\ntimezone = "Mars/Base"\n')
+    code, out, err = run(capsys, "check", str(path))
+    assert code == 1
+    assert out == ""
+    assert "2 problems" in err
+    assert "subscribers[0].email: not a valid email address" in err
+    assert "subscribers[0].timezone: expected an IANA time zone" in err
+
+
+def test_check_flags_a_broken_operator_template(write_config, tmp_path: Path, capsys) -> None:
+    templates = tmp_path / "mytemplates"
+    templates.mkdir()
+    (templates / "digest.html.j2").write_text("{% for x in %}broken", encoding="utf-8")
+    (templates / "digest.txt.j2").write_text("ok", encoding="utf-8")
+    path = write_config()
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("[render]\n", f'[render]\ntemplate_dir = "{templates}"\n'))
+    code, _, err = run(capsys, "check", str(path))
+    assert code == 1
+    assert "digest.html.j2" in err
+
+
+def test_run_once_twice(write_config, capsys) -> None:
+    path = write_config()
+    code, out, _ = run(capsys, "-c", str(path), "run", "--once", "--previews")
+    assert code == 0
+    assert "delivered 3 digests" in out
+    assert "ada@lab.example" in out and "HTML preview" in out
+    code, out, _ = run(capsys, "-c", str(path), "run", "--once")
+    assert code == 0
+    assert "nothing new to deliver" in out
+
+
+def test_preview_writes_html_and_sends_nothing(write_config, tmp_path: Path, capsys) -> None:
+    path = write_config()
+    assert run(capsys, "-c", str(path), "ingest")[0] == 0
+    code, out, _ = run(capsys, "-c", str(path), "preview", "ada@lab.example")
+    assert code == 0
+    html_file = Path(out.strip())
+    assert html_file.parent == tmp_path / "previews"
+    assert "<html" in html_file.read_text(encoding="utf-8").lower()
+    assert not (tmp_path / "maildir").exists() or not any((tmp_path / "maildir").rglob("*.*"))
+    code, _, err = run(capsys, "-c", str(path), "preview", "nobody@lab.example")
+    assert code == 1
+    assert "no subscriber 'nobody@lab.example'" in err
+
+
+def test_status_resubscribe_and_explain(write_config, capsys) -> None:
+    path = write_config()
+    run(capsys, "-c", str(path), "run", "--once")
+    code, out, _ = run(capsys, "-c", str(path), "status")
+    assert code == 0
+    assert "outbox: sent 3" in out
+    assert "hf-daily" in out
+    code, out, _ = run(capsys, "-c", str(path), "resubscribe", "ada@lab.example")
+    assert out.strip() == "ada@lab.example: was not unsubscribed; nothing changed"
+    code, out, _ = run(capsys, "-c", str(path), "explain", "zoe@lab.example", "2607.27958")
+    assert code == 0
+    assert "paper 2607.27958" in out
+    code, _, err = run(capsys, "-c", str(path), "explain", "zoe@lab.example", "9999.99999")
+    assert code == 1
+    assert "not in the database" in err
+
+
+def test_db_upgrade(write_config, capsys) -> None:
+    code, out, _ = run(capsys, "-c", str(write_config()), "db", "upgrade")
+    assert code == 0
+    assert out.startswith("database at revision ")
+
+
+def test_missing_config_is_a_clean_error(tmp_path: Path, capsys) -> None:
+    code, _, err = run(capsys, "-c", str(tmp_path / "absent.toml"), "check")
+    assert code == 1
+    assert "absent.toml: 1 problem" in err and "file not found" in err
