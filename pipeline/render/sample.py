@@ -45,7 +45,7 @@ def sample_digest() -> Digest:
     )
     diffusion = Paper(
         id="2006.11239",
-        title="Débruitage <em>diffusion</em> probabilistic models — a Ω-scale study",
+        title="Denoising diffusion probabilistic models: when x < y, a Ω-scale study",
         abstract="<p>We present high quality image synthesis results &amp; more. See Fig. 2.</p>",
         authors=("Jonathan Ho", "Ajay Jain", "Pieter Abbeel"),
         categories=("cs.LG",),
