@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from pipeline.errors import SourceError
-from pipeline.ingest.fetch import Fetcher, FetchError, FetchPolicy
+from pipeline.ingest.fetch import Fetcher, FetchError, FetchPolicy, is_public
 from pipeline.sources import parse_listing
 from tests.ingest_fakes import DATA, LoopbackServer, Request, gzip_bomb, serving
 
@@ -363,3 +363,25 @@ async def test_local_paths_and_file_urls(tmp_path: Path, fetcher: Fetcher) -> No
 async def test_missing_local_file_is_a_source_error(tmp_path: Path, fetcher: Fetcher) -> None:
     with pytest.raises(SourceError, match=r"cannot read .*missing\.xml"):
         await fetcher.fetch(str(tmp_path / "missing.xml"))
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True),
+        ("2606:4700::1111", True),
+        ("127.0.0.1", False),
+        ("10.0.0.1", False),
+        ("100.64.0.1", False),
+        ("169.254.169.254", False),
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),
+        ("192.0.2.1", False),
+        ("fd00::1", False),
+        ("fe80::1%eth0", False),
+        ("::ffff:127.0.0.1", False),
+    ],
+    ids=lambda v: str(v),
+)
+def test_is_public(address: str, public: bool) -> None:
+    assert is_public(address) is public

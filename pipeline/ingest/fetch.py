@@ -36,7 +36,7 @@ import httpx
 
 from pipeline.errors import SourceError
 
-__all__ = ["FetchError", "FetchPolicy", "FetchResult", "Fetcher", "Resolver"]
+__all__ = ["FetchError", "FetchPolicy", "FetchResult", "Fetcher", "Resolver", "is_public"]
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 _ERROR_BODY_MAX = 64 * 1024
