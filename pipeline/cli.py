@@ -30,6 +30,15 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(_config_path(args))
 
 
+def _short(path: object) -> str:
+    """A path relative to the working directory when it lies below it (shorter tables)."""
+    text = str(path)
+    try:
+        return str(Path(text).relative_to(Path.cwd()))
+    except ValueError:
+        return text
+
+
 def _table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
     cells = [[str(c) for c in headers], *[[str(c) for c in r] for r in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
@@ -115,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for email, reply in sorted(d.delivered.items()):
             preview = d.previews.get(email)
             rows.append(
-                (email, report.plan.items.get(email, "?"), reply, str(preview) if preview else "-")
+                (email, report.plan.items.get(email, "?"), _short(reply), _short(preview or "-"))
             )
         print(
             f"delivered {d.sent} digests"
@@ -126,11 +135,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(_table(rows, ("subscriber", "papers", "delivered to", "HTML preview")))
     if config.file.mail.transport == "maildir":
         print(
-            f"\nMaildir: {config.maildir}\n"
-            f"  (open it with any mail client, e.g. mutt -f {config.maildir})"
+            f"\nMaildir: {_short(config.maildir)}/\n"
+            f"  (open it with any mail client, e.g. mutt -f {_short(config.maildir)})"
         )
     if args.previews:
-        print(f"HTML previews: {config.preview_dir}")
+        print(f"HTML previews: {_short(config.preview_dir)}/")
     if d.aborted:
         print(f"delivery aborted: {d.aborted}", file=sys.stderr)
         return 1

@@ -72,6 +72,7 @@ class Stats:
     source_failures: int = 0
     dispatch_runs: int = 0
     dispatch_seconds: float = 0.0
+    send_seconds: float = 0.0
 
 
 class _Server(uvicorn.Server):
@@ -163,6 +164,7 @@ class Daemon:
         self.stats.dispatch_runs += 1
         self.stats.dispatch_seconds += time.monotonic() - began
         self.stats.digests_sent += report.sent
+        self.stats.send_seconds += report.send_seconds
         self.stats.digests_deferred += report.deferred
         self.stats.digests_failed += report.failed
         self.stats.digests_ambiguous += report.ambiguous

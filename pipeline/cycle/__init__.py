@@ -5,6 +5,7 @@ The CLI and the daemon call these functions; the stage modules never import each
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -169,7 +170,7 @@ async def dispatch(
     mailer: Mailer | None = None,
     write_previews: bool = False,
     holder: str | None = None,
-    stopping: object | None = None,
+    stopping: asyncio.Event | None = None,
 ) -> tuple[PlanReport, DeliverReport]:
     """Plan every due digest, then send everything the outbox holds that is due."""
     now = clock()
@@ -189,6 +190,8 @@ async def dispatch(
         holder=holder or holder_name(),
         write_previews=write_previews,
     )
+    if stopping is not None:
+        deliverer.stopping = stopping  # SIGTERM: finish the messages in hand, claim no more
     try:
         report = await deliverer.run()
     finally:

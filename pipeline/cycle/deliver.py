@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -42,6 +43,7 @@ class DeliverReport:
     failed: int = 0
     ambiguous: int = 0
     aborted: str | None = None
+    send_seconds: float = 0.0  # hand-off to reply, summed over sent messages
     delivered: dict[str, str] = field(default_factory=dict)  # email -> transport reply / path
     previews: dict[str, Path] = field(default_factory=dict)  # email -> HTML preview file
 
@@ -143,6 +145,7 @@ class Deliverer:
             log.error("digest %s for %s not built: %s", delivery.period_key, delivery.email, exc)
             return
         self.store.mark_sending(delivery_id, now=self.clock())
+        began = time.monotonic()
         try:
             reply = await self.mailer.send(envelope)
         except BatchAbortedError:
@@ -157,6 +160,7 @@ class Deliverer:
         except AmbiguousDeliveryError as exc:
             self._ambiguous(delivery_id, str(exc), self.clock())
         else:
+            self.report.send_seconds += time.monotonic() - began
             self.store.mark_sent(delivery_id, reply=reply, now=self.clock())
             self.report.sent += 1
             self.report.delivered[delivery.email] = reply

@@ -70,6 +70,8 @@ COUNTERS = {
     "source_failures": "Failed source fetches.",
     "dispatch_runs": "Dispatch ticks run.",
     "dispatch_seconds": "Time spent planning and sending, summed over dispatch ticks.",
+    "send_seconds": "Time from hand-off to the transport's reply, summed over sent digests "
+    "(divide by digests_sent for the mean send latency).",
 }
 
 
