@@ -381,9 +381,20 @@ def _claim_pid_file(path: Path) -> None:
     path.write_text(f"{os.getpid()}\n", encoding="utf-8")
 
 
-def run_daemon(config_path: str | Path, *, options: DaemonOptions = DaemonOptions()) -> int:
+def options_from_config(config: Config) -> DaemonOptions:
+    d = config.file.daemon
+    return DaemonOptions(
+        grace_seconds=d.grace_seconds,
+        lease_ttl=timedelta(seconds=d.lease_seconds),
+        maintenance_every=timedelta(minutes=d.maintenance_minutes),
+        pid_file=config.path.parent / d.pid_file if d.pid_file else None,
+    )
+
+
+def run_daemon(config_path: str | Path, *, options: DaemonOptions | None = None) -> int:
     """Run until SIGTERM/SIGINT. Returns the process exit status."""
     config = load_config(config_path)
+    options = options or options_from_config(config)
     pid_file = options.pid_file or default_pid_file(config.path)
     _claim_pid_file(pid_file)
 
@@ -400,6 +411,13 @@ def run_daemon(config_path: str | Path, *, options: DaemonOptions = DaemonOption
 
 def signal_reload(config_path: str | Path, *, pid_file: Path | None = None) -> int:
     """Send SIGHUP to the daemon running with this config (found by its pid file)."""
+    if pid_file is None:
+        # The daemon's config names its pid file; an unreadable config falls back to the default
+        # (reloading is exactly how an operator applies a fixed config).
+        try:
+            pid_file = options_from_config(load_config(config_path)).pid_file
+        except PaperpostError:
+            pid_file = None
     path = pid_file or default_pid_file(config_path)
     try:
         pid = int(path.read_text(encoding="utf-8").strip())

@@ -171,6 +171,13 @@ class ScheduleConfig(_Model):
     dispatch_every_seconds: int = Field(60, ge=5)
 
 
+class DaemonConfig(_Model):
+    grace_seconds: float = Field(30.0, gt=0)  # SIGTERM: time to finish in-flight sends
+    lease_seconds: float = Field(90.0, ge=10)  # scheduler lease; a standby takes over after it
+    maintenance_minutes: int = Field(60, ge=1)
+    pid_file: Path | None = None  # default: var/paperpost.pid beside the config file
+
+
 class SourceConfig(_Model):
     name: str
     kind: str
@@ -261,5 +268,6 @@ class ConfigFile(_Model):
     ingest: IngestConfig = IngestConfig()
     match: MatchConfig = MatchConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    daemon: DaemonConfig = DaemonConfig()
     sources: list[SourceConfig] = []
     subscribers: list[SubscriberConfig] = []
