@@ -199,17 +199,16 @@ def _fold_ascii(value: str, *, first: int) -> str:
 
 
 def _encoded_words(value: str) -> str:
-    chunks: list[str] = []
-    buf = bytearray()
-    for char in value:
-        encoded = char.encode("utf-8")
-        if len(buf) + len(encoded) > _WORD_BYTES:
-            chunks.append(_b_word(bytes(buf)))
-            buf.clear()
-        buf += encoded
-    if buf or not chunks:
-        chunks.append(_b_word(bytes(buf)))
-    return "\r\n ".join(chunks)
+    data = value.encode("utf-8")
+    words: list[str] = []
+    start = 0
+    while start < len(data):
+        end = min(start + _WORD_BYTES, len(data))
+        while end < len(data) and data[end] & 0xC0 == 0x80:
+            end -= 1  # never split a character across encoded-words
+        words.append(_b_word(data[start:end]))
+        start = end
+    return "\r\n ".join(words or [_b_word(b"")])
 
 
 def _b_word(data: bytes) -> str:

@@ -17,11 +17,13 @@ header value still goes through :func:`pipeline.mail.headers.safe_header_value`
 from __future__ import annotations
 
 import hashlib
+import re
 from binascii import b2a_base64, b2a_qp
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import parseaddr
+from functools import lru_cache
 
 from pipeline.domain import MessageHeaders, RenderedDigest
 from pipeline.errors import HeaderInjectionError
@@ -38,6 +40,7 @@ from pipeline.mail.headers import (
 __all__ = ["build_message", "build_message_reference", "header_values"]
 
 _ONE_CLICK = "List-Unsubscribe=One-Click"
+_BASE64_LINE = re.compile(rb".{1,76}", re.DOTALL)
 
 
 def header_values(headers: MessageHeaders) -> list[tuple[str, str]]:
@@ -150,6 +153,7 @@ def _address(addr: str, name: str | None) -> Address:
     return Address(display_name=name or "", username=local, domain=domain)
 
 
+@lru_cache(maxsize=256)
 def _split_mailbox(value: str, *, field: str) -> tuple[str | None, str]:
     safe_header_value(value, field=field)
     name, addr = parseaddr(value)
@@ -171,7 +175,7 @@ def _lf(text: str) -> str:
 
 def _base64_part(subtype: str, body: str) -> bytes:
     encoded = b2a_base64(_lf(body).replace("\n", "\r\n").encode("utf-8"), newline=False)
-    lines = b"\r\n".join([encoded[i : i + 76] for i in range(0, len(encoded), 76)])
+    lines = b"\r\n".join(_BASE64_LINE.findall(encoded))
     return (
         (
             f'Content-Type: text/{subtype}; charset="utf-8"\r\n'

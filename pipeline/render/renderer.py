@@ -39,6 +39,7 @@ _TEXT_SLOT = re.compile("\x00(\\d+)\x00")
 _NUMBER = "\ue004\ue004"  # two columns wide, like the " 1" it becomes in text
 _REASON, _MORE, _LESS = "\ue001", "\ue002", "\ue003"
 _PLACEHOLDERS = (_REASON, _MORE, _LESS)
+_SLOTS = re.compile(f"({_NUMBER}|{_REASON}|{_MORE}|{_LESS})")
 
 Shape = tuple[bool, bool, bool]  # has reason, has "more" link, has "less" link
 
@@ -66,7 +67,7 @@ class RenderOptions:
 class _Chunk:
     """One paper's entry with placeholders for the personal parts."""
 
-    html: str
+    html_parts: tuple[str, ...]  # literal, placeholder, literal, placeholder, ..., literal
     text_lines: tuple[str, ...]
     personal_lines: tuple[int, ...]  # text lines holding reason / link placeholders
 
@@ -92,6 +93,7 @@ class Renderer:
         self._inliner = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
         self._css: str | None = None
         self._chunks: dict[tuple[Paper, Shape], _Chunk] = {}
+        self._by_identity: dict[tuple[int, Shape], tuple[Paper, _Chunk]] = {}
 
     @property
     def template_dirs(self) -> tuple[Path, ...]:
@@ -104,8 +106,10 @@ class Renderer:
                 self._templates.get(name)
         self._stylesheet()
         self._chunks.clear()
+        self._by_identity.clear()
         self.render(sample_digest())
         self._chunks.clear()
+        self._by_identity.clear()
 
     def render(self, digest: Digest) -> RenderedDigest:
         """Subject, HTML (CSS inlined, under ``max_html_bytes``) and text for one digest."""
@@ -190,13 +194,14 @@ class Renderer:
         reason = clean_text(item.reason)
         more, less = safe_url(item.more_url), safe_url(item.less_url)
         chunk = self._chunk(item.paper, (bool(reason), more is not None, less is not None))
-        html = chunk.html.replace(_NUMBER, str(number))
-        if reason:
-            html = html.replace(_REASON, _escape(reason))
-        if more is not None:
-            html = html.replace(_MORE, _escape(more))
-        if less is not None:
-            html = html.replace(_LESS, _escape(less))
+        values = {
+            _NUMBER: str(number),
+            _REASON: _escape(reason),
+            _MORE: _escape(more or ""),
+            _LESS: _escape(less or ""),
+        }
+        parts = chunk.html_parts
+        html = "".join([values[part] if i % 2 else part for i, part in enumerate(parts)])
         lines = list(chunk.text_lines)
         lines[0] = lines[0].replace(_NUMBER, f"{number:>2}")
         width = self._options.text_width
@@ -209,9 +214,15 @@ class Renderer:
         return _Entry(html, "\n".join(lines))
 
     def _chunk(self, paper: Paper, shape: Shape) -> _Chunk:
+        # Papers are usually the very same objects across a run's digests: look them
+        # up by identity first (hashing a Paper hashes all its fields).
+        fast = self._by_identity.get((id(paper), shape))
+        if fast is not None and fast[0] is paper:
+            return fast[1]
         key = (paper, shape)
         cached = self._chunks.get(key)
         if cached is not None:
+            self._by_identity[(id(paper), shape)] = (paper, cached)
             return cached
         view = ItemView(
             paper=paper_view(
@@ -232,10 +243,12 @@ class Renderer:
         wrapped = wrap_text(raw_text.replace(_NUMBER, "00", 1), self._options.text_width)
         lines = tuple(wrapped.replace("00", _NUMBER, 1).split("\n"))
         personal = tuple(i for i, line in enumerate(lines) if any(p in line for p in _PLACEHOLDERS))
-        chunk = _Chunk(html.strip(), lines, personal)
+        chunk = _Chunk(tuple(_SLOTS.split(html.strip())), lines, personal)
         if len(self._chunks) >= self._options.fragment_cache_size:
             self._chunks.clear()
+            self._by_identity.clear()
         self._chunks[key] = chunk
+        self._by_identity[(id(paper), shape)] = (paper, chunk)
         return chunk
 
     def _stylesheet(self) -> str:
