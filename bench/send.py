@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -236,7 +237,8 @@ def main() -> None:
     papers = load_papers()
     digests = make_digests(count, papers)
     renderer = Renderer()
-    rendered = [renderer.render(d) for d in digests[:200]]  # warm the entry cache like a run does
+    for d in digests[:200]:
+        renderer.render(d)  # warm the entry cache, as the first digests of a run do
     results = [
         timed("render", count, lambda: [renderer.render(d) for d in digests]),
     ]
@@ -246,7 +248,7 @@ def main() -> None:
         timed(
             "build (fast path)",
             count,
-            lambda: [build_message(h, r) for h, r in zip(heads, rendered)],
+            lambda: [build_message(h, r) for h, r in zip(heads, rendered, strict=True)],
         )
     )
     few = min(count, 500)
@@ -254,7 +256,10 @@ def main() -> None:
         timed(
             "build (EmailMessage reference)",
             few,
-            lambda: [build_message_reference(h, r) for h, r in zip(heads[:few], rendered[:few])],
+            lambda: [
+                build_message_reference(h, r)
+                for h, r in zip(heads[:few], rendered[:few], strict=True)
+            ],
         )
     )
     messages = [build_message(h, r) for h, r in zip(heads, rendered, strict=True)]
@@ -294,15 +299,15 @@ def main() -> None:
         sends.append(
             (run_send("render + build + send", kind, count, pool, 10_000, end_to_end), str(pool))
         )
-        few_fresh = min(count, 1000)
-
-        def first_few() -> Iterator[Envelope]:
-            yield from list(prebuilt())[:few_fresh]
-
         sends.append(
             (
                 run_send(
-                    "send only, new connection per message", kind, few_fresh, pool, 1, first_few
+                    "send only, new connection per message",
+                    kind,
+                    min(count, 1000),
+                    pool,
+                    1,
+                    lambda: itertools.islice(prebuilt(), min(count, 1000)),
                 ),
                 f"{pool} (1 msg/conn)",
             )
