@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from pipeline.errors import SourceError
-from pipeline.ingest.fetch import Fetcher, FetchError, FetchPolicy, is_public
+from pipeline.ingest.fetch import Fetcher, FetchError, FetchPolicy, is_public, politeness_group
 from pipeline.sources import parse_listing
 from tests.ingest_fakes import DATA, LoopbackServer, Request, gzip_bomb, serving
 
@@ -385,3 +385,41 @@ async def test_missing_local_file_is_a_source_error(tmp_path: Path, fetcher: Fet
 )
 def test_is_public(address: str, public: bool) -> None:
     assert is_public(address) is public
+
+
+@pytest.mark.parametrize(
+    ("host", "group"),
+    [
+        ("export.arxiv.org", "arxiv.org"),
+        ("rss.arxiv.org", "arxiv.org"),
+        ("arxiv.org", "arxiv.org"),
+        ("notarxiv.org", "notarxiv.org"),
+        ("huggingface.co", "huggingface.co"),
+    ],
+    ids=["api", "rss", "apex", "lookalike", "other"],
+)
+def test_arxiv_hosts_share_one_politeness_slot(host: str, group: str) -> None:
+    assert politeness_group(host, FetchPolicy().host_intervals) == group
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[bad/feed", "http://example.org:99999/feed"], ids=["ipv6", "port"]
+)
+async def test_invalid_urls_are_source_errors(fetcher: Fetcher, url: str) -> None:
+    with pytest.raises(SourceError, match="invalid URL"):
+        await fetcher.fetch(url)
+
+
+async def test_the_deadline_covers_all_redirect_hops(server: LoopbackServer) -> None:
+    def slow_hop(r: Request) -> None:
+        time.sleep(0.4)  # each hop is slow on its own, but under the deadline
+        r.send(302, b"", {"Location": f"/hop?n={int(query(r, 'n')) + 1}"})
+
+    server.routes["/hop"] = slow_hop
+    f = Fetcher(FetchPolicy(allow_private=True, deadline=1.0, host_intervals=()))
+    try:
+        with pytest.raises(SourceError, match="within 1 s"):
+            await f.fetch(server.url("/hop?n=0"))
+    finally:
+        await f.aclose()
+    assert len(server.requests) == 3

@@ -295,3 +295,25 @@ async def test_fetch_papers_by_id_survives_a_failing_batch(
         store, ["2104.12255"], fetcher, now=NOW, api_url=server.url("/api/query")
     )
     assert stored == []
+
+
+async def test_a_parser_bug_on_one_source_is_recorded_and_others_go_on(
+    store: Any, fetcher: Fetcher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.ingest.run as run
+
+    real = run.parse_listing
+
+    def buggy(kind: str, body: bytes, *, source: str, **kwargs: Any) -> Any:
+        if source == "buggy":
+            raise KeyError("surprise")
+        return real(kind, body, source=source, **kwargs)
+
+    monkeypatch.setattr(run, "parse_listing", buggy)
+    path = tmp_path / "l.xml"
+    path.write_bytes(listing(*ITEMS))
+    specs = [Spec("buggy", "arxiv-rss", str(path)), Spec("fine", "arxiv-rss", str(path))]
+    bad, good = await ingest_sources(store, specs, fetcher, now=NOW)
+    assert (bad.ok, good.ok, good.new) == (False, True, 3)
+    assert bad.error == "unexpected KeyError while reading the source: 'surprise'"
+    assert store.source_state("buggy").consecutive_failures == 1

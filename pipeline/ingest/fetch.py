@@ -36,7 +36,15 @@ import httpx
 
 from pipeline.errors import SourceError
 
-__all__ = ["FetchError", "FetchPolicy", "FetchResult", "Fetcher", "Resolver", "is_public"]
+__all__ = [
+    "FetchError",
+    "FetchPolicy",
+    "FetchResult",
+    "Fetcher",
+    "Resolver",
+    "is_public",
+    "politeness_group",
+]
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 _ERROR_BODY_MAX = 64 * 1024
@@ -121,6 +129,16 @@ def _local_path(url: str) -> Path | None:
     return Path(url)
 
 
+def politeness_group(host: str, host_intervals: tuple[tuple[str, float], ...]) -> str:
+    """The key hosts share a connection slot and interval under: the matching
+    ``host_intervals`` suffix (arXiv's limit covers rss.arxiv.org and export.arxiv.org
+    together), else the host itself."""
+    for suffix, _ in host_intervals:
+        if host == suffix or host.endswith("." + suffix):
+            return suffix
+    return host
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -136,10 +154,15 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def _origin(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
-    default = 443 if parts.scheme == "https" else 80
-    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+def _split(source: str, url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of ``url``; SourceError when it cannot be parsed."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise SourceError(source, f"invalid URL {url!r} ({exc})") from exc
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), port or (443 if scheme == "https" else 80)
 
 
 class Fetcher:
@@ -188,17 +211,21 @@ class Fetcher:
         allow_private: bool | None = None,
     ) -> FetchResult:
         """Fetch ``url`` (http, https, file:// or a local path). Raises SourceError."""
-        local = _local_path(url)
+        try:
+            local = _local_path(url)
+        except ValueError as exc:
+            raise SourceError(url, f"invalid URL {url!r} ({exc})") from exc
         if local is not None:
             return self._read_file(url, local, etag=etag)
-        scheme = urlsplit(url).scheme.lower()
+        scheme = _split(url, url)[0]
         if scheme not in ("http", "https"):
             raise SourceError(url, f"only http and https URLs are fetched, not {scheme!r}")
         private_ok = self.policy.allow_private if allow_private is None else allow_private
-        trusted = _origin(url) if private_ok else None
+        trusted = _split(url, url) if private_ok else None
         seen: set[str] = set()
         current = url
         retried = False
+        budget = [self.policy.deadline]  # network seconds left for this fetch, all hops
         while True:
             if current in seen:
                 raise SourceError(url, f"redirect loop: {current} was already visited")
@@ -206,7 +233,12 @@ class Fetcher:
             if len(seen) > self.policy.max_redirects + 1:
                 raise SourceError(url, f"more than {self.policy.max_redirects} redirects")
             outcome = await self._hop(
-                url, current, etag, last_modified, private_ok=_origin(current) == trusted
+                url,
+                current,
+                etag,
+                last_modified,
+                budget,
+                private_ok=_split(url, current) == trusted,
             )
             if isinstance(outcome, FetchResult):
                 return outcome
@@ -226,16 +258,15 @@ class Fetcher:
         url: str,
         etag: str | None,
         last_modified: str | None,
+        budget: list[float],
         *,
         private_ok: bool,
     ) -> FetchResult | str | float:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        scheme, host, port = _split(source, url)
+        if scheme not in ("http", "https") or not host:
             raise SourceError(source, f"refused redirect to {url!r}: only http(s) URLs")
-        host = parts.hostname.lower()
-        port = parts.port or (443 if parts.scheme == "https" else 80)
         target = await self._checked_address(source, host, port, private_ok=private_ok)
-        slot = self._hosts.setdefault(host, _Host())
+        slot = self._hosts.setdefault(self._slot_key(host), _Host())
         async with slot.lock:
             now = self._clock()
             if slot.blocked_until > now:
@@ -245,18 +276,22 @@ class Fetcher:
             if slot.next_at > now:
                 await self._sleep(slot.next_at - now)
             async with self._slots:
+                started = time.monotonic()
                 try:
-                    async with asyncio.timeout(self.policy.deadline):
+                    async with asyncio.timeout(max(budget[0], 0.0)):
                         return await self._request(source, url, target, etag, last_modified, slot)
                 except TimeoutError as exc:
                     raise SourceError(
-                        source, f"no complete answer from {url} within {self.policy.deadline:g} s"
+                        source,
+                        f"no complete answer from {url} within {self.policy.deadline:g} s "
+                        "(the total deadline of one fetch)",
                     ) from exc
                 except httpx.TimeoutException as exc:
                     raise SourceError(source, f"timed out talking to {url} ({exc!r})") from exc
-                except httpx.HTTPError as exc:
+                except (httpx.HTTPError, httpx.InvalidURL) as exc:
                     raise SourceError(source, f"could not fetch {url}: {exc!r}") from exc
                 finally:
+                    budget[0] -= time.monotonic() - started
                     slot.next_at = self._clock() + self._interval(host)
 
     def _interval(self, host: str) -> float:
@@ -264,6 +299,9 @@ class Fetcher:
             if host == suffix or host.endswith("." + suffix):
                 return seconds
         return self.policy.per_host_interval
+
+    def _slot_key(self, host: str) -> str:
+        return politeness_group(host, self.policy.host_intervals)
 
     async def _checked_address(
         self, source: str, host: str, port: int, *, private_ok: bool
@@ -310,6 +348,9 @@ class Fetcher:
         extensions: dict[str, str] = {}
         if address is not None:  # pin to the checked address; Host and SNI keep the name
             headers["Host"] = parts.netloc.rsplit("@", 1)[-1]
+            # A pooled connection is keyed by address, not name: never reuse one, or a TLS
+            # session verified for one host name could carry a request for another.
+            headers["Connection"] = "close"
             request_url = request_url.copy_with(host=address)
             extensions["sni_hostname"] = parts.hostname or ""
         request = self._client.build_request(

@@ -151,7 +151,15 @@ async def _ingest_one(
 ) -> SourceOutcome:
     state = store.source_state(spec.name)
     try:
-        listing = await _fetch_listing(spec, fetcher, state, now=now)
+        try:
+            listing = await _fetch_listing(spec, fetcher, state, now=now)
+        except SourceError:
+            raise
+        except Exception as exc:  # a parser bug on a strange document: that source only
+            log.exception("source %s: unexpected error while fetching or parsing", spec.name)
+            raise SourceError(
+                spec.name, f"unexpected {type(exc).__name__} while reading the source: {exc}"
+            ) from exc
     except SourceError as exc:
         message = reason(exc)
         store.record_source_failure(spec.name, error=message, now=now)
