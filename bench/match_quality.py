@@ -1,0 +1,331 @@
+"""Matching quality on real arXiv papers with category labels.
+
+Usage::
+
+    .venv/bin/python bench/match_quality.py
+    .venv/bin/python bench/match_quality.py --file other.jsonl --history-days 3 --draws 8
+
+The file needs one JSON object per line with ``id``, ``listing_date``, ``title``,
+``abstract`` and ``categories`` (the labels). Protocol (issue 4):
+
+- window (fit corpus) = every paper of the file (text only, labels unused);
+- history = the first ``--history-days`` listing days; the papers of the later
+  days are ranked;
+- for each of the 20 most frequent categories C, three profiles built without
+  looking at the labels of the ranked papers: (a) ``categories=[C]``; (b) an
+  ``about`` sentence and a ``query`` written from C's official arXiv name and
+  description only (``CATEGORY_TEXT``); (c) ``like`` = 5 papers labelled C from
+  the history days (the first 5 by id; fewer when history has fewer);
+- relevance = C among the ranked paper's categories; precision@10, recall@50,
+  nDCG@20 averaged over categories;
+- baseline for (c): arxiv-sanity-lite's ranking, a linear SVM per profile over
+  its TF-IDF (liked = positives, every other paper = negatives, its exact
+  vectoriser and SVM settings), scored on the ranked papers;
+- the single draw of (c) is noisy with 20 profiles, so (c) is also averaged over
+  ``--draws`` random draws of 5 liked history papers per category (same draws for both).
+
+Ours ranks with the similarity threshold disabled for (b) and (c) (ranking
+quality, not admission); ``--thresholds`` reports what the default admission
+threshold lets through for (c).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.svm import LinearSVC
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.domain import Paper, Profile  # noqa: E402
+from pipeline.match import Matcher, MatchSettings  # noqa: E402
+
+DEFAULT = ROOT.parent / "shared" / "fixtures" / "eval" / "arxiv_cs_dev_2025.jsonl"
+
+# From arXiv's category taxonomy (official name, then the description's key terms).
+CATEGORY_TEXT: dict[str, tuple[str, str]] = {
+    "cs.CV": (
+        "image processing, computer vision, pattern recognition and scene understanding",
+        'abs:"computer vision" OR abs:image* OR abs:"pattern recognition"'
+        ' OR abs:"scene understanding"',
+    ),
+    "cs.AI": (
+        "artificial intelligence: expert systems, theorem proving, knowledge representation,"
+        " planning and uncertainty in AI",
+        'abs:"artificial intelligence" OR abs:"knowledge representation" OR abs:planning'
+        ' OR abs:reasoning OR abs:"expert systems"',
+    ),
+    "cs.CL": (
+        "computation and language: natural language processing, computational linguistics,"
+        " speech and text",
+        'abs:"natural language" OR abs:linguistic* OR abs:"language model" OR ti:language',
+    ),
+    "cs.LG": (
+        "machine learning: supervised, unsupervised and reinforcement learning, bandits,"
+        " robustness, explanation, fairness and methodology",
+        'abs:"machine learning" OR abs:"reinforcement learning" OR abs:supervised'
+        " OR abs:unsupervised OR abs:bandit*",
+    ),
+    "cs.RO": (
+        "robotics: robots, manipulation, locomotion, motion planning and control",
+        'abs:robot* OR abs:manipulation OR abs:locomotion OR abs:"motion planning"',
+    ),
+    "eess.IV": (
+        "image and video processing: formation, compression, restoration and analysis of"
+        " images and video, medical imaging",
+        'abs:"image processing" OR abs:video OR abs:compression OR abs:"medical imaging"'
+        " OR abs:restoration",
+    ),
+    "cs.GR": (
+        "computer graphics: rendering, geometric modeling, animation and 3D shapes",
+        'abs:graphics OR abs:rendering OR abs:animation OR abs:mesh* OR abs:"geometric modeling"',
+    ),
+    "cs.HC": (
+        "human-computer interaction: user interfaces, usability, user studies and"
+        " interactive systems",
+        'abs:"user interface" OR abs:usability OR abs:"user study" OR abs:participants'
+        ' OR abs:"human computer interaction"',
+    ),
+    "cs.MM": (
+        "multimedia: audio, video and image content, multimodal media systems",
+        "abs:multimedia OR abs:multimodal OR abs:audio OR abs:video",
+    ),
+    "cs.CY": (
+        "computers and society: impact of computers on society, ethics, legal aspects,"
+        " education, policy",
+        "abs:societ* OR abs:ethic* OR abs:legal OR abs:education OR abs:policy",
+    ),
+    "cs.IR": (
+        "information retrieval: indexing, search, retrieval, recommendation and content analysis",
+        "abs:retrieval OR abs:recommend* OR abs:search OR abs:ranking OR abs:indexing",
+    ),
+    "eess.AS": (
+        "audio and speech processing: speech recognition, synthesis, enhancement and audio"
+        " signal processing",
+        'abs:speech OR abs:audio OR abs:"speech recognition" OR abs:acoustic',
+    ),
+    "cs.CR": (
+        "cryptography and security: authentication, attacks, privacy, public key"
+        " cryptography, security protocols",
+        "abs:security OR abs:attack* OR abs:privacy OR abs:cryptograph* OR abs:adversar*",
+    ),
+    "cs.SD": (
+        "sound: audio signal processing, music, speech and acoustics",
+        "abs:sound OR abs:music OR abs:audio OR abs:acoustic",
+    ),
+    "cs.MA": (
+        "multiagent systems: distributed AI, intelligent agents, coordinated interactions",
+        'abs:"multi agent" OR abs:multiagent OR abs:agents OR abs:coordination',
+    ),
+    "cs.SY": (
+        "systems and control: automatic control systems, controllers, stability and"
+        " optimal control",
+        'abs:control OR abs:controller OR abs:stability OR abs:"optimal control"',
+    ),
+    "eess.SY": (
+        "systems and control: analysis and design of dynamical control systems",
+        'abs:control OR abs:"dynamical system" OR abs:controller OR abs:stability',
+    ),
+    "stat.ML": (
+        "statistical machine learning: statistical learning theory, inference, graphical"
+        " models, kernels",
+        "abs:statistic* OR abs:inference OR abs:bayesian OR abs:kernel OR abs:theoretical",
+    ),
+    "cs.SE": (
+        "software engineering: design tools, testing, debugging, programming environments and code",
+        'abs:software OR abs:code OR abs:testing OR abs:debugging OR abs:"program repair"',
+    ),
+    "cs.NE": (
+        "neural and evolutionary computing: neural networks, genetic algorithms,"
+        " evolutionary computation, spiking neurons",
+        "abs:evolutionary OR abs:genetic OR abs:spiking OR abs:neuromorphic"
+        ' OR abs:"neural network"',
+    ),
+}
+
+
+def load(path: Path) -> list[dict[str, object]]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def ndcg(relevance: Sequence[float], k: int, total: int) -> float:
+    gain = sum(r / np.log2(i + 2) for i, r in enumerate(relevance[:k]))
+    ideal = sum(1 / np.log2(i + 2) for i in range(min(k, total)))
+    return float(gain / ideal) if ideal else 0.0
+
+
+def metrics(ranked: Sequence[str], relevant: set[str]) -> tuple[float, float, float]:
+    rel = [1.0 if pid in relevant else 0.0 for pid in ranked]
+    p10 = sum(rel[:10]) / 10
+    r50 = sum(rel[:50]) / len(relevant) if relevant else 0.0
+    return p10, r50, ndcg(rel, 20, len(relevant))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--file", type=Path, default=DEFAULT)
+    parser.add_argument("--history-days", type=int, default=3)
+    parser.add_argument("--draws", type=int, default=8)
+    args = parser.parse_args()
+
+    rows = load(args.file)
+    papers = {
+        str(r["id"]): Paper(
+            id=str(r["id"]),
+            title=str(r["title"]),
+            abstract=str(r["abstract"]),
+            categories=tuple(r["categories"]),  # type: ignore[arg-type]
+        )
+        for r in rows
+    }
+    days = sorted({str(r["listing_date"]) for r in rows})
+    history_days = set(days[: args.history_days])
+    history = sorted(str(r["id"]) for r in rows if r["listing_date"] in history_days)
+    ranked_ids = [str(r["id"]) for r in rows if r["listing_date"] not in history_days]
+    ranked = [papers[i] for i in ranked_ids]
+    labels = {pid: set(p.categories) for pid, p in papers.items()}
+    counts = Counter(c for p in papers.values() for c in p.categories)
+    categories = [c for c, _ in counts.most_common(20)]
+
+    settings = MatchSettings(similarity_threshold=-1e9)
+    matcher = Matcher.fit(list(papers.values()), settings)
+
+    period_cache: dict[Profile, list[str]] = {}
+
+    def ours(profile: Profile) -> list[str]:
+        return period_cache[profile]
+
+    def prepare(profiles: list[Profile]) -> None:
+        """Match every profile of the benchmark in one call (one period, as in production)."""
+        todo = [p for p in dict.fromkeys(profiles) if p not in period_cache]
+        results = matcher.match([replace_limits(p) for p in todo], ranked)
+        for profile, items in zip(todo, results, strict=True):
+            period_cache[profile] = [i.paper_id for i in items]
+
+    vectoriser = TfidfVectorizer(
+        input="content",
+        encoding="utf-8",
+        decode_error="replace",
+        strip_accents="unicode",
+        lowercase=True,
+        analyzer="word",
+        stop_words="english",
+        token_pattern=r"(?u)\b[a-zA-Z_][a-zA-Z0-9_]+\b",
+        ngram_range=(1, 2),
+        max_features=20000,
+        norm="l2",
+        use_idf=True,
+        smooth_idf=True,
+        sublinear_tf=True,
+        max_df=0.1,
+        min_df=5,
+    )
+    order = list(papers)
+    x = vectoriser.fit_transform([papers[i].title + ". " + papers[i].abstract for i in order])
+    where = {pid: n for n, pid in enumerate(order)}
+    ranked_rows = [where[i] for i in ranked_ids]
+
+    def svm(liked: Sequence[str]) -> list[str]:
+        y = np.zeros(len(order))
+        y[[where[i] for i in liked]] = 1
+        clf = LinearSVC(class_weight="balanced", max_iter=1_000_000, tol=1e-6, C=0.01)
+        clf.fit(x, y)
+        scores = clf.decision_function(x[ranked_rows])
+        top = np.argsort(-scores, kind="stable")[:50]
+        return [ranked_ids[i] for i in top]
+
+    def evaluate(build: Callable[[str], list[str] | None]) -> tuple[float, float, float]:
+        results = []
+        for c in categories:
+            got = build(c)
+            if got is None:
+                continue
+            relevant = {pid for pid in ranked_ids if c in labels[pid]}
+            results.append(metrics(got, relevant))
+        return tuple(float(v) for v in np.mean(results, axis=0))  # type: ignore[return-value]
+
+    def liked_first(c: str) -> list[str]:
+        return [pid for pid in history if c in labels[pid]][:5]
+
+    rng = random.Random(0)
+    draws = {}
+    for c in categories:
+        pool = [pid for pid in history if c in labels[pid]]
+        draws[c] = [rng.sample(pool, min(5, len(pool))) for _ in range(args.draws)]
+    prepare(
+        [Profile(categories=(c,)) for c in categories]
+        + [Profile(about=t, query=q) for t, q in CATEGORY_TEXT.values()]
+        + [Profile(about=t) for t, _ in CATEGORY_TEXT.values()]
+        + [Profile(like=tuple(liked_first(c))) for c in categories]
+        + [Profile(like=tuple(d)) for c in categories for d in draws[c]]
+    )
+
+    table: list[tuple[str, tuple[float, float, float]]] = []
+    table.append(("(a) categories only", evaluate(lambda c: ours(Profile(categories=(c,))))))
+    table.append(
+        (
+            "(b) about + query",
+            evaluate(
+                lambda c: (
+                    ours(Profile(about=CATEGORY_TEXT[c][0], query=CATEGORY_TEXT[c][1]))
+                    if c in CATEGORY_TEXT
+                    else None
+                )
+            ),
+        )
+    )
+    table.append(("(b) about only", evaluate(lambda c: ours(Profile(about=CATEGORY_TEXT[c][0])))))
+    table.append(
+        ("(c) 5 liked: ours", evaluate(lambda c: ours(Profile(like=tuple(liked_first(c))))))
+    )
+    table.append(("(c) 5 liked: SVM baseline", evaluate(lambda c: svm(liked_first(c)))))
+
+    for name, fn in (
+        ("ours", lambda liked: ours(Profile(like=tuple(liked)))),
+        ("SVM baseline", svm),
+    ):
+        per_draw = []
+        for d in range(args.draws):
+            per_draw.append(evaluate(lambda c, d=d, fn=fn: fn(draws[c][d])))  # type: ignore[misc]
+        mean = tuple(float(v) for v in np.mean(per_draw, axis=0))
+        table.append((f"(c) 5 liked, {args.draws} draws: {name}", mean))  # type: ignore[arg-type]
+
+    print(f"file: {args.file.name}; ranked papers: {len(ranked)}; categories: {len(categories)}")
+    print("| profile | precision@10 | recall@50 | nDCG@20 |")
+    print("|---|---:|---:|---:|")
+    for name, (p10, r50, n20) in table:
+        print(f"| {name} | {p10:.3f} | {r50:.3f} | {n20:.3f} |")
+
+    default = MatchSettings()
+    print(f"\nadmission at the default similarity threshold {default.similarity_threshold}, (c):")
+    strict = Matcher(matcher.model, default, matcher.window, matcher.window_vectors)
+    admitted = relevant_admitted = 0
+    for c in categories:
+        [items] = strict.match([Profile(like=tuple(liked_first(c)), max_items=10_000)], ranked)
+        admitted += len(items)
+        relevant_admitted += sum(c in labels[i.paper_id] for i in items)
+    print(
+        f"admitted {admitted} papers over {len(categories)} profiles and "
+        f"{len(days) - args.history_days} days; "
+        f"precision {relevant_admitted / max(admitted, 1):.3f}"
+    )
+
+
+def replace_limits(profile: Profile) -> Profile:
+    from dataclasses import replace
+
+    return replace(profile, max_items=50, min_score=-1e9)
+
+
+if __name__ == "__main__":
+    main()
