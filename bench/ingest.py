@@ -335,10 +335,10 @@ def main() -> None:
                 f"| {args.items / cpu:,.0f} | {store_text} | {peak:.0f} |"
             )
     print()
-    print("| hostile document | parser | seconds | peak RSS MB | outcome |")
+    print("| hostile document | parser | ms | peak RSS MB above baseline | outcome |")
     print("|---|---|---:|---:|---|")
     for doc, parser, seconds, peak, outcome in hostile():
-        print(f"| {doc} | {parser} | {seconds:.3f} | {peak:.0f} | {outcome} |")
+        print(f"| {doc} | {parser} | {seconds * 1000:.2f} | {peak:.0f} | {outcome} |")
 
 
 if __name__ == "__main__":

@@ -21,20 +21,24 @@ Safety and politeness, all from :class:`FetchPolicy`:
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
 import time
-import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
 from pipeline.errors import SourceError
+from pipeline.ingest.body import read_body
+from pipeline.ingest.urls import (
+    is_public,
+    local_path,
+    politeness_group,
+    retry_after,
+    split_url,
+    system_resolver,
+)
 
 __all__ = [
     "FetchError",
@@ -106,65 +110,6 @@ class _Host:
     blocked_until: float = 0.0
 
 
-def is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
-
-
-async def _system_resolver(host: str, port: int) -> list[str]:
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def _local_path(url: str) -> Path | None:
-    parts = urlsplit(url)
-    if parts.scheme == "file":
-        return Path(unquote(parts.path))
-    if parts.scheme in ("http", "https"):
-        return None
-    if parts.scheme and len(parts.scheme) > 1:
-        return None  # some other scheme: refused by the caller
-    return Path(url)
-
-
-def politeness_group(host: str, host_intervals: tuple[tuple[str, float], ...]) -> str:
-    """The key hosts share a connection slot and interval under: the matching
-    ``host_intervals`` suffix (arXiv's limit covers rss.arxiv.org and export.arxiv.org
-    together), else the host itself."""
-    for suffix, _ in host_intervals:
-        if host == suffix or host.endswith("." + suffix):
-            return suffix
-    return host
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _split(source: str, url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) of ``url``; SourceError when it cannot be parsed."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise SourceError(source, f"invalid URL {url!r} ({exc})") from exc
-    scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").lower(), port or (443 if scheme == "https" else 80)
-
-
 class Fetcher:
     """Fetches source documents; one instance per ingest run (it holds the politeness state).
 
@@ -183,7 +128,7 @@ class Fetcher:
         self.policy = policy
         self._clock = clock
         self._sleep = sleep
-        self._resolve = resolver or _system_resolver
+        self._resolve = resolver or system_resolver
         self._hosts: dict[str, _Host] = {}
         self._slots = asyncio.Semaphore(policy.max_concurrency)
         self._client = httpx.AsyncClient(
@@ -212,16 +157,16 @@ class Fetcher:
     ) -> FetchResult:
         """Fetch ``url`` (http, https, file:// or a local path). Raises SourceError."""
         try:
-            local = _local_path(url)
+            local = local_path(url)
         except ValueError as exc:
             raise SourceError(url, f"invalid URL {url!r} ({exc})") from exc
         if local is not None:
             return self._read_file(url, local, etag=etag)
-        scheme = _split(url, url)[0]
+        scheme = split_url(url, url)[0]
         if scheme not in ("http", "https"):
             raise SourceError(url, f"only http and https URLs are fetched, not {scheme!r}")
         private_ok = self.policy.allow_private if allow_private is None else allow_private
-        trusted = _split(url, url) if private_ok else None
+        trusted = split_url(url, url) if private_ok else None
         seen: set[str] = set()
         current = url
         retried = False
@@ -238,7 +183,7 @@ class Fetcher:
                 etag,
                 last_modified,
                 budget,
-                private_ok=_split(url, current) == trusted,
+                private_ok=split_url(url, current) == trusted,
             )
             if isinstance(outcome, FetchResult):
                 return outcome
@@ -262,7 +207,7 @@ class Fetcher:
         *,
         private_ok: bool,
     ) -> FetchResult | str | float:
-        scheme, host, port = _split(source, url)
+        scheme, host, port = split_url(source, url)
         if scheme not in ("http", "https") or not host:
             raise SourceError(source, f"refused redirect to {url!r}: only http(s) URLs")
         target = await self._checked_address(source, host, port, private_ok=private_ok)
@@ -389,7 +334,7 @@ class Fetcher:
                 url=url,
             )
         if status in (429, 503):
-            wait = _retry_after(response.headers.get("retry-after"))
+            wait = retry_after(response.headers.get("retry-after"))
             if wait is not None and wait <= self.policy.max_retry_after:
                 return wait
             if wait is not None:
@@ -402,7 +347,14 @@ class Fetcher:
                 retry_after=wait,
             )
         if status >= 400 or status < 200 or status >= 300:
-            body = await self._read_body(source, url, response, limit=_ERROR_BODY_MAX, strict=False)
+            body = await read_body(
+                source,
+                url,
+                response,
+                wire_cap=self.policy.max_bytes,
+                limit=_ERROR_BODY_MAX,
+                strict=False,
+            )
             meaning = {404: "not found", 410: "gone for good"}.get(status, response.reason_phrase)
             advice = "; check the source URL" if status in (404, 410) else ""
             raise FetchError(
@@ -412,7 +364,13 @@ class Fetcher:
                 body=body,
                 content_type=content_type,
             )
-        body = await self._read_body(source, url, response, limit=self.policy.max_decoded_bytes)
+        body = await read_body(
+            source,
+            url,
+            response,
+            wire_cap=self.policy.max_bytes,
+            limit=self.policy.max_decoded_bytes,
+        )
         return FetchResult(
             status=status,
             body=body,
@@ -422,53 +380,6 @@ class Fetcher:
             content_type=content_type,
             url=url,
         )
-
-    async def _read_body(
-        self, source: str, url: str, response: httpx.Response, *, limit: int, strict: bool = True
-    ) -> bytes:
-        """The body, decompressed in bounded steps; over a cap is an error (or cut, if lax)."""
-        wire_cap = self.policy.max_bytes
-        declared = response.headers.get("content-length", "")
-        if strict and declared.isdigit() and int(declared) > wire_cap:
-            raise SourceError(
-                source, f"{url} announces {declared} bytes, over the cap of {wire_cap}"
-            )
-        encoding = response.headers.get("content-encoding", "identity").strip().lower()
-        decoder = None
-        if encoding in ("gzip", "x-gzip"):
-            decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif encoding == "deflate":
-            decoder = zlib.decompressobj()
-        elif encoding not in ("", "identity"):
-            raise SourceError(source, f"{url} used the unsupported Content-Encoding {encoding!r}")
-        parts: list[bytes] = []
-        wire = size = 0
-        try:
-            async for chunk in response.aiter_raw():
-                wire += len(chunk)
-                if wire > wire_cap:
-                    if not strict:
-                        break
-                    raise SourceError(source, f"{url} sent more than the cap of {wire_cap} bytes")
-                data = chunk
-                while data:
-                    piece = decoder.decompress(data, limit - size + 1) if decoder else data
-                    size += len(piece)
-                    if size > limit:
-                        if not strict:
-                            return b"".join(parts)
-                        raise SourceError(
-                            source,
-                            f"{url} decompresses to more than the cap of {limit} bytes "
-                            "(a compression bomb or an oversized listing)",
-                        )
-                    parts.append(piece)
-                    data = decoder.unconsumed_tail if decoder else b""
-            if decoder:
-                parts.append(decoder.flush())
-        except zlib.error as exc:
-            raise SourceError(source, f"{url} sent a corrupt {encoding} body ({exc})") from exc
-        return b"".join(parts)
 
     # -- local files -----------------------------------------------------------------------
     def _read_file(self, url: str, path: Path, *, etag: str | None) -> FetchResult:
