@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.domain import AnnounceType, Paper
@@ -66,20 +66,15 @@ _FIELDS = (
 )  # fmt: skip
 
 
-def _apply(row: PaperRow, paper: Paper) -> bool:
-    """Copy ``paper`` onto ``row``; return whether anything changed."""
-    changed = False
-    for name in _FIELDS:
-        value = getattr(paper, name)
-        if getattr(row, name) != value:
-            setattr(row, name, value)
-            changed = True
+_COLUMNS = (*_FIELDS, "authors", "categories", "sources")
+
+
+def _values(paper: Paper) -> dict[str, object]:
+    """The stored columns of ``paper`` (everything but id, first_seen and updated_at)."""
+    values: dict[str, object] = {name: getattr(paper, name) for name in _FIELDS}
     for name in ("authors", "categories", "sources"):
-        value = list(getattr(paper, name))
-        if list(getattr(row, name) or []) != value:
-            setattr(row, name, value)
-            changed = True
-    return changed
+        values[name] = list(getattr(paper, name))
+    return values
 
 
 class PaperStore(StoreBase):
@@ -155,36 +150,66 @@ class PaperStore(StoreBase):
         return out
 
     def save_papers(self, papers: Sequence[Paper], *, now: datetime) -> SaveStats:
-        """Insert or replace whole (already merged) records; keep ``first_seen`` of known ones."""
+        """Insert or replace whole (already merged) records; keep ``first_seen`` of known ones.
+
+        Core statements in bulk (one executemany per chunk for inserts, updates and new
+        versions): the ORM unit of work cost twice the parsing for a 5,000-item listing.
+        """
         new = updated = unchanged = 0
         by_id = {p.id: p for p in papers}  # last one wins within a batch
         ids = list(by_id)
+        papers_t = cast("Table", PaperRow.__table__)
+        versions_t = cast("Table", PaperVersionRow.__table__)
+        compared = [papers_t.c[name] for name in ("id", *_COLUMNS)]
         with self.write() as s:
+            conn = s.connection()
             for i in range(0, len(ids), _CHUNK):
                 chunk = ids[i : i + _CHUNK]
-                rows = {r.id: r for r in s.scalars(select(PaperRow).where(PaperRow.id.in_(chunk)))}
+                existing = {
+                    row.id: row._mapping
+                    for row in conn.execute(select(*compared).where(papers_t.c.id.in_(chunk)))
+                }
                 versions = {
-                    (v.paper_id, v.version)
-                    for v in s.scalars(
-                        select(PaperVersionRow).where(PaperVersionRow.paper_id.in_(chunk))
+                    (pid, version)
+                    for pid, version in conn.execute(
+                        select(versions_t.c.paper_id, versions_t.c.version).where(
+                            versions_t.c.paper_id.in_(chunk)
+                        )
                     )
                 }
+                inserts: list[dict[str, object]] = []
+                updates: list[dict[str, object]] = []
+                new_versions: list[dict[str, object]] = []
                 for pid in chunk:
                     paper = by_id[pid]
-                    row = rows.get(pid)
-                    if row is None:
-                        row = PaperRow(id=pid, first_seen=paper.first_seen or now, updated_at=now)
-                        _apply(row, paper)
-                        s.add(row)
+                    values = _values(paper)
+                    old = existing.get(pid)
+                    if old is None:
+                        inserts.append(
+                            {
+                                "id": pid,
+                                **values,
+                                "first_seen": paper.first_seen or now,
+                                "updated_at": now,
+                            }
+                        )
                         new += 1
-                    elif _apply(row, paper):
-                        row.updated_at = now
+                    elif any(old[name] != value for name, value in values.items()):
+                        updates.append({"key": pid, **values, "updated_at": now})
                         updated += 1
                     else:
                         unchanged += 1
                     if paper.version is not None and (pid, paper.version) not in versions:
-                        s.add(PaperVersionRow(paper_id=pid, version=paper.version, seen_at=now))
+                        new_versions.append(
+                            {"paper_id": pid, "version": paper.version, "seen_at": now}
+                        )
                         versions.add((pid, paper.version))
+                if inserts:
+                    conn.execute(insert(papers_t), inserts)
+                if updates:
+                    conn.execute(update(papers_t).where(papers_t.c.id == bindparam("key")), updates)
+                if new_versions:
+                    conn.execute(insert(versions_t), new_versions)
         return SaveStats(new=new, updated=updated, unchanged=unchanged)
 
     def papers_seen_between(self, start: datetime, end: datetime) -> list[Paper]:
