@@ -155,7 +155,8 @@ class IngestConfig(_Model):
     connect_timeout_seconds: float = Field(10.0, gt=0)
     read_timeout_seconds: float = Field(30.0, gt=0)
     deadline_seconds: float = Field(120.0, gt=0)
-    max_bytes: int = Field(50_000_000, ge=1024)
+    max_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # response body on the wire
+    max_decoded_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # after gzip/deflate
     alert_after_failures: int = Field(3, ge=1)
     concurrency: int = Field(4, ge=1, le=64)
 

@@ -102,6 +102,8 @@ def fetch_policy(config: Config) -> FetchPolicy:
         read_timeout=ing.read_timeout_seconds,
         deadline=ing.deadline_seconds,
         max_bytes=ing.max_bytes,
+        max_decoded_bytes=ing.max_decoded_bytes,
+        max_concurrency=ing.concurrency,
         user_agent=f"Paperpost/{__version__} (+https://github.com/paperpost/paperpost){contact}",
     )
 
@@ -136,7 +138,13 @@ def sync(store: Store, config: Config, *, now: datetime) -> None:
 async def ingest(store: Store, config: Config, *, now: datetime) -> list[SourceOutcome]:
     fetcher = Fetcher(fetch_policy(config))
     try:
-        outcomes = await ingest_sources(store, source_specs(config), fetcher, now=now)
+        outcomes = await ingest_sources(
+            store,
+            source_specs(config),
+            fetcher,
+            now=now,
+            failure_alert=config.file.ingest.alert_after_failures,
+        )
         liked = {pid for sub in config.subscribers() for pid in sub.profile.like}
         missing = sorted(liked - set(store.papers_by_id(liked)))
         if missing:
