@@ -195,6 +195,22 @@ CASES = [
         "found the end of the query\n  ti:(diffusion\n               ^",
     ),
     (
+        "name-with-line-break",
+        lambda t: t.replace(
+            'timezone = "Europe/London"', 'name = "Eve\\r\\nBcc: victim@x.example"'
+        ),
+        "subscribers[0].name: not usable in an email header: control characters, line breaks "
+        "and '=?...?=' are refused (value 'Eve\\r\\nBcc: victim@x.example' contains control "
+        "character U+000D at offset 3), found 'Eve\\r\\nBcc: victim@x.example'",
+    ),
+    (
+        "name-with-encoded-word",
+        lambda t: t.replace('timezone = "Europe/London"', 'name = "=?utf-8?q?Admin?="'),
+        "subscribers[0].name: not usable in an email header: control characters, line breaks "
+        "and '=?...?=' are refused (value '=?utf-8?q?Admin?=' contains an RFC 2047 "
+        "encoded-word sequence ('=?...?=')), found '=?utf-8?q?Admin?='",
+    ),
+    (
         "negative-trending",
         lambda t: t.replace('timezone = "Europe/London"', "trending = -1"),
         "subscribers[0].trending: Input should be greater than or equal to 0, found -1",

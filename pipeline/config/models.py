@@ -30,6 +30,20 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
+def check_header_text(value: str, field: str) -> str:
+    """Text that will sit in a mail header (display names, list name): the same safety
+    function the message builder uses, so a bad value fails at load, not at send time."""
+    from pipeline.mail.headers import safe_header_value
+
+    try:
+        return safe_header_value(value, field=field)
+    except ValueError as exc:
+        raise ValueError(
+            "not usable in an email header: control characters, line breaks and "
+            f"'=?...?=' are refused ({str(exc).split(': ', 1)[-1].split('; refusing')[0]})"
+        ) from exc
+
+
 def check_address(value: str) -> str:
     """Validate a mailbox address (syntax only, no DNS) and return its normal form."""
     try:
@@ -97,11 +111,17 @@ class MailConfig(_Model):
     def _from_address(cls, v: str) -> str:
         from email.utils import parseaddr
 
+        check_header_text(v, "From")
         name, addr = parseaddr(v)
         if not addr:
             raise ValueError(f"expected 'Name <address>' or an address, found {v!r}")
         normal = check_address(addr)
         return f"{name} <{normal}>" if name else normal
+
+    @field_validator("list_name")
+    @classmethod
+    def _list_name(cls, v: str) -> str:
+        return check_header_text(v, "List-Id")
 
     @field_validator("reply_to", "unsubscribe_mailto")
     @classmethod
@@ -234,6 +254,11 @@ class SubscriberConfig(_Model):
     @classmethod
     def _email(cls, v: str) -> str:
         return check_address(v)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return None if v is None else check_header_text(v, "To")
 
     @field_validator("timezone")
     @classmethod
