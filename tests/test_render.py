@@ -302,3 +302,28 @@ def test_operator_templates_override_file_by_file(tmp_path: Path) -> None:
 def test_render_options_are_validated() -> None:
     with pytest.raises(ValueError, match="render options out of range"):
         RenderOptions(snippet_chars=5)
+
+
+def test_cached_shells_carry_each_readers_own_fields(renderer: Renderer) -> None:
+    item = DigestItem(paper(3), 1.0, "r")
+    ada = renderer.render(
+        digest(item, recipient_name='Ada <b>&"', unsubscribe_url="https://d.example/u/a?x=1&y=2")
+    )
+    bob = renderer.render(
+        digest(item, recipient_name="Bob", unsubscribe_url="https://d.example/u/b")
+    )
+    anonymous = renderer.render(digest(item, recipient_name=None, unsubscribe_url=None))
+    assert "Hi Ada &lt;b&gt;&amp;&#34;," in ada.html and "Hi Bob" not in ada.html
+    assert 'href="https://d.example/u/a?x=1&amp;y=2"' in ada.html
+    assert "Hi Bob," in bob.html and "Hi Ada" not in bob.html
+    assert 'href="https://d.example/u/b"' in bob.html and "/u/a" not in bob.html
+    assert "Hi " not in anonymous.html and "Unsubscribe" not in anonymous.html
+    for rendered in (ada, bob, anonymous):
+        assert not any("\ue000" <= ch <= "\ue00f" for ch in rendered.html)
+        assert "<!--pp:" not in rendered.html
+        title = [
+            a
+            for t, a in parse_html(rendered.html).tags
+            if t == "p" and a.get("class") == "greeting"
+        ]
+        assert all("margin" in (a.get("style") or "") for a in title)  # inlined styles kept

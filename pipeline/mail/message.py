@@ -1,10 +1,12 @@
 """Build the bytes of one digest message: a fast path and an ``email``-package reference.
 
 Both produce the same message: the same header set in the same order, and a
-multipart/alternative body with a text/plain part (UTF-8, quoted-printable) and
-a text/html part (UTF-8, base64: css-inlined HTML has long lines, and base64
-costs a twentieth of quoted-printable). Every encoded line is under 77 octets,
-far below SMTP's 998.
+multipart/alternative body with a text/plain and a text/html part, both
+UTF-8 and base64 with 76-character lines (far below SMTP's 998 octets).
+Base64 rather than quoted-printable because it costs a third as much to
+produce for these mostly-ASCII, long-lined parts; with ``charset="utf-8"``
+declared it does not trip spam heuristics aimed at base64-disguised ASCII
+(SpamAssassin's MIME_BASE64_TEXT only fires for ASCII or missing charsets).
 A test proves that the ``email`` package parses each fast-path message back to
 exactly the headers and part contents of the reference path.
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from binascii import b2a_base64, b2a_qp
+from binascii import b2a_base64
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -95,7 +97,7 @@ def build_message(headers: MessageHeaders, rendered: RenderedDigest) -> bytes:
             head,
             b"\r\n\r\n",
             delimiter,
-            _qp_part("plain", rendered.text),
+            _base64_part("plain", rendered.text),
             b"\r\n",
             delimiter,
             _base64_part("html", rendered.html),
@@ -121,7 +123,7 @@ def build_message_reference(headers: MessageHeaders, rendered: RenderedDigest) -
             msg[name] = value
         if name == "Message-ID":
             msg["MIME-Version"] = "1.0"
-    msg.set_content(_lf(rendered.text), subtype="plain", charset="utf-8", cte="quoted-printable")
+    msg.set_content(_lf(rendered.text), subtype="plain", charset="utf-8", cte="base64")
     msg.add_alternative(_lf(rendered.html), subtype="html", charset="utf-8", cte="base64")
     for part in msg.iter_parts():
         del part["MIME-Version"]  # add_alternative puts one in the html part only
@@ -184,12 +186,3 @@ def _base64_part(subtype: str, body: str) -> bytes:
         + lines
         + b"\r\n"
     )
-
-
-def _qp_part(subtype: str, body: str) -> bytes:
-    data = _lf(body).replace("\n", "\r\n").encode("utf-8")
-    encoded = b2a_qp(data, quotetabs=False, istext=True, header=False)
-    return (
-        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
-        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-    ).encode("ascii") + encoded

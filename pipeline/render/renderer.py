@@ -17,9 +17,10 @@ characters and NUL from every value.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import css_inline
 import jinja2
@@ -30,15 +31,25 @@ from pipeline.errors import TemplateError
 from pipeline.render.environment import REQUIRED_TEMPLATES, TemplateSet
 from pipeline.render.sample import sample_digest
 from pipeline.render.text import clean_text, collapse_whitespace, safe_url, truncate, wrap_text
-from pipeline.render.views import ItemView, Section, digest_view, paper_view
+from pipeline.render.views import DigestView, ItemView, Section, digest_view, paper_view
 
 __all__ = ["RenderOptions", "Renderer"]
 
-_HTML_SLOT = re.compile(r"<!--pp:(\d+)-->")
 _TEXT_SLOT = re.compile("\x00(\\d+)\x00")
 _NUMBER = "\ue004\ue004"  # two columns wide, like the " 1" it becomes in text
 _REASON, _MORE, _LESS = "\ue001", "\ue002", "\ue003"
 _PLACEHOLDERS = (_REASON, _MORE, _LESS)
+# The shell's text fields, and their placeholders while the HTML shell is inlined.
+_SHELL_FIELDS = (
+    ("recipient_name", "\ue005"),
+    ("period_label", "\ue006"),
+    ("list_name", "\ue007"),
+    ("unsubscribe_url", "\ue008"),
+    ("reason_for_receiving", "\ue009"),
+    ("generated_day", "\ue00a"),
+)
+_SUBJECT = "\ue00b"
+_SHELL_SLOTS = re.compile("<!--pp:(\\d+)-->|([\ue005-\ue00b])")
 _SLOTS = re.compile(f"({_NUMBER}|{_REASON}|{_MORE}|{_LESS})")
 
 Shape = tuple[bool, bool, bool]  # has reason, has "more" link, has "less" link
@@ -94,6 +105,7 @@ class Renderer:
         self._css: str | None = None
         self._chunks: dict[tuple[Paper, Shape], _Chunk] = {}
         self._by_identity: dict[tuple[int, Shape], tuple[Paper, _Chunk]] = {}
+        self._shells: dict[object, str] = {}
 
     @property
     def template_dirs(self) -> tuple[Path, ...]:
@@ -105,11 +117,9 @@ class Renderer:
             if name.endswith(".j2"):
                 self._templates.get(name)
         self._stylesheet()
-        self._chunks.clear()
-        self._by_identity.clear()
+        self._clear()
         self.render(sample_digest())
-        self._chunks.clear()
-        self._by_identity.clear()
+        self._clear()
 
     def render(self, digest: Digest) -> RenderedDigest:
         """Subject, HTML (CSS inlined, under ``max_html_bytes``) and text for one digest."""
@@ -161,15 +171,15 @@ class Renderer:
                 result.append(Section("Trending", marks[len(items) :]))
             return result
 
-        html_shell = self._templates.get("digest.html.j2").render(
-            digest=view,
-            sections=sections(html=True),
-            subject=clean_text(subject),
-            css=Markup(self._stylesheet()),  # noqa: S704 -- the operator's stylesheet, not data
-        )
-        html = _HTML_SLOT.sub(
-            lambda m: entries[int(m.group(1))].html, self._inliner.inline(html_shell)
-        )
+        shell = self._html_shell(view, sections(html=True), subject)
+        values = {sentinel: _escape(getattr(view, name) or "") for name, sentinel in _SHELL_FIELDS}
+        values[_SUBJECT] = _escape(clean_text(subject))
+
+        def fill(match: re.Match[str]) -> str:
+            slot = match.group(1)
+            return entries[int(slot)].html if slot is not None else values[match.group(2)]
+
+        html = _SHELL_SLOTS.sub(fill, shell)
         text_shell = self._templates.get("digest.txt.j2").render(
             digest=view, sections=sections(html=False), subject=clean_text(subject)
         )
@@ -178,6 +188,39 @@ class Renderer:
             wrap_text(text_shell, self._options.text_width),
         )
         return RenderedDigest(subject=subject, html=_ends_line(html), text=_ends_line(text))
+
+    def _html_shell(self, view: DigestView, sections: list[Section], subject: str) -> str:
+        """The CSS-inlined HTML shell with placeholders for the digest's text fields.
+
+        Inlining the shell is the costliest step of a render, and shells differ
+        mostly in those text fields, so the inlined result is cached by what
+        can change its structure: which fields are empty, the counts, the
+        sections and ``extra``. Shell templates may print the text fields and
+        test them for presence; the counts behave normally.
+        """
+        present = tuple(bool(getattr(view, name)) for name, _ in _SHELL_FIELDS)
+        layout = tuple((s.title, len(s.entries), s.omitted) for s in sections)
+        extra = tuple(sorted(view.extra.items()))
+        key = (present, view.count, view.trending_count, view.omitted, layout, extra, bool(subject))
+        cached = self._shells.get(key)
+        if cached is not None:
+            return cached
+        placeholders: dict[str, Any] = {
+            name: sentinel
+            for (name, sentinel), on in zip(_SHELL_FIELDS, present, strict=True)
+            if on
+        }
+        document = self._templates.get("digest.html.j2").render(
+            digest=replace(view, **placeholders),
+            sections=sections,
+            subject=_SUBJECT if subject else "",
+            css=Markup(self._stylesheet()),  # noqa: S704 -- the operator's stylesheet, not data
+        )
+        shell: str = self._inliner.inline(document)
+        if len(self._shells) >= 1024:
+            self._shells.clear()
+        self._shells[key] = shell
+        return shell
 
     def _subject(
         self, list_name: str, period_label: str, items: tuple[DigestItem, ...], count: int
@@ -250,6 +293,11 @@ class Renderer:
         self._chunks[key] = chunk
         self._by_identity[(id(paper), shape)] = (paper, chunk)
         return chunk
+
+    def _clear(self) -> None:
+        self._chunks.clear()
+        self._by_identity.clear()
+        self._shells.clear()
 
     def _stylesheet(self) -> str:
         if self._css is None:
