@@ -106,6 +106,7 @@ class Renderer:
         self._chunks: dict[tuple[Paper, Shape], _Chunk] = {}
         self._by_identity: dict[tuple[int, Shape], tuple[Paper, _Chunk]] = {}
         self._shells: dict[object, str] = {}
+        self._subjects: dict[tuple[str, str, int, str], str] = {}
 
     @property
     def template_dirs(self) -> tuple[Path, ...]:
@@ -227,11 +228,21 @@ class Renderer:
     ) -> str:
         # Titles are hostile: whitespace (CR, LF, tabs ...) collapses here; anything
         # still unsafe (other controls, encoded-words) makes build_message raise.
-        top_title = collapse_whitespace(items[0].paper.title) if count else ""
-        line = self._templates.get("subject.txt.j2").render(
-            list_name=list_name, period_label=period_label, count=count, top_title=top_title
-        )
-        return truncate(collapse_whitespace(line), self._options.subject_max_chars)
+        top_title = items[0].paper.title if count else ""
+        key = (list_name, period_label, count, top_title)
+        subject = self._subjects.get(key)
+        if subject is None:
+            line = self._templates.get("subject.txt.j2").render(
+                list_name=list_name,
+                period_label=period_label,
+                count=count,
+                top_title=collapse_whitespace(top_title),
+            )
+            subject = truncate(collapse_whitespace(line), self._options.subject_max_chars)
+            if len(self._subjects) >= 4096:
+                self._subjects.clear()
+            self._subjects[key] = subject
+        return subject
 
     def _entry(self, item: DigestItem, number: int) -> _Entry:
         reason = clean_text(item.reason)
@@ -298,6 +309,7 @@ class Renderer:
         self._chunks.clear()
         self._by_identity.clear()
         self._shells.clear()
+        self._subjects.clear()
 
     def _stylesheet(self) -> str:
         if self._css is None:
