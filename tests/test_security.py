@@ -26,7 +26,7 @@ from email.message import EmailMessage, Message
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 from xml.sax.saxutils import escape as xml_escape
 
 import httpx
@@ -690,29 +690,20 @@ async def test_a_hostile_link_never_becomes_an_href(
 async def test_quoting_links_stay_inside_the_attribute(
     hostile_run: tuple[Config, CycleReport, dict[str, Received]],
 ) -> None:
-    """Each URL is one attribute value as a browser parses it: no attribute or tag escapes."""
+    """Each URL is one attribute value as a browser parses it: no attribute or tag escapes.
+    Links with characters a URL may not carry raw (quotes, angle brackets) are dropped at
+    ingest; an apostrophe is legal and stays inside its attribute."""
     _config, _report, messages = hostile_run
     found = dict(anchors(messages[ADA].html))
     for url in [
-        'https://ok.example/q?a="><script>alert(12)</script>',
         "https://ok.example/q?a='onmouseover='alert(13)",
         "https://ok.example/onmouseover=alert(14)",  # whitespace removed at ingest
     ]:
         assert url in found, url
         assert set(found[url]) == {"href", "style"}, found[url]
+    assert not [u for u in found if "<" in u or '"' in u or ">" in u]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "RISK (mutation XSS, defence in depth): css-inline re-serialises the HTML "
-        "(Renderer._chunk / _compose) and writes '<' and '>' inside attribute values raw, "
-        "undoing autoescaping: the https link 'https://ok.example/q?a=\"><script>...' "
-        'reaches the wire as href="...&quot;><script>alert(12)</script>". Browsers read it '
-        "as text, but regex-based webmail sanitizers and the pre-2025 HTML serialisation "
-        "round-trip do not; render/text.safe_url should percent-encode <>\"'` and spaces."
-    ),
-)
 async def test_no_raw_angle_brackets_inside_attribute_values(
     hostile_run: tuple[Config, CycleReport, dict[str, Received]],
 ) -> None:
@@ -770,17 +761,25 @@ async def test_title_unfit_for_a_subject_never_reaches_a_header(
         assert "header Subject" in error and "refusing to send it" in error, error
 
 
-@pytest.mark.xfail(
+SUBJECT_BUG = pytest.mark.xfail(
     strict=True,
     reason=(
         "BUG (availability): pipeline/render/renderer.py Renderer._subject only collapses "
-        "whitespace in the top title, so a feed title with an RFC 2047 encoded-word or a C1 "
-        "control (U+0080-U+009F survive ingest: normalise._CONTROL strips C0 only) makes "
+        "whitespace in the top title, so a feed title with an RFC 2047 encoded-word makes "
         "mail.headers.safe_header_value raise HeaderInjectionError; Deliverer._one marks the "
         "whole digest failed. One hostile entry in any feed blocks every digest it tops."
     ),
 )
-@pytest.mark.parametrize("title", UNSENDABLE_TITLES, ids=UNSENDABLE_IDS)
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        pytest.param(UNSENDABLE_TITLES[0], id="encoded-word-q", marks=SUBJECT_BUG),
+        pytest.param(UNSENDABLE_TITLES[1], id="encoded-word-b", marks=SUBJECT_BUG),
+        pytest.param(UNSENDABLE_TITLES[2], id="c1-control"),
+    ],
+)
 async def test_title_unfit_for_a_subject_does_not_block_the_digest(
     tmp_path: Path, write_config: ConfigFactory, smtp_server: RunningServer, title: str
 ) -> None:
@@ -793,16 +792,6 @@ async def test_title_unfit_for_a_subject_does_not_block_the_digest(
 # ------------------------------------------------------------------------ placeholder forgery
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (token leak): pipeline/render/text.py safe_url accepts private-use characters, "
-        "and Renderer._entry (pipeline/render/renderer.py) fills the per-reader placeholders "
-        "U+E001-U+E004 wherever they occur in the cached entry, URLs included. A feed link "
-        "https://evil.example/c?t=&#xE002; becomes an href carrying the reader's signed "
-        "'more like this' URL to evil.example (the same for U+E003 'less')."
-    ),
-)
 async def test_feed_link_cannot_forge_a_personal_placeholder(
     tmp_path: Path, write_config: ConfigFactory, smtp_server: RunningServer
 ) -> None:
@@ -833,15 +822,6 @@ async def test_feed_link_cannot_forge_a_personal_placeholder(
 # ------------------------------------------------------------------------ bidi controls
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "RISK (spoofing, low): bidi embedding/override/isolate controls (U+202A-U+202E, "
-        "U+2066-U+2069) from feed titles reach the Subject and both bodies unchanged: "
-        "sources/normalise.clean_text, render/text.clean_text and mail/headers.safe_header_value "
-        "all let Unicode category Cf through (CVE-2021-42574 class)."
-    ),
-)
 async def test_bidi_controls_from_feeds_do_not_reach_the_reader(
     tmp_path: Path, write_config: ConfigFactory, smtp_server: RunningServer
 ) -> None:
@@ -872,31 +852,11 @@ NAMES = [
     pytest.param("Mallory <mallory@evil.example>", id="angle-address"),
     pytest.param("Zoë Ωmega", id="non-ascii"),
     pytest.param("Eve (comment) ; group:", id="specials"),
-    pytest.param(
-        f"Eve\r\n{BCC}",
-        id="crlf",
-        marks=pytest.mark.xfail(strict=True, reason="BUG: see test docstring (CR/LF)"),
-    ),
-    pytest.param(
-        f"Eve\n{BCC}",
-        id="lf",
-        marks=pytest.mark.xfail(strict=True, reason="BUG: see test docstring (LF)"),
-    ),
-    pytest.param(
-        "=?utf-8?q?Admin=0D=0ABcc:_victim@evil.example?=",
-        id="encoded-word",
-        marks=pytest.mark.xfail(strict=True, reason="BUG: see test docstring (encoded-word)"),
-    ),
-    pytest.param(
-        f"Eve\u2028{BCC}",
-        id="u2028",
-        marks=pytest.mark.xfail(strict=True, reason="BUG: see test docstring (U+2028)"),
-    ),
-    pytest.param(
-        "Eve\u0000",
-        id="nul",
-        marks=pytest.mark.xfail(strict=True, reason="BUG: see test docstring (NUL)"),
-    ),
+    pytest.param(f"Eve\r\n{BCC}", id="crlf"),
+    pytest.param(f"Eve\n{BCC}", id="lf"),
+    pytest.param("=?utf-8?q?Admin=0D=0ABcc:_victim@evil.example?=", id="encoded-word"),
+    pytest.param(f"Eve\u2028{BCC}", id="u2028"),
+    pytest.param("Eve\u0000", id="nul"),
 ]
 
 
@@ -918,12 +878,9 @@ async def test_hostile_subscriber_name_is_rejected_at_load_or_neutralised(
     """The config's display name goes into the To header and the greeting.
 
     Acceptable: ``load_config`` refuses it naming ``subscribers[1].name``, or the digest
-    is sent with the name neutralised (one To address, the right one).
-    BUG (xfail cases): pipeline/config/models.py SubscriberConfig has no validator for
-    ``name``, so a name with CR, LF, NUL, U+2028 or an encoded-word passes ``paperpost
-    check``; at send time mail.headers.safe_header_value raises and Deliverer._one marks
-    that reader's digest failed, every period, silently for the operator until they read
-    the log. Fix: validate ``name`` in SubscriberConfig (reject C0/C1, U+2028/9, ``=?..?=``).
+    is sent with the name neutralised (one To address, the right one). Names with CR, LF,
+    NUL, U+2028 or an encoded-word are refused at load (SubscriberConfig runs the header
+    safety function); ordinary punctuation and non-ASCII names are sent, properly encoded.
     """
     path = named_config(tmp_path, write_config, smtp_server, name)
     try:
@@ -951,27 +908,12 @@ async def test_hostile_subscriber_name_is_rejected_at_load_or_neutralised(
     ],
     ids=["crlf", "lf", "encoded-word", "u2028", "nul"],
 )
-async def test_hostile_subscriber_name_never_injects_a_header(
+async def test_hostile_subscriber_name_is_refused_by_check(
     tmp_path: Path, write_config: ConfigFactory, smtp_server: RunningServer, name: str
 ) -> None:
-    """What happens today, and must keep holding: the name never reaches the wire raw;
-    only that reader's digest is affected; every message that is sent is clean."""
-    config = load_config(named_config(tmp_path, write_config, smtp_server, name))
-    report = await run(config)
-    messages = received(smtp_server)
-    check_message(messages[GRACE], GRACE)
-    for _env, data in smtp_server.received:
-        head = data.split(b"\r\n\r\n", 1)[0]
-        assert b"victim@evil.example" not in head and b"\r\nBcc:" not in head, head
-    if EVE in messages:
-        check_message(messages[EVE], EVE)
-    else:
-        store = Store.open(config.database_url)
-        [(_period, status, _count)] = store.deliveries_for(EVE)
-        store.close()
-        assert status == "failed" and report.deliver.failed == 1
-        error = delivery_error(config, EVE)
-        assert "header To" in error and "refusing to send it" in error, error
+    """The operator learns about it from ``paperpost check``, before any send."""
+    with pytest.raises(ConfigError, match=r"subscribers\[1\]\.name: not usable in an email header"):
+        load_config(named_config(tmp_path, write_config, smtp_server, name))
 
 
 # ------------------------------------------------------------------------ hostile XML
@@ -1062,26 +1004,16 @@ def check_html_page(html: str) -> None:
 
 
 async def test_feedback_page_escapes_the_paper_id_from_a_hostile_feed(web: Web) -> None:
-    """Non-arXiv papers are identified by their link ("url:..."), which the feed chose;
-    the feedback page shows that id back."""
-    store = web.store
-    quoting = [
-        p for p in store.papers_by_id(store.sent_paper_ids(ADA)).values() if "<script>" in p.id
-    ]
-    assert quoting, "no paper id carrying markup was delivered"
-    hostile_ids = {p.id for p in quoting}
-    seen = 0
-    for path in links(web.messages[ADA], "feedback"):
-        token = unquote(path.rsplit("/", 1)[1])
-        claims = web.signer.verify(token, action=("more", "less"), now=NOW)
-        if claims.paper not in hostile_ids:
-            continue
-        response = await web.client.get(path)
+    """Non-arXiv papers are identified by their link ("url:..."), which a feed chose. Ingest
+    no longer lets markup into links, so sign a token for such an id directly: the page
+    must show it back escaped."""
+    hostile = 'url:https://ok.example/q?a="><script>alert(12)</script>'
+    for action in ("more", "less"):
+        token = web.signer.sign(subscriber=ADA, action=action, paper=hostile, now=NOW)
+        response = await web.client.get(f"/feedback/{quote(token, safe='')}")
         assert response.status_code == 200, response.text
         assert_page_safe(response)
         assert "&lt;script&gt;alert(12)&lt;/script&gt;" in response.text
-        seen += 1
-    assert seen == 2 * len(hostile_ids)
 
 
 async def test_unsubscribe_pages_escape_the_address(web: Web) -> None:

@@ -174,3 +174,39 @@ def test_parse_date(value: str | None, expected: datetime | None) -> None:
 )
 def test_split_authors(value: str, expected: tuple[str, ...]) -> None:
     assert n.split_authors(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("C1 \u009b31m control", "C1 31m control"),
+        ("bidi \u202eevil\u202c and \u2066isolate\u2069", "bidi evil and isolate"),
+        ("private \ue002 placeholder &#xE003;", "private placeholder"),
+        ("zero\u200bwidth \ufeffBOM", "zerowidth BOM"),
+        ("Ram\u00c3\u00adrez", "Ram\u00edrez"),  # mojibake repaired before C1 is stripped
+    ],
+    ids=["c1", "bidi", "private-use", "zero-width", "mojibake-first"],
+)
+def test_clean_text_drops_spoofing_and_internal_characters(raw: str, expected: str) -> None:
+    assert n.clean_text(raw, 200) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("https://arxiv.org/abs/2401.00001", "https://arxiv.org/abs/2401.00001"),
+        (" https://x.example/a b ", "https://x.example/ab"),
+        ("javascript:alert(1)", None),
+        ("//evil.example/x", None),
+        ("https://arxiv.org@evil.example/abs/1", None),
+        ('https://ok.example/q?a="><script>', None),
+        ("https://ok.example/\ue002", None),
+        ("https://ok.example/\u202eabc", None),
+        ("https:///nohost", None),
+        ("https://b\u00fccher.example/\u00e9t\u00e9", "https://b%C3%BCcher.example/%C3%A9t%C3%A9"),
+    ],
+    ids=["plain", "whitespace", "javascript", "protocol-relative", "userinfo", "quotes",
+         "private-use", "bidi", "no-host", "iri"],
+)  # fmt: skip
+def test_clean_url(raw: str, expected: str | None) -> None:
+    assert n.clean_url(raw) == expected

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
+from urllib.parse import quote, urlsplit
 
 # -- caps (characters) -------------------------------------------------------------------------
 TITLE_MAX = 1_000
@@ -114,8 +115,15 @@ _ATTR = r"""(?:\s+[A-Za-z_:][\w:.\-]*(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'=<>`]+))
 _TAG = re.compile(rf"</?(?:{_HTML_TAGS})\b{_ATTR}*\s*/?>", re.IGNORECASE)
 _DROP_BLOCKS = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_NEEDS_WORK = re.compile("[<&\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u00c2\u00c3]")
+# Characters no reader needs and an attacker can use: C0/C1 controls, bidi embeddings,
+# overrides and isolates (CVE-2021-42574 class spoofing), zero-width space and BOM, and the
+# private-use area (the renderer uses private-use placeholders internally).
+_UNWANTED = (
+    "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+    "\u200b\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff\ue000-\uf8ff"
+)
+_CONTROL = re.compile(f"[{_UNWANTED}]")
+_NEEDS_WORK = re.compile(f"[<&\u00c2\u00c3{_UNWANTED}]")
 
 
 def cap(text: str, limit: int) -> str:
@@ -142,9 +150,9 @@ def clean_text(value: str | None, limit: int) -> str:
         text = _TAG.sub(" ", text)
     if "&" in text:
         text = html.unescape(text)
-    text = _CONTROL.sub("", text)
-    if "\u00c2" in text or "\u00c3" in text:
+    if "\u00c2" in text or "\u00c3" in text:  # before the C1 strip: mojibake is made of C1
         text = _MOJIBAKE.sub(_unmangle, text)
+    text = _CONTROL.sub("", text)
     return cap(" ".join(text.split()), limit)
 
 
@@ -169,7 +177,20 @@ def clean_url(value: str | None) -> str | None:
     url = "".join(value.split())
     if not url.lower().startswith(("http://", "https://")) or len(url) > URL_MAX:
         return None
-    return url
+    if _CONTROL.search(url) or _URL_UNSAFE.search(url):
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if not parts.hostname or "@" in parts.netloc:  # https://arxiv.org@evil.example/ tricks
+        return None
+    # IRIs: percent-encode what is not ASCII, leave valid escapes and delimiters alone.
+    return quote(url, safe=_URL_SAFE) if not url.isascii() else url
+
+
+_URL_UNSAFE = re.compile(r'["<>\\^`{|}]')
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
 
 
 _AUTHOR_SPLIT = re.compile(r"\s*,\s*|\s+and\s+|\s*;\s*")
