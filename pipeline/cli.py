@@ -274,8 +274,7 @@ def _run_summary(kind: str, summary: dict[str, Any]) -> str:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from pipeline.cycle import open_store, utc_now
-    from pipeline.cycle.plan import match_settings, profile_with_feedback
-    from pipeline.match import Matcher
+    from pipeline.cycle.plan import fit_matcher, profile_with_feedback
 
     config = _load(args)
     email = args.email.strip().lower()
@@ -297,11 +296,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         profile = sub.profile
         if state is not None:
             profile = profile_with_feedback(profile, *store.feedback([state.id])[state.id])
-        from datetime import timedelta
-
         now = utc_now()
-        corpus = store.papers_seen_between(now - timedelta(days=config.file.match.window_days), now)
-        matcher = Matcher.fit(corpus or list(papers.values()), match_settings(config))
+        matcher = fit_matcher(store, config, now=now, fallback=list(papers.values()))
         liked = store.papers_by_id([*profile.like, *profile.dislike])
         print(matcher.explain(profile, papers[paper_id], liked=liked))
         if paper_id in store.sent_paper_ids(email):

@@ -11,7 +11,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline import __version__
@@ -21,15 +21,15 @@ from pipeline.cycle.digest import build_digest
 from pipeline.cycle.plan import (
     PlanReport,
     due_subscribers,
-    match_settings,
+    fit_matcher,
     plan_due,
     profile_with_feedback,
+    window_start,
 )
 from pipeline.domain import Mailer
 from pipeline.ingest.fetch import Fetcher, FetchPolicy
 from pipeline.ingest.run import SourceOutcome, SourceSpec, fetch_papers_by_id, ingest_sources
 from pipeline.mail import MaildirMailer, SmtpMailer, SmtpSettings
-from pipeline.match import Matcher
 from pipeline.render import Renderer, RenderOptions
 from pipeline.schedule.periods import next_due_period
 from pipeline.store import Delivery, DeliveryItem, Store
@@ -255,18 +255,13 @@ def preview(config: Config, store: Store, email: str, *, now: datetime) -> Path:
     sync(store, config, now=now)
     state = store.subscriber_state(subscriber.email)
     assert state is not None
-    sched = config.file.schedule
-    start = store.last_window_ends([state.id]).get(
-        state.id, now - timedelta(days=sched.first_digest_days)
-    )
-    start = max(start, now - timedelta(days=sched.max_window_days))
+    start = window_start(config, store.last_window_ends([state.id]).get(state.id), now=now)
     papers = store.papers_seen_between(start, now)
-    corpus = store.papers_seen_between(now - timedelta(days=config.file.match.window_days), now)
     liked_ids, disliked_ids = store.feedback([state.id])[state.id]
     profile = profile_with_feedback(subscriber.profile, liked_ids, disliked_ids)
     liked = store.papers_by_id([*profile.like, *profile.dislike])
     reserved = store.reserved_papers([state.id], [p.id for p in papers]).get(state.id, set())
-    matcher = Matcher.fit(corpus or papers, match_settings(config))
+    matcher = fit_matcher(store, config, now=now, fallback=papers)
     [items] = matcher.match([profile], papers, exclude_ids=[reserved], liked=liked)
     by_id = {p.id: p for p in papers}
     delivery = Delivery(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.cycle.digest import build_digest, message_headers
+from pipeline.cycle.plan import sender_address
 from pipeline.domain import Envelope, Mailer, Schedule
 from pipeline.errors import (
     AmbiguousDeliveryError,
@@ -53,11 +54,6 @@ def retry_delay(attempts: int, *, rng: random.Random | None = None) -> timedelta
     ceiling = min(60.0, 2.0 ** max(attempts - 1, 0))
     factor = (rng or random).uniform(0.5, 1.0)
     return timedelta(minutes=ceiling * factor)
-
-
-def sender_address(config: Config) -> str:
-    sender = config.file.mail.from_
-    return sender.rsplit("<", 1)[-1].rstrip(">").strip()
 
 
 def preview_path(config: Config, email: str) -> Path:

@@ -70,7 +70,7 @@ def message_headers(
     config: Config, delivery: Delivery, digest: Digest, subject: str, *, now: datetime
 ) -> MessageHeaders:
     mail = config.file.mail
-    domain = mail.from_.rsplit("@", 1)[-1].rstrip(">").strip()
+    domain = mail.from_.rsplit("<", 1)[-1].rstrip(">").strip().rsplit("@", 1)[-1]
     # RFC 2919: a stable list identifier under the operator's domain, e.g.
     # "Lab digest <lab-digest.lab.example>".
     slug = re.sub(r"[^a-z0-9]+", "-", mail.list_name.lower()).strip("-") or "paperpost"

@@ -40,9 +40,30 @@ class PlanReport:
     items: dict[str, int] = field(default_factory=dict)  # email -> papers planned
 
 
+def sender_address(config: Config) -> str:
+    """The bare address of ``[mail] from`` (the envelope sender)."""
+    return config.file.mail.from_.rsplit("<", 1)[-1].rstrip(">").strip()
+
+
 def message_domain(config: Config) -> str:
-    sender = config.file.mail.from_
-    return sender.rsplit("@", 1)[-1].rstrip(">").strip()
+    """The operator's domain: right side of the From address (Message-ID, List-Id)."""
+    return sender_address(config).rsplit("@", 1)[-1]
+
+
+def window_start(config: Config, last_end: datetime | None, *, now: datetime) -> datetime:
+    """Where a subscriber's next digest starts: the end of their last covered window (or
+    ``first_digest_days`` back for a first digest), never more than ``max_window_days``."""
+    sched = config.file.schedule
+    start = last_end or now - timedelta(days=sched.first_digest_days)
+    return max(start, now - timedelta(days=sched.max_window_days))
+
+
+def fit_matcher(
+    store: Store, config: Config, *, now: datetime, fallback: Sequence[Paper]
+) -> Matcher:
+    """The similarity model fitted on the rolling window of stored papers."""
+    corpus = store.papers_seen_between(now - timedelta(days=config.file.match.window_days), now)
+    return Matcher.fit(corpus or list(fallback), match_settings(config))
 
 
 def outbox_key(subscriber_id: int, period_key: str) -> str:
@@ -95,19 +116,11 @@ def plan_due(
     report = PlanReport(due=len(due))
     if not due:
         return report
-    sched = config.file.schedule
     ids = [d.subscriber_id for d in due]
     last_ends = store.last_window_ends(ids)
-    floor = now - timedelta(days=sched.max_window_days)
-    starts: dict[int, datetime] = {}
-    for d in due:
-        start = last_ends.get(d.subscriber_id, now - timedelta(days=sched.first_digest_days))
-        starts[d.subscriber_id] = max(start, floor)
-
+    starts = {i: window_start(config, last_ends.get(i), now=now) for i in ids}
     papers = store.papers_seen_between(min(starts.values()), now)
-    if matcher is None:
-        corpus = store.papers_seen_between(now - timedelta(days=config.file.match.window_days), now)
-        matcher = Matcher.fit(corpus or papers, match_settings(config))
+    matcher = matcher or fit_matcher(store, config, now=now, fallback=papers)
     feedback = store.feedback(ids)
     reserved = store.reserved_papers(ids, [p.id for p in papers])
     profiles = {

@@ -8,8 +8,8 @@ from uuid import uuid4
 from pipeline.config import Config
 from pipeline.config.models import check_address
 from pipeline.cycle import make_mailer, make_renderer, make_signer, open_store
-from pipeline.cycle.deliver import sender_address
 from pipeline.cycle.digest import build_digest, message_headers
+from pipeline.cycle.plan import message_domain, sender_address
 from pipeline.domain import Envelope, Schedule
 from pipeline.errors import PaperpostError, TransportError
 from pipeline.mail import build_message, make_message_id
@@ -39,7 +39,7 @@ async def send_test(config: Config, email: str, *, now: datetime | None = None) 
         period_key=now.date().isoformat(),
         status="test",
         attempts=0,
-        message_id=make_message_id(f"test:{uuid4()}", sender_address(config).split("@")[-1]),
+        message_id=make_message_id(f"test:{uuid4()}", message_domain(config)),
         window_start=now - timedelta(days=30),
         window_end=now,
         created_at=now,

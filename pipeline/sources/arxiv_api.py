@@ -7,6 +7,7 @@ error, old-style ids (``astro-ph/0601001``) and versioned ids.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from pipeline.errors import SourceError
@@ -109,9 +110,14 @@ def parse_atom_root(root: Element, *, source: str, now: datetime) -> ParseResult
     return build_result(raws, now=now, total_results=total)
 
 
-def parse(
-    body: bytes, *, source: str, content_type: str | None = None, now: datetime
+RootReader = Callable[..., ParseResult]
+
+
+def parse_xml_listing(
+    body: bytes, *, source: str, content_type: str | None, now: datetime, read_root: RootReader
 ) -> ParseResult:
+    """Safety pass, then the strict tree for ``read_root``; an ill-formed document falls
+    back to feedparser's lenient reading, keeping whatever entries are valid."""
     data = prepare_xml(body, source=source, content_type=content_type)
     try:
         root = parse_tree(data)
@@ -119,4 +125,12 @@ def parse(
         result = parse_feed(body, source=source, now=now, arxiv=True, prepared=data)
         result.problems.insert(0, f"not well-formed XML ({exc}); read leniently")
         return result
-    return parse_atom_root(root, source=source, now=now)
+    return read_root(root, source=source, now=now)
+
+
+def parse(
+    body: bytes, *, source: str, content_type: str | None = None, now: datetime
+) -> ParseResult:
+    return parse_xml_listing(
+        body, source=source, content_type=content_type, now=now, read_root=parse_atom_root
+    )

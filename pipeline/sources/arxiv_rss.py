@@ -14,11 +14,9 @@ from datetime import datetime
 
 from pipeline.errors import SourceError
 from pipeline.sources import normalise as n
-from pipeline.sources.arxiv_api import parse_atom_root
-from pipeline.sources.feed import parse_feed
+from pipeline.sources.arxiv_api import parse_atom_root, parse_xml_listing
 from pipeline.sources.listing import ParseResult, RawEntry, build_result
-from pipeline.sources.xmlsafety import prepare_xml
-from pipeline.sources.xmltree import ARXIV, ATOM, DC, RDF, RSS1, Element, ParseError, parse_tree
+from pipeline.sources.xmltree import ARXIV, ATOM, DC, RDF, RSS1, Element
 
 
 def _rss2_item(item: Element, *, listing_date: datetime | None, now: datetime) -> RawEntry:
@@ -93,11 +91,6 @@ def parse_root(root: Element, *, source: str, now: datetime) -> ParseResult:
 def parse(
     body: bytes, *, source: str, content_type: str | None = None, now: datetime
 ) -> ParseResult:
-    data = prepare_xml(body, source=source, content_type=content_type)
-    try:
-        root = parse_tree(data)
-    except ParseError as exc:
-        result = parse_feed(body, source=source, now=now, arxiv=True, prepared=data)
-        result.problems.insert(0, f"not well-formed XML ({exc}); read leniently")
-        return result
-    return parse_root(root, source=source, now=now)
+    return parse_xml_listing(
+        body, source=source, content_type=content_type, now=now, read_root=parse_root
+    )
