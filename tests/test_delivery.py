@@ -1,0 +1,182 @@
+"""What the outbox does with each SMTP outcome, end to end through ``run_once`` against a
+fault-injecting aiosmtpd (tests/smtpd.py)."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from pipeline.config import Config, load_config
+from pipeline.cycle import run_once
+from pipeline.store import Store
+from pipeline.store.rows import DeliveryRow
+from tests.smtpd import DROP, RunningServer, ScriptedHandler, password_authenticator
+
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+ONE_READER = """
+[[subscribers]]
+email = "ada@lab.example"
+name = "Ada"
+send_at = "00:00"
+[subscribers.interests]
+query = 'abs:RLHF OR abs:"reward model"'
+"""
+
+
+def at(moment: datetime):  # type: ignore[no-untyped-def]
+    return lambda: moment
+
+
+def config_for(write_config, port: int, *, mail: str = "", smtp: str = "", env=None) -> Config:  # type: ignore[no-untyped-def]
+    extra = f'{mail}\n[mail.smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n{smtp}'
+    path = write_config(transport="smtp", mail_extra=extra, subscribers=ONE_READER)
+    return load_config(path, env=env)
+
+
+def outbox(config: Config) -> list[tuple[str, str, int]]:
+    store = Store.open(config.database_url)
+    try:
+        return store.deliveries_for("ada@lab.example")
+    finally:
+        store.close()
+
+
+def column(config: Config, name: str) -> str:
+    """One column of the only outbox row."""
+    store = Store.open(config.database_url)
+    try:
+        with store.read() as s:
+            return str(s.scalar(select(getattr(DeliveryRow, name))))
+    finally:
+        store.close()
+
+
+def message_id_of(config: Config) -> str:
+    return column(config, "message_id")
+
+
+def last_error(config: Config) -> str:
+    return column(config, "last_error")
+
+
+async def test_4xx_defers_then_retries_with_the_same_message_id(
+    write_config, smtp_server_factory
+) -> None:
+    server: RunningServer = smtp_server_factory(ScriptedHandler({"DATA": ["451 4.3.0 Try again"]}))
+    config = config_for(write_config, server.port)
+    first = await run_once(config, clock=at(NOW))
+    assert (first.deliver.sent, first.deliver.deferred) == (0, 1)
+    assert [s for _k, s, _n in outbox(config)] == ["deferred"]
+    assert "451 4.3.0 Try again" in last_error(config)
+    planned_id = message_id_of(config)
+    too_soon = await run_once(config, clock=at(NOW + timedelta(seconds=20)))
+    assert too_soon.deliver.sent == too_soon.deliver.deferred == 0
+    later = await run_once(config, clock=at(NOW + timedelta(hours=1, minutes=1)))
+    assert later.deliver.sent == 1
+    [(_env, data)] = server.received
+    sent = email.message_from_bytes(data, policy=email.policy.default)
+    assert sent["Message-ID"] == planned_id
+    assert [s for _k, s, _n in outbox(config)] == ["sent"]
+
+
+async def test_4xx_past_the_retry_age_fails(write_config, smtp_server_factory) -> None:
+    server = smtp_server_factory(ScriptedHandler({"RCPT": ["450 4.2.0 Mailbox busy"] * 5}))
+    config = config_for(write_config, server.port, mail="retry_max_age_hours = 1")
+    await run_once(config, clock=at(NOW))
+    late = await run_once(config, clock=at(NOW + timedelta(hours=2)))
+    assert late.deliver.failed == 1
+    assert [s for _k, s, _n in outbox(config)] == ["failed"]
+    assert last_error(config).startswith("gave up after 1:00:00: ")
+    assert server.received == []
+
+
+@pytest.mark.parametrize(
+    ("step", "reply"),
+    [("RCPT", "550 5.1.1 No such user"), ("DATA", "554 5.7.1 Rejected as spam")],
+    ids=["550-rcpt", "554-data"],
+)
+async def test_5xx_fails_permanently_with_the_reply_and_releases_the_papers(
+    write_config, smtp_server_factory, step: str, reply: str
+) -> None:
+    server = smtp_server_factory(ScriptedHandler({step: [reply]}))
+    config = config_for(write_config, server.port)
+    report = await run_once(config, clock=at(NOW))
+    assert report.deliver.failed == 1
+    assert [s for _k, s, _n in outbox(config)] == ["failed"]
+    assert reply in last_error(config)
+    store = Store.open(config.database_url)
+    assert store.sent_paper_ids("ada@lab.example") == set()  # a later digest may carry them
+    store.close()
+    again = await run_once(config, clock=at(NOW + timedelta(days=1)))
+    assert again.deliver.sent == 1  # the papers come back in the next period's digest
+    [(_env, data)] = server.received
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    text = message.get_body(("plain",))
+    assert text is not None
+    assert "RLHF" in text.get_content() or "reward" in text.get_content().lower()
+
+
+async def test_535_aborts_the_batch_and_marks_nothing(write_config, smtp_server_factory) -> None:
+    server = smtp_server_factory(
+        authenticator=password_authenticator("digest", "right"), auth_require_tls=False
+    )
+    env = {"PAPERPOST_TEST_SECRET": "test-secret-0123456789abcdef", "SMTP_PW": "wrong"}
+    config = config_for(
+        write_config, server.port, smtp='username = "digest"\npassword_env = "SMTP_PW"\n', env=env
+    )
+    report = await run_once(config, clock=at(NOW))
+    assert report.deliver.aborted is not None and "535" in report.deliver.aborted
+    assert (report.deliver.sent, report.deliver.failed, report.deliver.deferred) == (0, 0, 0)
+    assert [s for _k, s, _n in outbox(config)] == ["pending"]
+    fixed = load_config(config.path, env={**env, "SMTP_PW": "right"})
+    retry = await run_once(fixed, clock=at(NOW + timedelta(minutes=1)))
+    assert retry.deliver.sent == 1
+    assert len(server.received) == 1
+
+
+async def test_connection_refused_defers_the_batch_and_marks_nothing(
+    write_config, closed_port: int
+) -> None:
+    config = config_for(write_config, closed_port)
+    report = await run_once(config, clock=at(NOW))
+    assert report.deliver.aborted is not None
+    assert [s for _k, s, _n in outbox(config)] == ["pending"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected_copies", "status"),
+    [("at-most-once", 1, "ambiguous"), ("at-least-once", 2, "sent")],
+)
+async def test_drop_after_data_follows_the_ambiguous_policy(
+    write_config, smtp_server_factory, policy: str, expected_copies: int, status: str
+) -> None:
+    server = smtp_server_factory(ScriptedHandler({"DATA": [DROP]}))
+    config = config_for(write_config, server.port, mail=f'ambiguous_policy = "{policy}"')
+    first = await run_once(config, clock=at(NOW))
+    assert first.deliver.ambiguous == 1
+    await run_once(config, clock=at(NOW + timedelta(minutes=1)))
+    assert [s for _k, s, _n in outbox(config)] == [status]
+    ids = Counter(
+        email.message_from_bytes(d, policy=email.policy.default)["Message-ID"]
+        for _e, d in server.received
+    )
+    assert list(ids.values()) == [expected_copies]  # copies share one Message-ID
+
+
+async def test_421_mid_session_is_retried_on_a_new_connection(
+    write_config, smtp_server_factory
+) -> None:
+    server = smtp_server_factory(ScriptedHandler({"MAIL": ["421 4.3.2 Shutting down"]}))
+    config = config_for(write_config, server.port)
+    report = await run_once(config, clock=at(NOW))
+    later = await run_once(config, clock=at(NOW + timedelta(hours=1, minutes=1)))
+    assert report.deliver.sent + later.deliver.sent == 1
+    assert len(server.received) == 1
+    assert [s for _k, s, _n in outbox(config)] == ["sent"]
