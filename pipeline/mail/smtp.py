@@ -303,7 +303,8 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 def _data_payload(data: bytes) -> bytes:
     """CRLF line endings, dot-stuffed (RFC 5321 4.5.2), terminated by '.'."""
-    if data.count(b"\n") != data.count(b"\r\n") or b"\r" in data.replace(b"\r\n", b""):
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
         data = _LINE_END.sub(b"\r\n", data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
