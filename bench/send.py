@@ -45,12 +45,14 @@ from pipeline.mail import (  # noqa: E402
 )
 from pipeline.render import Renderer  # noqa: E402
 
-EVAL = Path("/work/shared/fixtures/eval/arxiv_cs_dev_2025.jsonl")
+EVAL = ROOT.parent / "shared" / "fixtures" / "eval" / "arxiv_cs_dev_2025.jsonl"
 WHEN = datetime(2025, 11, 24, 7, 0, tzinfo=UTC)
 
 
-def load_papers(limit: int = 600) -> list[Paper]:
-    rows = [json.loads(line) for line in EVAL.read_text(encoding="utf-8").splitlines()][:limit]
+def load_papers(limit: int = 600, path: Path = EVAL) -> list[Paper]:
+    if not path.is_file():
+        sys.exit(f"{path} not found: pass --eval with the arxiv_cs_dev_2025.jsonl capture")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()][:limit]
     rnd = random.Random(7)
     papers = []
     for row in rows:
@@ -231,10 +233,11 @@ def main() -> None:
     parser.add_argument("--digests", type=int, default=10_000)
     parser.add_argument("--pool", type=int, default=4)
     parser.add_argument("--sink", choices=["aiosmtpd", "smtp-sink", "both"], default="both")
+    parser.add_argument("--eval", type=Path, default=EVAL, help="arxiv_cs_dev_2025.jsonl")
     args = parser.parse_args()
     count, pool = args.digests, args.pool
 
-    papers = load_papers()
+    papers = load_papers(path=args.eval)
     digests = make_digests(count, papers)
     renderer = Renderer()
     for d in digests[:200]:
