@@ -183,8 +183,13 @@ async def dispatch(
     """Plan every due digest, then send everything the outbox holds that is due."""
     now = clock()
     subscribers = config.subscribers()
-    due = due_subscribers(store, subscribers, now=now)
-    plan = plan_due(store, config, due, now=now)
+
+    def plan_now() -> PlanReport:
+        return plan_due(store, config, due_subscribers(store, subscribers, now=now), now=now)
+
+    # Planning is CPU and database work: off the event loop, so the daemon's web endpoints
+    # keep answering while a large tick is matched.
+    plan = await asyncio.to_thread(plan_now)
     own_mailer = mailer is None
     mailer = mailer or make_mailer(config)
     deliverer = Deliverer(
