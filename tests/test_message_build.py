@@ -184,14 +184,37 @@ INJECTIONS_REFUSED = [
     [(t, m) for _, t, m in INJECTIONS_REFUSED],
     ids=[i for i, _, _ in INJECTIONS_REFUSED],
 )
-def test_titles_still_unsafe_after_cleaning_are_refused(
+def test_unfit_titles_are_passed_over_for_the_subject(
+    renderer: Renderer, title: str, match: str
+) -> None:
+    hostile = hostile_digest(title)
+    fine = dataclasses.replace(
+        hostile.items[0], paper=dataclasses.replace(hostile.items[0].paper, title="Fine title")
+    )
+    for digest, expected in (
+        (hostile, "Paperpost — 1 new paper for Monday 23 November 2026"),
+        (dataclasses.replace(hostile, items=(hostile.items[0], fine)), ": Fine title"),
+    ):
+        rendered = renderer.render(digest)
+        assert rendered.subject.endswith(expected)
+        message = parse(build_message(headers_for(digest, rendered), rendered))
+        assert list(message.keys()) == ALL_HEADERS
+        assert message["Subject"] == rendered.subject
+
+
+@pytest.mark.parametrize(
+    ("title", "match"),
+    [(t, m) for _, t, m in INJECTIONS_REFUSED],
+    ids=[i for i, _, _ in INJECTIONS_REFUSED],
+)
+def test_unsafe_subjects_are_refused_by_both_builders(
     renderer: Renderer, title: str, match: str
 ) -> None:
     digest = hostile_digest(title)
     rendered = renderer.render(digest)
     for builder in (build_message, build_message_reference):
         with pytest.raises(HeaderInjectionError, match=match):
-            builder(headers_for(digest, rendered), rendered)
+            builder(headers_for(digest, rendered, subject=f"Paperpost: {title}"), rendered)
 
 
 NAMES = [

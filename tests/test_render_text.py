@@ -86,6 +86,7 @@ URLS = [
     ("none", None, None),
     ("too-long", "https://x.example/" + "a" * 3000, None),
     ("surrounding-space", "  https://arxiv.org/abs/1  ", "https://arxiv.org/abs/1"),
+    ("placeholder-character", "https://ok.example/c?t=\ue002", None),
 ]
 
 

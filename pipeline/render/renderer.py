@@ -226,9 +226,11 @@ class Renderer:
     def _subject(
         self, list_name: str, period_label: str, items: tuple[DigestItem, ...], count: int
     ) -> str:
-        # Titles are hostile: whitespace (CR, LF, tabs ...) collapses here; anything
-        # still unsafe (other controls, encoded-words) makes build_message raise.
-        top_title = items[0].paper.title if count else ""
+        # Titles are hostile. Whitespace (CR, LF, tabs ...) collapses here, and a title
+        # that would still be refused in a header (other controls, RFC 2047
+        # encoded-words) is passed over for the next one, so one hostile feed entry
+        # cannot block every digest it tops. build_message checks the result again.
+        top_title = next((i.paper.title for i in items[:count] if _fits_subject(i.paper.title)), "")
         key = (list_name, period_label, count, top_title)
         subject = self._subjects.get(key)
         if subject is None:
@@ -323,6 +325,14 @@ class Renderer:
         location = _template_frame(exc.__traceback__)
         where = f"{location[0]}:{location[1]}" if location else str(self.template_dirs[0])
         return f"{where}: {exc.__class__.__name__}: {exc}"
+
+
+_UNFIT_FOR_SUBJECT = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]|=\\?.*\\?=", re.DOTALL)
+
+
+def _fits_subject(title: str) -> bool:
+    """Whether ``title``, once whitespace is collapsed, is fit for a Subject header."""
+    return _UNFIT_FOR_SUBJECT.search(title) is None
 
 
 def _escape(value: str) -> str:

@@ -32,7 +32,8 @@ _SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s+[A-Z0-9(\"'])")
 _ABBREVIATIONS = ("e.g.", "i.e.", "et al.", "etc.", "vs.", "cf.", "Fig.", "Eq.", "Sec.", "approx.")
 _MAX_URL = 2048
 _HTTP_URL = re.compile(
-    r"[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@\\\x00-\x1f\x7f-\x9f]+(?:[/?#][^\s\x00-\x1f\x7f-\x9f]*)?"
+    r"[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@\\\x00-\x1f\x7f-\x9f\ue000-\ue00f]+"
+    r"(?:[/?#][^\s\x00-\x1f\x7f-\x9f\ue000-\ue00f]*)?"
 )
 
 
@@ -58,8 +59,9 @@ def plain_text(value: str) -> str:
 def safe_url(value: str | None) -> str | None:
     """``value`` if it is an absolute http(s) URL fit for an ``href``; ``None`` otherwise.
 
-    No user-info (``user@host``), no whitespace or control characters, at most
-    2048 characters. Autoescaping then handles ``&`` and quotes.
+    No user-info (``user@host``), no whitespace or control characters, none of
+    the renderer's placeholder characters, at most 2048 characters.
+    Autoescaping then handles ``&`` and quotes.
     """
     if not value:
         return None
