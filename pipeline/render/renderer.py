@@ -101,7 +101,9 @@ class Renderer:
     ) -> None:
         self._options = options
         self._templates = TemplateSet(template_dir)
-        self._inliner = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
+        self._inliner = css_inline.CSSInliner(
+            keep_at_rules=True, load_remote_stylesheets=False, minify_css=True
+        )
         self._css: str | None = None
         self._chunks: dict[tuple[Paper, Shape], _Chunk] = {}
         self._by_identity: dict[tuple[int, Shape], tuple[Paper, _Chunk]] = {}
