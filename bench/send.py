@@ -26,7 +26,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -180,9 +181,10 @@ def sink(kind: str) -> Iterator[tuple[int, int]]:
         proc.wait(timeout=10)
 
 
-async def send_all(
-    port: int, envelopes: Callable[[], Iterator[Envelope]], pool: int, per_connection: int
-) -> int:
+Produce = Callable[[], Iterator[Envelope] | AsyncIterator[Envelope]]
+
+
+async def send_all(port: int, envelopes: Produce, pool: int, per_connection: int) -> int:
     mailer = SmtpMailer(
         SmtpSettings(
             host="127.0.0.1",
@@ -202,8 +204,13 @@ async def send_all(
             sent += 1
 
     workers = [asyncio.create_task(worker()) for _ in range(pool)]
-    for envelope in envelopes():
-        await queue.put(envelope)
+    source = envelopes()
+    if isinstance(source, AsyncIterator):
+        async for envelope in source:
+            await queue.put(envelope)
+    else:
+        for envelope in source:
+            await queue.put(envelope)
     for _ in workers:
         await queue.put(None)
     await asyncio.gather(*workers)
@@ -217,7 +224,7 @@ def run_send(
     count: int,
     pool: int,
     per_connection: int,
-    produce: Callable[[], Iterator[Envelope]],
+    produce: Produce,
 ) -> Result:
     with sink(kind) as (port, pid):
         sink_cpu, wall, cpu = process_cpu(pid), time.perf_counter(), time.process_time()
@@ -226,6 +233,45 @@ def run_send(
         result.sink_cpu = process_cpu(pid) - sink_cpu
     assert sent == count, (sent, count)
     return result
+
+
+# Rendering in a separate process: how the scale-out runner would feed a sender.
+_WORKER: tuple[Renderer, list[Digest]] | None = None
+
+
+def _init_worker(count: int, eval_path: Path) -> None:
+    global _WORKER
+    _WORKER = (Renderer(), make_digests(count, load_papers(path=eval_path)))
+
+
+def _render_chunk(start: int, stop: int) -> list[tuple[str, bytes, str]]:
+    assert _WORKER is not None
+    renderer, digests = _WORKER
+    out = []
+    for digest in digests[start:stop]:
+        rendered = renderer.render(digest)
+        head = headers(digest, rendered.subject)
+        out.append((digest.recipient_email, build_message(head, rendered), head.message_id))
+    return out
+
+
+async def rendered_elsewhere(
+    executor: ProcessPoolExecutor, count: int, chunk: int = 100, window: int = 4
+) -> AsyncIterator[Envelope]:
+    loop = asyncio.get_running_loop()
+    starts = iter(range(0, count, chunk))
+    pending = [
+        loop.run_in_executor(executor, _render_chunk, s, min(s + chunk, count))
+        for s in itertools.islice(starts, window)
+    ]
+    while pending:
+        batch = await pending.pop(0)
+        for start in itertools.islice(starts, 1):
+            pending.append(
+                loop.run_in_executor(executor, _render_chunk, start, min(start + chunk, count))
+            )
+        for recipient, data, message_id in batch:
+            yield Envelope("digest@lab.example", recipient, data, message_id)
 
 
 def main() -> None:
@@ -295,7 +341,22 @@ def main() -> None:
         print("smtp-sink not found (Debian package postfix); skipping it", file=sys.stderr)
         kinds.remove("smtp-sink")
     sends: list[tuple[Result, str]] = []
+    executor = ProcessPoolExecutor(1, initializer=_init_worker, initargs=(count, args.eval))
+    executor.submit(_render_chunk, 0, 1).result()  # start the worker before timing
     for kind in kinds:
+        sends.append(
+            (
+                run_send(
+                    "render + build in 1 worker process, send here",
+                    kind,
+                    count,
+                    pool,
+                    10_000,
+                    lambda: rendered_elsewhere(executor, count),
+                ),
+                str(pool),
+            )
+        )
         sends.append(
             (run_send("send only (prebuilt)", kind, count, pool, 10_000, prebuilt), str(pool))
         )
@@ -316,6 +377,7 @@ def main() -> None:
             )
         )
 
+    executor.shutdown()
     print(
         f"\nmachine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, load {os.getloadavg()}"
     )
