@@ -299,3 +299,55 @@ def test_empty_period_and_empty_window() -> None:
     assert empty.match([Profile(about="anything"), Profile(trending=3)], []) == [[], []]
     [items] = empty.match([Profile(categories=("cs.CV",))], NEW)
     assert ids(items) == ["2401.00010"]
+
+
+def _mixed_profiles(count: int, seed: int) -> list[Profile]:
+    rng = random.Random(seed)
+    queries = [None, "ti:diffusion", "robot OR qubits", 'abs:"language models"', "cat:cs.*"]
+    cats = [(), ("cs.LG",), ("cs.CV", "quant-ph"), ("cs.*",)]
+    authors = [(), ("Levine",), ("Yann LeCun", "John Preskill")]
+    abouts = [None, "image generation", "graph networks for molecules", "!!!"]
+    likes = [(), ("2301.00001",), ("2301.00003", "2301.00004", "9999.00000"), ("2401.00012",)]
+    return [
+        Profile(
+            query=rng.choice(queries),
+            categories=rng.choice(cats),
+            authors=rng.choice(authors),
+            about=rng.choice(abouts),
+            like=rng.choice(likes),
+            dislike=rng.choice([(), ("2301.00005",)]),
+            exclude=rng.choice([None, None, "au:gilmer"]),
+            max_items=rng.choice([0, 1, 2, 3, 15]),
+            min_score=rng.choice([0.0, 0.0, -1.0, 0.6]),
+            trending=rng.choice([0, 0, 1, 3]),
+        )
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("chunk_size", "threads"), [(1, 1), (7, 2), (4096, 2)], ids=["chunk-1", "chunk-7", "one-chunk"]
+)
+def test_compact_result_gives_the_same_items_as_the_list_path(
+    matcher: Matcher, chunk_size: int, threads: int
+) -> None:
+    profiles = _mixed_profiles(60, seed=chunk_size)
+    sent = [{"2401.00011"} if i % 5 == 0 else set() for i in range(len(profiles))]
+    settings = MatchSettings(min_df=1, chunk_size=chunk_size, threads=threads)
+    other = Matcher(matcher.model, settings, matcher.window, matcher.window_vectors)
+    expected = matcher.match(profiles, NEW, exclude_ids=sent)
+    result = other.match_compact(profiles, NEW, exclude_ids=sent)
+    assert len(result) == len(profiles)
+    assert [result.items(i) for i in range(len(result))] == expected
+    assert result.items_range(0, len(result)) == expected
+    assert [result.selected(i) for i in range(len(result))] == [ids(x) for x in expected]
+    assert other.match(profiles, NEW, exclude_ids=sent) == expected
+    assert any(len(x) > 1 for x in expected) and any(x == [] for x in expected)
+
+
+def test_top_items_cut_ties_by_period_order(matcher: Matcher) -> None:
+    # three cs.LG papers score 0.5 each: the cut keeps new before cross before replace
+    [two] = matcher.match([Profile(categories=("cs.LG",), max_items=2)], NEW)
+    assert ids(two) == ["2401.00011", "2401.00012"]
+    [one] = matcher.match([Profile(categories=("cs.LG",), max_items=1)], NEW)
+    assert ids(one) == ["2401.00011"]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.domain import Paper
 from pipeline.match.authors import names_match, parse_name
 from pipeline.match.index import PeriodIndex, category_matches
+from pipeline.match.scoring import top_k
 from pipeline.match.text import analyze, words
 
 
@@ -176,3 +180,38 @@ def test_query_bitsets(query: str, ids: set[str]) -> None:
     index = PeriodIndex(PAPERS)
     mask = index.query(query)
     assert {p.id for i, p in enumerate(PAPERS) if mask >> i & 1} == ids
+
+
+def _reference_top_k(score: np.ndarray, k: np.ndarray) -> list[list[tuple[int, float]]]:
+    """Per row: sort eligible papers by (score rounded to 1e-6 descending, index)."""
+    out = []
+    for row, limit in zip(score.tolist(), k.tolist(), strict=True):
+        ranked = sorted((-round(v, 6), j) for j, v in enumerate(row) if v != float("-inf"))
+        out.append([(j, -negative) for negative, j in ranked[:limit]])
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 6),
+    st.integers(1, 12),
+    st.lists(
+        st.sampled_from([0.5, 1.0, 0.1234564, 0.1234566, 0.1234571, -0.3, float("-inf")]),
+        min_size=72,
+        max_size=72,
+    ),
+    st.lists(st.integers(0, 14), min_size=6, max_size=6),
+)
+def test_top_k_equals_a_plain_sort(
+    rows: int, cols: int, values: list[float], limits: list[int]
+) -> None:
+    score = np.array(values[: rows * cols], dtype=np.float32).reshape(rows, cols)
+    k = np.array(limits[:rows], dtype=np.int64)
+    r, c, s = top_k(score, k)
+    got: list[list[tuple[int, float]]] = [[] for _ in range(rows)]
+    for row, col, value in zip(r.tolist(), c.tolist(), s.tolist(), strict=True):
+        got[row].append((col, value))
+    expected = _reference_top_k(score.astype(np.float64), k)
+    assert [[col for col, _ in x] for x in got] == [[col for col, _ in x] for x in expected]
+    for x, y in zip(got, expected, strict=True):
+        assert [v for _, v in x] == pytest.approx([v for _, v in y], abs=1e-6)

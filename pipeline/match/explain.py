@@ -1,8 +1,8 @@
 """``paperpost explain EMAIL PAPER``: the full score breakdown of one (profile, paper) pair.
 
-It runs the same functions as ``Matcher.match`` (``similarity``, ``combine``,
-``admitted``) on a period made of that one paper, so every number printed is
-the number the ranking used.
+It runs the same functions as ``Matcher.match_compact`` (``compile_profiles``,
+``chunk_scores``) on a period made of that one paper, so every number printed
+is the number the ranking used.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.domain import Paper, Profile
-from pipeline.match.period import Components, Period, RuleTables
+from pipeline.match.compile import compile_profiles
+from pipeline.match.period import Period
 from pipeline.match.reasons import Reasons
-from pipeline.match.scoring import admitted, combine, compile_chunk, similarity
+from pipeline.match.scoring import boost_table, chunk_scores, rounded
+from pipeline.match.tables import AUTHOR, CATEGORY, EXCLUDE, QUERY
 
 if TYPE_CHECKING:
     from pipeline.match.engine import Matcher
@@ -26,25 +28,35 @@ __all__ = ["explain"]
 def explain(matcher: Matcher, profile: Profile, paper: Paper, liked: Mapping[str, Paper]) -> str:
     settings = matcher.settings
     period = Period([paper], matcher.model, matcher.background)
-    components = Components(
-        [*profile.like, *profile.dislike],
+    compiled = compile_profiles(
+        [profile],
+        None,
         period,
         matcher.model,
         matcher.window,
         matcher.window_vectors,
         liked,
-        matcher.background,
+        settings,
     )
-    tables = RuleTables(period)
-    reasons = Reasons(period, components, settings.reason_terms)
-    chunk = compile_chunk([profile], None, tables, components, period, settings)
-    sims, about = similarity(chunk, period, components, matcher.model)
-    table = tables.table
-    q, a, c = (table[chunk.query], table[chunk.authors], table[chunk.categories])
-    excluded = bool(table[chunk.exclude][0, 0])
-    score = float(np.round(float(combine(sims, q, a, c, settings)[0, 0]), 6))
-    ok = bool(admitted(sims, q, a, c, chunk.has_sim, settings)[0, 0])
-    hit_q, hit_a, hit_c = bool(q[0, 0]), bool(a[0, 0]), bool(c[0, 0])
+    texts = compiled.texts
+    reasons = Reasons(period, compiled.rules, texts, settings.reason_terms)
+    scored = chunk_scores(compiled, np.zeros(1, dtype=np.int64), settings)
+    code = int(scored.code[0, 0])
+    sims = np.zeros((1, 1), np.float32) if scored.sims is None else scored.sims
+    hit_q, hit_a, hit_c = bool(code & QUERY), bool(code & AUTHOR), bool(code & CATEGORY)
+    excluded = bool(code & EXCLUDE)
+    ok = bool(np.isfinite(scored.score[0, 0]))
+    # the value before eligibility (an ineligible paper's is -inf in the ranking)
+    raw = boost_table(settings, unmatched=0.0)[code & ~EXCLUDE] + sims[0, 0]
+    score = float(rounded(raw))
+    has_sim = bool(compiled.has_sim[0])
+    admitted = (
+        hit_q
+        or hit_a
+        or hit_c
+        or (has_sim and float(sims[0, 0]) >= np.float32(settings.similarity_threshold))
+    )
+    qrow, arow, crow = int(compiled.query[0]), int(compiled.authors[0]), int(compiled.categories[0])
 
     lines = [f"paper {paper.id}: {paper.title}", f"score {score:.6f}"]
     parts: list[str] = []
@@ -64,21 +76,21 @@ def explain(matcher: Matcher, profile: Profile, paper: Paper, liked: Mapping[str
         profile.query,
         hit_q,
         settings.query_boost,
-        reasons.query(profile.query or "", 0) if hit_q else "",
+        reasons.query(qrow, 0) if hit_q else "",
     )
     rule(
         "authors",
         ", ".join(profile.authors),
         hit_a,
         settings.author_boost,
-        reasons.authors(profile.authors, 0) if hit_a else "",
+        reasons.authors(arow, 0) if hit_a else "",
     )
     rule(
         "categories",
         ", ".join(profile.categories),
         hit_c,
         settings.category_boost,
-        reasons.categories(profile.categories, 0) if hit_c else "",
+        reasons.categories(crow, 0) if hit_c else "",
     )
     if profile.exclude:
         verdict = "→ HIT: the paper is removed" if excluded else "→ no hit"
@@ -86,27 +98,26 @@ def explain(matcher: Matcher, profile: Profile, paper: Paper, liked: Mapping[str
 
     sim = float(sims[0, 0])
     lines.append(
-        f"  {'similarity':<11} {sim:.4f}"
-        + ("" if chunk.has_sim[0] else " (no about, no known liked paper)")
+        f"  {'similarity':<11} {sim:.4f}" + ("" if has_sim else " (no about, no known liked paper)")
     )
-    weights = chunk.weights.getrow(0)
+    weights = compiled.weights.getrow(0)
     about_best: tuple[float, str] | None = None
     like_best: tuple[float, str] | None = None
-    if chunk.about_row[0] >= 0:
-        cosine = float(about[chunk.about_row[0], 0])
-        lines.append(f"      about text      cosine {cosine:.4f} × {chunk.about_coef[0]:.4f}")
-        about_best = (cosine, reasons.about(cosine))
     for row, weight in zip(weights.indices.tolist(), weights.data.tolist(), strict=True):
-        cosine = float(components.sims[row, 0])
+        cosine = float(texts.rows[row, 0])
+        if row >= texts.about_base:
+            lines.append(f"      about text      cosine {cosine:.4f} × {weight:.4f}")
+            about_best = (cosine, reasons.about(cosine))
+            continue
         if row == 0:
             lines.append(f"      background      dot    {cosine:.4f} × {weight:.4f} (window mean)")
             continue
-        pid = components.ids[row]
+        pid = texts.ids[row]
         kind = "liked" if weight > 0 else "disliked"
         lines.append(f"      {kind:<8} {pid:<10} cosine {cosine:.4f} × {weight:.4f}")
         if weight > 0 and (like_best is None or cosine > like_best[0]):
             like_best = (cosine, reasons.liked(row, cosine))
-    unknown = sorted(components.missing)
+    unknown = sorted(texts.missing)
     if unknown:
         lines.append(f"      ignored (no metadata found): {', '.join(unknown)}")
     if like_best is not None and (about_best is None or like_best[0] >= about_best[0]):
@@ -114,7 +125,7 @@ def explain(matcher: Matcher, profile: Profile, paper: Paper, liked: Mapping[str
     elif about_best is not None:
         parts.append(about_best[1])
 
-    if not ok:
+    if not admitted:
         admission = (
             f"no: no rule hit and similarity {sim:.4f} < threshold "
             f"{settings.similarity_threshold:.2f}"
@@ -126,7 +137,7 @@ def explain(matcher: Matcher, profile: Profile, paper: Paper, liked: Mapping[str
     lines.append(f"  {'admitted':<11} {admission}")
     passes = "passes" if score >= profile.min_score else "FAILS: the paper is dropped"
     lines.append(f"  {'min_score':<11} {profile.min_score:.2f} → {passes}")
-    eligible = ok and not excluded and score >= profile.min_score
+    eligible = ok
     lines.append(
         f"  {'verdict':<11} "
         + (

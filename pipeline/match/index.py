@@ -68,6 +68,7 @@ class _FieldIndex:
                 self.stems[s] = self.stems.get(s, 0) | bit
         self.surface = surface
         self.sorted_surface = sorted(surface)
+        self.joined = [f" {' '.join(seq)} " for seq in self.sequences]
 
     def word(self, stems: list[str]) -> int:
         mask = reduce(
@@ -75,11 +76,11 @@ class _FieldIndex:
         )
         if len(stems) == 1 or not mask:
             return mask
+        # stems contain no spaces: a phrase is a substring of the space-joined stems
+        needle = f" {' '.join(stems)} "
         hits = 0
-        width = len(stems)
         for i in _bits(mask):
-            seq = self.sequences[i]
-            if any(seq[j : j + width] == stems for j in range(len(seq) - width + 1)):
+            if needle in self.joined[i]:
                 hits |= 1 << i
         return hits
 

@@ -1,273 +1,170 @@
-"""Scoring one chunk of profiles against all papers of the period, as matrices.
+"""Scoring a chunk of compiled profiles against every paper of the period, as matrices.
 
-``compile_chunk`` turns profiles into small integers and sparse weights (Python,
-one pass, memoised lookups); ``score_chunk`` does the rest with numpy/scipy:
+For a chunk of profiles (rows) × papers (columns)::
 
-    S     = W · C                      similarity (profiles × papers), C = component cosines
-    score = S + boosts · rule hits
-    ok    = (rule hit | S ≥ threshold) & ¬exclude & ¬already sent & score ≥ min_score
-    top-k per row on an integer key (score to 1e-6, then the period's tie-break).
+    code  = query[q] | authors[a] | categories[c] | exclude[e]   uint8: which rules hit
+    sims  = W · TextTables.rows                                   one sparse × dense product
+    score = boosts(code) + sims
+    eligible: code names a rule hit (and no exclude), or sims ≥ threshold with similarity,
+              and score ≥ min_score, and not already sent
+    top-k per row: each row's k-th value, then exact ties on the score rounded to 1e-6 resolved
+                   by the period's order (new, cross, replace; then id).
+
+``boosts`` is a 16-entry table indexed by ``code``, so the rules cost one gather.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import scipy.sparse as sp
 
-from pipeline.domain import Profile
-from pipeline.match.period import Components, Period, RuleTables
+from pipeline.match.compile import Compiled
 from pipeline.match.settings import MatchSettings
-from pipeline.match.similarity import TfidfModel
-from pipeline.match.text import words
+from pipeline.match.tables import AUTHOR, CATEGORY, EXCLUDE, QUERY
 
-__all__ = ["Chunk", "Scored", "admitted", "combine", "compile_chunk", "score_chunk", "similarity"]
+__all__ = ["ChunkScores", "boost_table", "chunk_scores", "pick_trending", "rounded", "top_k"]
 
-I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
+U8 = npt.NDArray[np.uint8]
 Bools = npt.NDArray[np.bool_]
-_NONE = np.iinfo(np.int64).min + 1  # negates without overflow
-_MAX_PADDED_LIKES = 64
+_NEG = np.float32(-np.inf)
+_LOWEST = np.finfo(np.float32).min
+
+
+def boost_table(settings: MatchSettings, *, unmatched: float) -> F32:
+    """Score added by each rule code; ``unmatched`` for code 0, −inf when excluded."""
+    table = np.empty(16, dtype=np.float32)
+    for code in range(16):
+        value = np.float32(0.0)
+        if code & QUERY:
+            value += np.float32(settings.query_boost)
+        if code & AUTHOR:
+            value += np.float32(settings.author_boost)
+        if code & CATEGORY:
+            value += np.float32(settings.category_boost)
+        table[code] = value
+    table[0] = unmatched
+    table[EXCLUDE:] = _NEG
+    return table
+
+
+def rounded(score: F32 | F64) -> F64:
+    """The score as reported and ranked: float64, rounded to 1e-6."""
+    return np.rint(np.asarray(score, dtype=np.float64) * 1e6) / 1e6
 
 
 @dataclass(frozen=True, slots=True)
-class Chunk:
-    """Profiles of one chunk, compiled."""
-
-    query: I32
-    exclude: I32
-    categories: I32
-    authors: I32
-    about_row: I32  # index into about_texts, -1 for none
-    about_coef: F32
-    about_texts: list[str]
-    weights: sp.csr_matrix  # profiles × component rows (without the padding row)
-    has_sim: Bools
-    like_rows: list[list[int]]  # component rows of each profile's liked papers
-    max_items: I64
-    min_score: F32
-    sent_rows: I64
-    sent_cols: I64
+class ChunkScores:
+    code: U8  # rows × papers
+    sims: F32 | None  # rows × papers, None when no row of the chunk has a similarity vector
+    score: F32  # rows × papers, −inf where not eligible (already-sent pairs not yet removed)
 
 
-def compile_chunk(
-    profiles: Sequence[Profile],
-    exclude_ids: Sequence[AbstractSet[str]] | None,
-    tables: RuleTables,
-    components: Components,
-    period: Period,
-    settings: MatchSettings,
-) -> Chunk:
-    c = len(profiles)
-    query: list[int] = []
-    exclude: list[int] = []
-    cats: list[int] = []
-    auths: list[int] = []
-    about_row = [-1] * c
-    about_coef = [0.0] * c
-    has_sim = [False] * c
-    about_texts: dict[str, int] = {}
-    no_words: set[str] = set()
-    like_rows: list[list[int]] = []
-    indptr = [0]
-    indices: list[int] = []
-    data: list[float] = []
-    sent_rows: list[int] = []
-    sent_cols: list[int] = []
-    rows = components.row
-    position = period.position
-    wa, wl = settings.about_weight, settings.like_weight
-    background = -settings.background_weight
-    for r, profile in enumerate(profiles):
-        query.append(tables.query(profile.query))
-        exclude.append(tables.query(profile.exclude))
-        cats.append(tables.categories(profile.categories))
-        auths.append(tables.authors(profile.authors))
-        likes = [rows[i] for i in profile.like if i in rows] if profile.like else []
-        like_rows.append(likes)
-        about = profile.about or None
-        if (
-            about is not None
-            and about not in about_texts
-            and (about in no_words or not words(about))
-        ):
-            no_words.add(about)
-            about = None
-        denominator = (wa if about else 0.0) + (wl if likes else 0.0)
-        if denominator > 0:
-            has_sim[r] = True
-            indices.append(0)
-            data.append(background)
-            if about:
-                about_row[r] = about_texts.setdefault(about, len(about_texts))
-                about_coef[r] = wa / denominator
-            if likes:
-                indices.extend(likes)
-                data.extend([wl / (len(likes) * denominator)] * len(likes))
-        if profile.dislike:
-            dislikes = [rows[i] for i in profile.dislike if i in rows]
-            indices.extend(dislikes)
-            data.extend([-settings.dislike_weight / len(dislikes)] * len(dislikes))
-        indptr.append(len(indices))
-        if exclude_ids is not None and exclude_ids[r]:
-            sent = exclude_ids[r]
-            small, large = (sent, position) if len(sent) < period.n else (position, sent)
-            for pid in small:
-                if pid in large:
-                    sent_rows.append(r)
-                    sent_cols.append(position[pid])
-    weights = sp.csr_matrix(
-        (np.array(data, dtype=np.float32), np.array(indices, dtype=np.int32), indptr),
-        shape=(c, components.pad_row),
-    )
-    return Chunk(
-        np.array(query, dtype=np.int32),
-        np.array(exclude, dtype=np.int32),
-        np.array(cats, dtype=np.int32),
-        np.array(auths, dtype=np.int32),
-        np.array(about_row, dtype=np.int32),
-        np.array(about_coef, dtype=np.float32),
-        list(about_texts),
-        weights,
-        np.array(has_sim, dtype=bool),
-        like_rows,
-        np.array([max(p.max_items, 0) for p in profiles], dtype=np.int64),
-        np.array([p.min_score for p in profiles], dtype=np.float32),
-        np.array(sent_rows, dtype=np.int64),
-        np.array(sent_cols, dtype=np.int64),
-    )
+def chunk_scores(compiled: Compiled, rows: I64, settings: MatchSettings) -> ChunkScores:
+    c = compiled
+    r = c.rules
+    code = np.take(r.query, c.query[rows], axis=0)
+    code |= np.take(r.authors, c.authors[rows], axis=0)
+    code |= np.take(r.categories, c.categories[rows], axis=0)
+    code |= np.take(r.exclude, c.exclude[rows], axis=0)
+    min_score = c.min_score[rows]
+    if c.product[rows].any():
+        sims = np.asarray(c.weights[rows] @ c.texts.rows, dtype=np.float32)
+        score = np.take(boost_table(settings, unmatched=0.0), code)
+        score += sims
+        # With no rule hit the score is the similarity, so "similarity ≥ threshold and
+        # score ≥ min_score" is one comparison against the larger of the two.
+        floor_matched = min_score
+        floor_unmatched = np.maximum(min_score, np.float32(settings.similarity_threshold))
+        floor_unmatched[~c.has_sim[rows]] = np.inf
+        floor = np.where(code == 0, floor_unmatched[:, None], floor_matched[:, None])
+        np.copyto(score, _NEG, where=score < floor)
+        return ChunkScores(code, sims, score)
+    table = boost_table(settings, unmatched=-np.inf)
+    score = np.take(table, code)
+    lowest = table[np.isfinite(table)].min(initial=np.inf)
+    if (min_score > lowest).any():
+        np.copyto(score, _NEG, where=score < min_score[:, None])
+    return ChunkScores(code, None, score)
 
 
-@dataclass(frozen=True, slots=True)
-class Scored:
-    """Top items of every profile of a chunk, and what the reasons need."""
+def top_k(score: F32, k: I64) -> tuple[I64, I64, F64]:
+    """The best ``k[r]`` eligible papers of each row: (row, paper, rounded score), ranked.
 
-    selected: I64  # profiles × k paper indices, best first
-    valid: Bools  # profiles × k: the slot holds an eligible paper
-    score: F64  # profiles × k, rounded to 1e-6
-    query_hit: Bools
-    author_hit: Bools
-    category_hit: Bools
-    about_sim: F32  # profiles × k (0 without about)
-    like_best: I64  # profiles × k: component row of the most similar liked paper (-1: none)
-    like_sim: F32
-    allowed: Bools  # profiles × papers: not excluded, not already sent (for trending)
-
-
-def similarity(
-    chunk: Chunk, period: Period, components: Components, model: TfidfModel
-) -> tuple[F32, F32]:
-    """Similarity (profiles × papers) as defined in ``MatchSettings``, and about cosines.
-
-    The second matrix has one row per distinct about text of the chunk.
+    Ranking is by the score rounded to 1e-6, then by paper index (the period's
+    order). ``np.partition`` finds each row's k-th value; every paper that could
+    round to it is a candidate, and ties are settled exactly on the candidates.
     """
-    sims = np.asarray(chunk.weights @ components.sims[:-1], dtype=np.float32)
-    about = np.zeros((0, period.n), dtype=np.float32)
-    if chunk.about_texts:
-        vectors = model.transform([(words(t), []) for t in chunk.about_texts])
-        about = np.asarray((vectors @ period.vectors.T).toarray(), dtype=np.float32)
-        who = np.flatnonzero(chunk.about_row >= 0)
-        sims[who] += chunk.about_coef[who, None] * about[chunk.about_row[who]]
-    return sims, about
-
-
-def combine(sims: F32, q: Bools, a: Bools, c: Bools, settings: MatchSettings) -> F32:
-    """score = similarity + boosts of the rule hits (float32, as ranked)."""
-    score = sims.copy()
-    score += np.float32(settings.query_boost) * q
-    score += np.float32(settings.author_boost) * a
-    score += np.float32(settings.category_boost) * c
-    return score
-
-
-def admitted(
-    sims: F32, q: Bools, a: Bools, c: Bools, has_sim: Bools, settings: MatchSettings
-) -> Bools:
-    """A rule hit, or a similarity vector and a similarity at or above the threshold."""
-    ok = q | a | c
-    ok |= has_sim[:, None] & (sims >= np.float32(settings.similarity_threshold))
-    return ok
-
-
-def score_chunk(
-    chunk: Chunk,
-    period: Period,
-    tables: RuleTables,
-    components: Components,
-    model: TfidfModel,
-    settings: MatchSettings,
-) -> Scored:
-    sims, about = similarity(chunk, period, components, model)
-    table = tables.table
-    q = table[chunk.query]
-    a = table[chunk.authors]
-    c = table[chunk.categories]
-    allowed = ~table[chunk.exclude]
-    if chunk.sent_rows.size:
-        allowed[chunk.sent_rows, chunk.sent_cols] = False
-    score = combine(sims, q, a, c, settings)
-    ok = admitted(sims, q, a, c, chunk.has_sim, settings)
-    ok &= allowed
-    ok &= score >= chunk.min_score[:, None]
-    key = np.rint(score.astype(np.float64) * 1e6).astype(np.int64) * period.pad
-    key += period.tiebreak
-    key[~ok] = _NONE
-    k = int(min(period.n, chunk.max_items.max(initial=0)))
-    rows = np.arange(len(key))[:, None]
-    if k == 0:
-        selected = np.zeros((len(key), 0), dtype=np.int64)
+    rows, n = score.shape
+    k = np.minimum(k, n)
+    if rows == 0 or n == 0 or k.max(initial=0) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float64)
+    kth = np.full(rows, -np.inf, dtype=np.float32)  # rows that take every eligible paper
+    eligible = np.count_nonzero(score > _NEG, axis=1)
+    partial = (k > 0) & (k < eligible)
+    if partial.any():
+        # numpy's vectorised sort of short float32 rows beats np.partition here
+        ordered = np.sort(score[partial], axis=1)
+        kth[partial] = ordered[np.arange(ordered.shape[0]), n - k[partial]]
+    kth[k == 0] = np.inf
+    floor64 = kth.astype(np.float64) - 2e-6
+    floor = floor64.astype(np.float32)
+    floor = np.where(floor > floor64, np.nextafter(floor, _NEG), floor)
+    floor = np.maximum(floor, _LOWEST)  # −inf (not eligible) never passes
+    flat = np.flatnonzero(score >= floor[:, None])
+    cand_r, cand_c = np.divmod(flat, n)
+    q = np.rint(score.ravel()[flat].astype(np.float64) * 1e6)
+    qk = np.rint(kth.astype(np.float64) * 1e6)[cand_r]
+    above = q > qk
+    tied = q == qk
+    need = k - np.bincount(cand_r[above], minlength=rows)
+    tied_before = np.concatenate([[0], np.cumsum(tied)])
+    row_start = np.concatenate([[0], np.cumsum(np.bincount(cand_r, minlength=rows))])[:-1]
+    rank = tied_before[1:] - tied_before[row_start[cand_r]]
+    keep = above | (tied & (rank <= need[cand_r]))
+    kr, kc, kq = cand_r[keep], cand_c[keep], q[keep]
+    # Rank within each row by score, descending; kept pairs are already in (row, paper)
+    # order, so a stable sort on (row, −score) leaves equal scores in paper order.
+    low, high = (kq.min(), kq.max()) if kq.size else (0.0, 0.0)
+    span = high - low + 1
+    if span * rows < 2.0**62:
+        key = kr * np.int64(span) + (high - kq).astype(np.int64)
+        order = np.argsort(key, kind="stable")
     else:
-        part = np.argpartition(-key, k - 1, axis=1)[:, :k] if k < period.n else None
-        candidates = part if part is not None else np.broadcast_to(np.arange(period.n), key.shape)
-        order = np.argsort(-key[rows, candidates], axis=1)
-        selected = np.take_along_axis(candidates, order, axis=1).astype(np.int64)
-    valid = (key[rows, selected] != _NONE) & (np.arange(k)[None, :] < chunk.max_items[:, None])
-    about_sim = np.zeros(selected.shape, dtype=np.float32)
-    who = np.flatnonzero(chunk.about_row >= 0)
-    if who.size:
-        about_sim[who] = about[chunk.about_row[who][:, None], selected[who]]
-    like_best, like_sim = _best_like(chunk, components, selected)
-    return Scored(
-        selected,
-        valid,
-        np.asarray(np.round(score[rows, selected].astype(np.float64), 6), dtype=np.float64),
-        q[rows, selected],
-        a[rows, selected],
-        c[rows, selected],
-        about_sim,
-        like_best,
-        like_sim,
-        allowed,
-    )
+        order = np.lexsort((kc, -kq, kr))
+    return kr[order], kc[order], kq[order] / 1e6
 
 
-def _best_like(chunk: Chunk, components: Components, selected: I64) -> tuple[I64, F32]:
-    c, k = selected.shape
-    best = np.full((c, k), -1, dtype=np.int64)
-    value = np.zeros((c, k), dtype=np.float32)
-    if k == 0:
-        return best, value
-    counts = np.array([len(rows) for rows in chunk.like_rows])
-    small = np.flatnonzero((counts > 0) & (counts <= _MAX_PADDED_LIKES))
-    if small.size:
-        width = int(counts[small].max())
-        padded = np.full((small.size, width), components.pad_row, dtype=np.int64)
-        for i, r in enumerate(small):
-            padded[i, : counts[r]] = chunk.like_rows[r]
-        gathered = components.sims[padded[:, :, None], selected[small][:, None, :]]
-        arg = gathered.argmax(axis=1)
-        best[small] = np.take_along_axis(padded, arg, axis=1)
-        value[small] = gathered.max(axis=1)
-    for r in np.flatnonzero(counts > _MAX_PADDED_LIKES):
-        rows = np.array(chunk.like_rows[r], dtype=np.int64)
-        gathered = components.sims[rows[:, None], selected[r][None, :]]
-        arg = gathered.argmax(axis=0)
-        best[r] = rows[arg]
-        value[r] = gathered.max(axis=0)
-    return best, value
+def pick_trending(
+    code: U8,
+    trending: I64,
+    columns: I64,
+    upvotes: F64,
+    taken_rows: I64,
+    taken_cols: I64,
+) -> tuple[I64, I64, F64]:
+    """Up to ``trending[r]`` papers of ``columns`` (most upvoted first) per row.
+
+    Skips papers the row's exclude matches and the (row, paper) pairs in
+    ``taken_*`` (already selected or already sent).
+    """
+    who = np.flatnonzero(trending > 0)
+    if who.size == 0 or columns.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float64)
+    allowed = (code[np.ix_(who, columns)] & np.uint8(EXCLUDE)) == 0
+    slot = np.full(code.shape[1], -1, dtype=np.int64)
+    slot[columns] = np.arange(columns.size)
+    line = np.full(code.shape[0], -1, dtype=np.int64)
+    line[who] = np.arange(who.size)
+    hit = (line[taken_rows] >= 0) & (slot[taken_cols] >= 0)
+    allowed[line[taken_rows[hit]], slot[taken_cols[hit]]] = False
+    allowed &= np.cumsum(allowed, axis=1) <= trending[who][:, None]
+    tr, tc = np.nonzero(allowed)
+    cols = columns[tc]
+    return who[tr], cols, upvotes[cols]

@@ -44,13 +44,18 @@ class MatchSettings:
     # How many times title terms count against abstract terms.
     title_weight: int = 1
     # Profiles scored together; bounds memory at chunk_size × papers × ~20 bytes.
-    chunk_size: int = 8192
+    chunk_size: int = 4096
+    # Threads scoring chunks in parallel (numpy/scipy release the GIL); the result
+    # does not depend on it. 1 scores in the calling thread.
+    threads: int = 2
     # At most this many query terms are named in a reason line.
     reason_terms: int = 3
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
             raise ValueError(f"MatchSettings.chunk_size must be >= 1, got {self.chunk_size}")
+        if self.threads < 1:
+            raise ValueError(f"MatchSettings.threads must be >= 1, got {self.threads}")
         if self.min_df < 1:
             raise ValueError(f"MatchSettings.min_df must be >= 1, got {self.min_df}")
         if not 0.0 < self.max_df <= 1.0:
