@@ -761,25 +761,7 @@ async def test_title_unfit_for_a_subject_never_reaches_a_header(
         assert "header Subject" in error and "refusing to send it" in error, error
 
 
-SUBJECT_BUG = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (availability): pipeline/render/renderer.py Renderer._subject only collapses "
-        "whitespace in the top title, so a feed title with an RFC 2047 encoded-word makes "
-        "mail.headers.safe_header_value raise HeaderInjectionError; Deliverer._one marks the "
-        "whole digest failed. One hostile entry in any feed blocks every digest it tops."
-    ),
-)
-
-
-@pytest.mark.parametrize(
-    "title",
-    [
-        pytest.param(UNSENDABLE_TITLES[0], id="encoded-word-q", marks=SUBJECT_BUG),
-        pytest.param(UNSENDABLE_TITLES[1], id="encoded-word-b", marks=SUBJECT_BUG),
-        pytest.param(UNSENDABLE_TITLES[2], id="c1-control"),
-    ],
-)
+@pytest.mark.parametrize("title", UNSENDABLE_TITLES, ids=UNSENDABLE_IDS)
 async def test_title_unfit_for_a_subject_does_not_block_the_digest(
     tmp_path: Path, write_config: ConfigFactory, smtp_server: RunningServer, title: str
 ) -> None:
