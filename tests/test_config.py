@@ -211,6 +211,19 @@ CASES = [
         "encoded-word sequence ('=?...?=')), found '=?utf-8?q?Admin?='",
     ),
     (
+        "non-ascii-local-part",
+        lambda t: t.replace('"ada@lab.example"', '"zoë@lab.example"'),
+        "subscribers[0].email: not a valid email address (Internationalized characters before "
+        "the @-sign are not supported: 'ë'.), found 'zoë@lab.example'",
+    ),
+    (
+        "smtp-username-without-password",
+        lambda t: t.replace(
+            "\n[web]", '[mail.smtp]\nhost = "smtp.lab.example"\nusername = "d"\n\n[web]'
+        ),
+        "mail.smtp: username is set but password_env (the password's variable) is missing",
+    ),
+    (
         "negative-trending",
         lambda t: t.replace('timezone = "Europe/London"', "trending = -1"),
         "subscribers[0].trending: Input should be greater than or equal to 0, found -1",

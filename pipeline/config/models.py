@@ -47,7 +47,9 @@ def check_header_text(value: str, field: str) -> str:
 def check_address(value: str) -> str:
     """Validate a mailbox address (syntax only, no DNS) and return its normal form."""
     try:
-        return validate_email(value, check_deliverability=False).normalized
+        # No SMTPUTF8: a non-ASCII local part ("zoë@...") needs a server extension
+        # most relays lack, so it is refused here rather than at send time.
+        return validate_email(value, check_deliverability=False, allow_smtputf8=False).normalized
     except EmailNotValidError as exc:
         raise ValueError(f"not a valid email address ({exc})") from exc
 
@@ -82,6 +84,10 @@ class SmtpConfig(_Model):
     def _auth_pairs(self) -> SmtpConfig:
         if self.password_env and not self.username:
             raise ValueError("password_env is set but username is missing")
+        if self.username and not self.password_env:
+            raise ValueError(
+                "username is set but password_env (the password's variable) is missing"
+            )
         if self.security == "none" and self.host not in ("127.0.0.1", "::1", "localhost"):
             raise ValueError(
                 f"security 'none' is only allowed to a loopback host, found host {self.host!r}"
