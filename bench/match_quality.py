@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/match_quality.py
-    .venv/bin/python bench/match_quality.py --file other.jsonl --history-days 3 --draws 8
+    .venv/bin/python bench/match_quality.py --file other.jsonl --history-days 3 --draws 32
 
 The file needs one JSON object per line with ``id``, ``listing_date``, ``title``,
 ``abstract`` and ``categories`` (the labels). Protocol (issue 4):
@@ -37,6 +37,7 @@ import random
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -175,7 +176,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--file", type=Path, default=DEFAULT)
     parser.add_argument("--history-days", type=int, default=3)
-    parser.add_argument("--draws", type=int, default=8)
+    parser.add_argument("--draws", type=int, default=32)
     args = parser.parse_args()
 
     rows = load(args.file)
@@ -199,18 +200,20 @@ def main() -> None:
 
     settings = MatchSettings(similarity_threshold=-1e9)
     matcher = Matcher.fit(list(papers.values()), settings)
+    plain = Matcher.fit(list(papers.values()), replace(settings, lsa_dimensions=0))
+    engines = {"ours": matcher, "tfidf": plain}
+    period_cache: dict[tuple[str, Profile], list[str]] = {}
 
-    period_cache: dict[Profile, list[str]] = {}
-
-    def ours(profile: Profile) -> list[str]:
-        return period_cache[profile]
+    def ours(profile: Profile, engine: str = "ours") -> list[str]:
+        return period_cache[engine, profile]
 
     def prepare(profiles: list[Profile]) -> None:
         """Match every profile of the benchmark in one call (one period, as in production)."""
-        todo = [p for p in dict.fromkeys(profiles) if p not in period_cache]
-        results = matcher.match([replace_limits(p) for p in todo], ranked)
-        for profile, items in zip(todo, results, strict=True):
-            period_cache[profile] = [i.paper_id for i in items]
+        todo = list(dict.fromkeys(profiles))
+        for name, engine in engines.items():
+            results = engine.match([replace_limits(p) for p in todo], ranked)
+            for profile, items in zip(todo, results, strict=True):
+                period_cache[name, profile] = [i.paper_id for i in items]
 
     vectoriser = TfidfVectorizer(
         input="content",
@@ -286,12 +289,31 @@ def main() -> None:
     )
     table.append(("(b) about only", evaluate(lambda c: ours(Profile(about=CATEGORY_TEXT[c][0])))))
     table.append(
+        (
+            "(b) about + query, TF-IDF only (LSA off)",
+            evaluate(
+                lambda c: (
+                    ours(Profile(about=CATEGORY_TEXT[c][0], query=CATEGORY_TEXT[c][1]), "tfidf")
+                    if c in CATEGORY_TEXT
+                    else None
+                )
+            ),
+        )
+    )
+    table.append(
         ("(c) 5 liked: ours", evaluate(lambda c: ours(Profile(like=tuple(liked_first(c))))))
+    )
+    table.append(
+        (
+            "(c) 5 liked: ours, TF-IDF only (LSA off)",
+            evaluate(lambda c: ours(Profile(like=tuple(liked_first(c))), "tfidf")),
+        )
     )
     table.append(("(c) 5 liked: SVM baseline", evaluate(lambda c: svm(liked_first(c)))))
 
     for name, fn in (
         ("ours", lambda liked: ours(Profile(like=tuple(liked)))),
+        ("ours, TF-IDF only (LSA off)", lambda liked: ours(Profile(like=tuple(liked)), "tfidf")),
         ("SVM baseline", svm),
     ):
         per_draw = []
@@ -306,24 +328,26 @@ def main() -> None:
     for name, (p10, r50, n20) in table:
         print(f"| {name} | {p10:.3f} | {r50:.3f} | {n20:.3f} |")
 
-    default = MatchSettings()
-    print(f"\nadmission at the default similarity threshold {default.similarity_threshold}, (c):")
-    strict = Matcher(matcher.model, default, matcher.window, matcher.window_vectors)
-    admitted = relevant_admitted = 0
-    for c in categories:
-        [items] = strict.match([Profile(like=tuple(liked_first(c)), max_items=10_000)], ranked)
-        admitted += len(items)
-        relevant_admitted += sum(c in labels[i.paper_id] for i in items)
-    print(
-        f"admitted {admitted} papers over {len(categories)} profiles and "
-        f"{len(days) - args.history_days} days; "
-        f"precision {relevant_admitted / max(admitted, 1):.3f}"
-    )
+    print("\nadmission of (c) profiles (first 5 liked) by similarity alone, per threshold:")
+    print("| threshold | admitted | precision |")
+    print("|---:|---:|---:|")
+    for threshold in (0.06, 0.08, 0.10, 0.12, 0.15, 0.18):
+        strict = Matcher(
+            matcher.model,
+            replace(MatchSettings(), similarity_threshold=threshold),
+            matcher.window,
+            matcher.window_vectors,
+        )
+        admitted = relevant_admitted = 0
+        for c in categories:
+            [items] = strict.match([Profile(like=tuple(liked_first(c)), max_items=10_000)], ranked)
+            admitted += len(items)
+            relevant_admitted += sum(c in labels[i.paper_id] for i in items)
+        print(f"| {threshold:.2f} | {admitted} | {relevant_admitted / max(admitted, 1):.3f} |")
+    print(f"({len(categories)} profiles, {len(days) - args.history_days} listing days)")
 
 
 def replace_limits(profile: Profile) -> Profile:
-    from dataclasses import replace
-
     return replace(profile, max_items=50, min_score=-1e9)
 
 

@@ -351,3 +351,31 @@ def test_top_items_cut_ties_by_period_order(matcher: Matcher) -> None:
     assert ids(two) == ["2401.00011", "2401.00012"]
     [one] = matcher.match([Profile(categories=("cs.LG",), max_items=1)], NEW)
     assert ids(one) == ["2401.00011"]
+
+
+def test_lsa_blends_into_the_text_cosines() -> None:
+    corpus = WINDOW + NEW
+    latent = Matcher.fit(corpus, MatchSettings(min_df=1, lsa_dimensions=2, lsa_weight=0.5))
+    plain = Matcher.fit(corpus, MatchSettings(min_df=1, lsa_dimensions=0))
+    unweighted = Matcher.fit(corpus, MatchSettings(min_df=1, lsa_dimensions=2, lsa_weight=0.0))
+    assert latent.lsa is not None and latent.lsa.dimensions == 2
+    assert plain.lsa is None
+    profile = Profile(about="image generation", like=("2301.00003",), min_score=-10.0)
+    with_lsa = latent.match([profile], NEW)[0]
+    without = plain.match([profile], NEW)[0]
+    assert unweighted.match([profile], NEW)[0] == without
+    assert [i.score for i in with_lsa] != [i.score for i in without]
+    for item in with_lsa:
+        text = latent.explain(profile, next(p for p in NEW if p.id == item.paper_id))
+        assert f"score {item.score:.6f}" in text
+        assert "0.50 × TF-IDF + 0.50 × LSA, 2 dimensions" in text
+    # the same window gives the same projection: fitting is deterministic
+    again = Matcher.fit(corpus, MatchSettings(min_df=1, lsa_dimensions=2, lsa_weight=0.5))
+    assert again.match([profile], NEW)[0] == with_lsa
+
+
+def test_lsa_is_skipped_for_a_small_window(matcher: Matcher) -> None:
+    assert MatchSettings().lsa_dimensions == 128
+    assert matcher.lsa is None  # 10 papers < 4 × 128
+    with pytest.raises(ValueError, match="lsa_weight must be in"):
+        MatchSettings(lsa_weight=1.5)

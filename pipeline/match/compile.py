@@ -29,6 +29,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from pipeline.domain import Paper, Profile
+from pipeline.match.lsa import Lsa
 from pipeline.match.period import Period
 from pipeline.match.settings import MatchSettings
 from pipeline.match.similarity import TfidfModel
@@ -105,6 +106,7 @@ def compile_profiles(
     window_vectors: sp.csr_matrix,
     liked: Mapping[str, Paper],
     settings: MatchSettings,
+    lsa: Lsa | None = None,
 ) -> Compiled:
     n = len(profiles)
     query, queries = _intern(list(map(attrgetter("query"), profiles)))
@@ -117,7 +119,16 @@ def compile_profiles(
     rules = RuleTables(period, queries, excludes, cat_lists, author_lists)
     references = {pid for t in (*like_tuples, *dislike_tuples) for pid in t}
     texts = TextTables(
-        period, model, window, window_vectors, liked, sorted(references), abouts, settings.threads
+        period,
+        model,
+        window,
+        window_vectors,
+        liked,
+        sorted(references),
+        abouts,
+        settings.threads,
+        lsa,
+        settings.lsa_weight,
     )
     k = texts.rows.shape[0]
 

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 
 from pipeline.domain import MatchItem, Paper, Profile
 from pipeline.match.compile import compile_profiles
+from pipeline.match.lsa import Lsa
 from pipeline.match.period import Period
 from pipeline.match.reasons import Reasons
 from pipeline.match.result import MatchResult
@@ -48,6 +49,7 @@ class Matcher:
         else:
             mean = np.zeros(model.dimension, dtype=np.float32)
         self.background: npt.NDArray[np.float32] = mean
+        self.lsa = Lsa.fit(window_vectors, settings.lsa_dimensions)
 
     @classmethod
     def fit(cls, corpus: Sequence[Paper], settings: MatchSettings = DEFAULT_SETTINGS) -> Matcher:
@@ -132,6 +134,7 @@ class Matcher:
             self.window_vectors,
             liked or _EMPTY,
             self.settings,
+            self.lsa,
         )
         reasons = Reasons(period, compiled.rules, compiled.texts, self.settings.reason_terms)
         interest, trending = select(compiled, period, self.settings)

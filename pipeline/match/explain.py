@@ -37,6 +37,7 @@ def explain(matcher: Matcher, profile: Profile, paper: Paper, liked: Mapping[str
         matcher.window_vectors,
         liked,
         settings,
+        matcher.lsa,
     )
     texts = compiled.texts
     reasons = Reasons(period, compiled.rules, texts, settings.reason_terms)
@@ -100,6 +101,12 @@ def explain(matcher: Matcher, profile: Profile, paper: Paper, liked: Mapping[str
     lines.append(
         f"  {'similarity':<11} {sim:.4f}" + ("" if has_sim else " (no about, no known liked paper)")
     )
+    if matcher.lsa is not None and settings.lsa_weight and has_sim:
+        w = settings.lsa_weight
+        lines.append(
+            f"      (each cosine = {1 - w:.2f} × TF-IDF + {w:.2f} × LSA, "
+            f"{matcher.lsa.dimensions} dimensions)"
+        )
     weights = compiled.weights.getrow(0)
     about_best: tuple[float, str] | None = None
     like_best: tuple[float, str] | None = None

@@ -20,7 +20,7 @@ class MatchSettings:
     """
 
     # A paper with no rule hit is admitted when its similarity reaches this.
-    similarity_threshold: float = 0.06
+    similarity_threshold: float = 0.12
     # Added to the score of a paper that the profile's query matches.
     query_boost: float = 1.0
     # Added when one of the profile's followed authors wrote the paper.
@@ -43,6 +43,12 @@ class MatchSettings:
     bigrams: bool = True
     # How many times title terms count against abstract terms.
     title_weight: int = 1
+    # Latent semantic analysis (pipeline.match.lsa): a text cosine is
+    # (1 − lsa_weight)·TF-IDF cosine + lsa_weight·cosine in the top lsa_dimensions
+    # singular directions of the window. Skipped (plain TF-IDF) when lsa_dimensions
+    # is 0 or the window has fewer than 4·lsa_dimensions papers.
+    lsa_dimensions: int = 128
+    lsa_weight: float = 0.3
     # Profiles scored together; bounds memory at chunk_size × papers × ~20 bytes.
     chunk_size: int = 4096
     # Threads scoring chunks in parallel (numpy/scipy release the GIL); the result
@@ -54,6 +60,12 @@ class MatchSettings:
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
             raise ValueError(f"MatchSettings.chunk_size must be >= 1, got {self.chunk_size}")
+        if self.lsa_dimensions < 0:
+            raise ValueError(
+                f"MatchSettings.lsa_dimensions must be >= 0, got {self.lsa_dimensions}"
+            )
+        if not 0.0 <= self.lsa_weight <= 1.0:
+            raise ValueError(f"MatchSettings.lsa_weight must be in [0, 1], got {self.lsa_weight}")
         if self.threads < 1:
             raise ValueError(f"MatchSettings.threads must be >= 1, got {self.threads}")
         if self.min_df < 1:

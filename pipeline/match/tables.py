@@ -10,7 +10,8 @@
 - ``TextTables``: one ``float32`` row of similarities per text component: row 0
   the paper's dot product with the window's mean vector (the background), then
   one row of cosines per referenced (liked or disliked) paper, sorted by id,
-  then one per distinct ``about`` text.
+  then one per distinct ``about`` text. A cosine is the TF-IDF cosine blended
+  with the LSA cosine when the matcher has an LSA projection.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from pipeline.domain import Paper
+from pipeline.match.lsa import Lsa
 from pipeline.match.period import Period
 from pipeline.match.similarity import TfidfModel
 from pipeline.match.text import words
@@ -106,6 +108,8 @@ class TextTables:
         references: Sequence[str],
         abouts: Sequence[str],
         threads: int = 1,
+        lsa: Lsa | None = None,
+        lsa_weight: float = 0.0,
     ) -> None:
         self.ids: list[str] = ["(background)"]
         self.row: dict[str, int] = {}
@@ -142,6 +146,11 @@ class TextTables:
         self.rows: F32 = np.empty((stacked.shape[0] + 1, period.n), dtype=np.float32)
         self.rows[0] = period.background
         cosines(stacked, period.vectors, self.rows[1:], threads)
+        if lsa is not None and lsa_weight:
+            # cosine = (1 − w)·TF-IDF cosine + w·LSA cosine
+            self.rows[1:] *= np.float32(1.0 - lsa_weight)
+            latent = lsa.embed(stacked) @ lsa.embed(period.vectors).T
+            self.rows[1:] += np.float32(lsa_weight) * latent
 
 
 def cosines(left: sp.csr_matrix, right: sp.csr_matrix, out: F32, threads: int) -> None:

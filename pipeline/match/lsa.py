@@ -1,0 +1,63 @@
+"""Latent semantic analysis: a dense, low-rank text similarity learned from the window.
+
+TF-IDF only sees shared words; two abstracts about the same topic in different
+words score 0. LSA projects TF-IDF rows onto the top right singular vectors of
+the window's TF-IDF matrix (``dimensions`` of them), where co-occurring words
+share directions; the cosine of two projected rows blends into the TF-IDF
+cosine (``MatchSettings.lsa_weight``). bench/MATCH.md has the measurements.
+
+The singular vectors come from a randomized SVD (Halko, Martinsson & Tropp,
+2011: a Gaussian sketch, four power iterations with QR re-orthonormalisation),
+with a fixed seed, so fitting the same window twice gives the same projection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+__all__ = ["Lsa"]
+
+F32 = npt.NDArray[np.float32]
+_OVERSAMPLE = 10
+_POWER_ITERATIONS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Lsa:
+    projection: F32  # terms × dimensions
+
+    @classmethod
+    def fit(cls, vectors: sp.csr_matrix, dimensions: int, *, seed: int = 0) -> Lsa | None:
+        """Top ``dimensions`` right singular vectors of ``vectors`` (documents × terms).
+
+        None when the window is too small for that many: fewer than four
+        documents per dimension, or fewer terms than dimensions.
+        """
+        docs, terms = vectors.shape
+        if dimensions < 1 or docs < 4 * dimensions or terms <= dimensions:
+            return None
+        x = sp.csr_matrix(vectors, dtype=np.float64)
+        width = min(dimensions + _OVERSAMPLE, docs, terms)
+        rng = np.random.default_rng(seed)
+        z = np.asarray(x.T @ rng.standard_normal((docs, width)))
+        for _ in range(_POWER_ITERATIONS):
+            z, _ = np.linalg.qr(z)
+            z = np.asarray(x.T @ np.asarray(x @ z))
+        q, _ = np.linalg.qr(z)
+        _, _, wt = np.linalg.svd(np.asarray(x @ q), full_matrices=False)
+        return cls(np.ascontiguousarray((q @ wt[:dimensions].T).astype(np.float32)))
+
+    @property
+    def dimensions(self) -> int:
+        return int(self.projection.shape[1])
+
+    def embed(self, vectors: sp.csr_matrix) -> F32:
+        """Projected rows, L2-normalised (a row with no known term stays zero)."""
+        dense = np.asarray(vectors @ self.projection, dtype=np.float32)
+        norms = np.linalg.norm(dense, axis=1, keepdims=True)
+        norms[norms == 0] = 1.0
+        return dense / norms
