@@ -60,4 +60,5 @@ class Lsa:
         dense = np.asarray(vectors @ self.projection, dtype=np.float32)
         norms = np.linalg.norm(dense, axis=1, keepdims=True)
         norms[norms == 0] = 1.0
-        return dense / norms
+        out: F32 = (dense / norms).astype(np.float32)
+        return out
