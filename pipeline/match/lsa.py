@@ -8,7 +8,9 @@ cosine (``MatchSettings.lsa_weight``). bench/MATCH.md has the measurements.
 
 The singular vectors come from a randomized SVD (Halko, Martinsson & Tropp,
 2011: a Gaussian sketch, four power iterations with QR re-orthonormalisation),
-with a fixed seed, so fitting the same window twice gives the same projection.
+run on the document side so every dense step is documents × (dimensions + 10)
+and the terms only meet sparse products; a fixed seed makes fitting the same
+window twice give the same projection.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import scipy.sparse as sp
 __all__ = ["Lsa"]
 
 F32 = npt.NDArray[np.float32]
-_OVERSAMPLE = 10
-_POWER_ITERATIONS = 4
+_OVERSAMPLE = 64
+_POWER_ITERATIONS = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,15 +43,24 @@ class Lsa:
         if dimensions < 1 or docs < 4 * dimensions or terms <= dimensions:
             return None
         x = sp.csr_matrix(vectors, dtype=np.float64)
+        xt = sp.csr_matrix(x.T)
         width = min(dimensions + _OVERSAMPLE, docs, terms)
         rng = np.random.default_rng(seed)
-        z = np.asarray(x.T @ rng.standard_normal((docs, width)))
+        # Range finder on the document side: every dense step is documents × width.
+        y = np.asarray(x @ np.asarray(xt @ rng.standard_normal((docs, width))))
         for _ in range(_POWER_ITERATIONS):
-            z, _ = np.linalg.qr(z)
-            z = np.asarray(x.T @ np.asarray(x @ z))
-        q, _ = np.linalg.qr(z)
-        _, _, wt = np.linalg.svd(np.asarray(x @ q), full_matrices=False)
-        return cls(np.ascontiguousarray((q @ wt[:dimensions].T).astype(np.float32)))
+            y = np.linalg.qr(y)[0]
+            y = np.asarray(x @ np.asarray(xt @ y))
+        q = np.linalg.qr(y)[0]
+        # qᵀ·X·Xᵀ·q = W·diag(σ²)·Wᵀ: the left singular vectors of X are q·W.
+        gram = q.T @ np.asarray(x @ np.asarray(xt @ q))
+        values, vectors_w = np.linalg.eigh((gram + gram.T) / 2)
+        top = np.argsort(values)[::-1][:dimensions]
+        sigma = np.sqrt(np.maximum(values[top], 1e-12))
+        left = q @ vectors_w[:, top]
+        # Right singular vectors V = Xᵀ·U·Σ⁻¹ (a sparse × dense product).
+        projection = np.asarray(xt @ (left / sigma))
+        return cls(np.ascontiguousarray(projection.astype(np.float32)))
 
     @property
     def dimensions(self) -> int:
