@@ -5,8 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline.render.text import (
+    _HTTP_URL,
     clean_text,
     format_day,
     plain_text,
@@ -87,6 +90,14 @@ URLS = [
     ("too-long", "https://x.example/" + "a" * 3000, None),
     ("surrounding-space", "  https://arxiv.org/abs/1  ", "https://arxiv.org/abs/1"),
     ("placeholder-character", "https://ok.example/c?t=\ue002", None),
+    ("upper-case-scheme", "HTTPS://arxiv.org/abs/1", "HTTPS://arxiv.org/abs/1"),
+    ("backslash-host", "https://arxiv.org\\evil.example/", None),
+    ("empty-host", "https:///path", None),
+    ("query-right-after-host", "http://x.example?a=b@c", "http://x.example?a=b@c"),
+    ("at-after-path", "https://x.example/a@b", "https://x.example/a@b"),
+    ("short-scheme", "https:/x.example", None),
+    ("tab", "https://x.example/a\tb", None),
+    ("non-ascii-path", "https://x.example/ü", "https://x.example/ü"),
 ]
 
 
@@ -94,6 +105,18 @@ URLS = [
     ("url", "expected"), [(u, e) for _, u, e in URLS], ids=[i for i, *_ in URLS]
 )
 def test_safe_url(url: str | None, expected: str | None) -> None:
+    assert safe_url(url) == expected
+
+
+SCHEMES = st.sampled_from(["http://", "https://", "HTTP://", "hTtPs://", "http:/", "ftp://", ""])
+URL_TEXT = st.text(alphabet="ab.:@\\/?#= \t\n\x7f\x85\ue002ü", max_size=6)
+
+
+@given(SCHEMES, URL_TEXT, URL_TEXT)
+def test_safe_url_fast_path_agrees_with_the_pattern(scheme: str, host: str, rest: str) -> None:
+    url = f"{scheme}{host}{rest}"
+    stripped = url.strip()
+    expected = stripped if stripped and _HTTP_URL.fullmatch(stripped) else None
     assert safe_url(url) == expected
 
 

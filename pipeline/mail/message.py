@@ -19,13 +19,14 @@ header value still goes through :func:`pipeline.mail.headers.safe_header_value`
 from __future__ import annotations
 
 import hashlib
-import re
 from binascii import b2a_base64
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import parseaddr
 from functools import lru_cache
+
+import numpy as np
 
 from pipeline.domain import MessageHeaders, RenderedDigest
 from pipeline.errors import HeaderInjectionError
@@ -42,7 +43,6 @@ from pipeline.mail.headers import (
 __all__ = ["build_message", "build_message_reference", "header_values"]
 
 _ONE_CLICK = "List-Unsubscribe=One-Click"
-_BASE64_LINE = re.compile(rb".{1,76}", re.DOTALL)
 
 
 def header_values(headers: MessageHeaders) -> list[tuple[str, str]]:
@@ -90,17 +90,19 @@ def build_message(headers: MessageHeaders, rendered: RenderedDigest) -> bytes:
         lines.append(f"{name}: {_encode_header(name, value, headers)}")
     boundary = _boundary(headers.message_id)
     lines.append(f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"')
-    head = "\r\n".join(lines).encode("ascii")
-    delimiter = b"--" + boundary.encode("ascii") + b"\r\n"
+    lines.append("")
+    lines.append("")
+    delimiter = f"--{boundary}\r\n".encode("ascii")
     return b"".join(
         (
-            head,
-            b"\r\n\r\n",
+            "\r\n".join(lines).encode("ascii"),
             delimiter,
-            _base64_part("plain", rendered.text),
+            _PART_HEADS["plain"],
+            _base64_lines(_crlf_utf8(rendered.text)),
             b"\r\n",
             delimiter,
-            _base64_part("html", rendered.html),
+            _PART_HEADS["html"],
+            _base64_lines(_crlf_utf8(rendered.html)),
             b"\r\n--",
             boundary.encode("ascii"),
             b"--\r\n",
@@ -132,21 +134,31 @@ def build_message_reference(headers: MessageHeaders, rendered: RenderedDigest) -
 
 
 def _encode_header(name: str, value: str, headers: MessageHeaders) -> str:
-    if name == "From":
-        from_name, from_addr = _split_mailbox(value, field="From")
-        return encode_address(from_addr, from_name, field="From")
+    # header_values has already passed every value through safe_header_value; the
+    # encodings of values that repeat across a run (sender, list, subjects) are cached.
     if name == "To":
         return encode_address(value, headers.to_name, field="To")
-    if name == "Subject":
-        return encode_unstructured(value, field="Subject")
-    if name == "List-Id":
-        phrase, sep, rest = value.rpartition(" <")
-        if sep and rest.endswith(">"):
-            return f"{encode_phrase(phrase, field='List-Id')} <{rest}"
-        return encode_unstructured(value, field="List-Id")
+    if name in _CACHED_ENCODINGS:
+        return _encode_repeated(name, value)
     if name == "List-Unsubscribe":
         return value.replace(", ", ",\r\n ")
     return value
+
+
+_CACHED_ENCODINGS = frozenset(("From", "Subject", "List-Id"))
+
+
+@lru_cache(maxsize=4096)
+def _encode_repeated(name: str, value: str) -> str:
+    if name == "From":
+        from_name, from_addr = _split_mailbox(value, field="From")
+        return encode_address(from_addr, from_name, field="From")
+    if name == "Subject":
+        return encode_unstructured(value, field="Subject")
+    phrase, sep, rest = value.rpartition(" <")
+    if sep and rest.endswith(">"):
+        return f"{encode_phrase(phrase, field='List-Id')} <{rest}"
+    return encode_unstructured(value, field="List-Id")
 
 
 def _address(addr: str, name: str | None) -> Address:
@@ -175,14 +187,47 @@ def _lf(text: str) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-def _base64_part(subtype: str, body: str) -> bytes:
-    encoded = b2a_base64(_lf(body).replace("\n", "\r\n").encode("utf-8"), newline=False)
-    lines = b"\r\n".join(_BASE64_LINE.findall(encoded))
-    return (
-        (
-            f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
-            "Content-Transfer-Encoding: base64\r\n\r\n"
-        ).encode("ascii")
-        + lines
-        + b"\r\n"
-    )
+_PART_HEADS = {
+    subtype: (
+        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+        "Content-Transfer-Encoding: base64\r\n\r\n"
+    ).encode("ascii")
+    for subtype in ("plain", "html")
+}
+_CRLF = np.frombuffer(b"\r\n", dtype=np.uint8)
+_LINE = 76  # base64 characters per line (RFC 2045)
+
+
+def _crlf_utf8(body: str) -> bytes:
+    """``body`` as UTF-8 with CRLF line endings and a final line break (as ``_lf`` then CRLF).
+
+    Works on the encoded bytes: CR and LF never occur inside a UTF-8 sequence,
+    and bytes.replace is far cheaper than str.replace on a non-Latin-1 string.
+    """
+    data = body.encode("utf-8")
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    return data.replace(b"\n", b"\r\n")
+
+
+def _base64_lines(data: bytes) -> bytes:
+    """Base64 of ``data`` in lines of 76 characters, each ended by CRLF.
+
+    One ``b2a_base64`` over the whole body, then the line breaks are laid in
+    with one strided numpy copy instead of slicing the result line by line.
+    """
+    encoded = b2a_base64(data, newline=False)
+    full, rest = divmod(len(encoded), _LINE)
+    if not full:
+        return encoded + b"\r\n"
+    source = np.frombuffer(encoded, dtype=np.uint8)
+    out = np.empty(full * (_LINE + 2) + (rest + 2 if rest else 0), dtype=np.uint8)
+    grid = out[: full * (_LINE + 2)].reshape(full, _LINE + 2)
+    grid[:, :_LINE] = source[: full * _LINE].reshape(full, _LINE)
+    grid[:, _LINE:] = _CRLF
+    if rest:
+        out[full * (_LINE + 2) : -2] = source[full * _LINE :]
+        out[-2:] = _CRLF
+    return out.tobytes()

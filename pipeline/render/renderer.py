@@ -29,6 +29,22 @@ from markupsafe import Markup, escape
 from pipeline.domain import Digest, DigestItem, Paper, RenderedDigest
 from pipeline.errors import TemplateError
 from pipeline.render.environment import REQUIRED_TEMPLATES, TemplateSet
+from pipeline.render.pieces import (
+    FIELD_SENTINELS,
+    LESS,
+    MORE,
+    NUMBER,
+    REASON,
+    SUBJECT,
+    Entry,
+    EntryChunk,
+    Shell,
+    close_line,
+    compile_chunk,
+    compile_shell,
+    fill_entry,
+    fill_shell,
+)
 from pipeline.render.sample import sample_digest
 from pipeline.render.text import clean_text, collapse_whitespace, safe_url, truncate, wrap_text
 from pipeline.render.views import DigestView, ItemView, Section, digest_view, paper_view
@@ -36,21 +52,6 @@ from pipeline.render.views import DigestView, ItemView, Section, digest_view, pa
 __all__ = ["RenderOptions", "Renderer"]
 
 _TEXT_SLOT = re.compile("\x00(\\d+)\x00")
-_NUMBER = "\ue004\ue004"  # two columns wide, like the " 1" it becomes in text
-_REASON, _MORE, _LESS = "\ue001", "\ue002", "\ue003"
-_PLACEHOLDERS = (_REASON, _MORE, _LESS)
-# The shell's text fields, and their placeholders while the HTML shell is inlined.
-_SHELL_FIELDS = (
-    ("recipient_name", "\ue005"),
-    ("period_label", "\ue006"),
-    ("list_name", "\ue007"),
-    ("unsubscribe_url", "\ue008"),
-    ("reason_for_receiving", "\ue009"),
-    ("generated_day", "\ue00a"),
-)
-_SUBJECT = "\ue00b"
-_SHELL_SLOTS = re.compile("<!--pp:(\\d+)-->|([\ue005-\ue00b])")
-_SLOTS = re.compile(f"({_NUMBER}|{_REASON}|{_MORE}|{_LESS})")
 
 Shape = tuple[bool, bool, bool]  # has reason, has "more" link, has "less" link
 
@@ -74,21 +75,6 @@ class RenderOptions:
             )
 
 
-@dataclass(frozen=True, slots=True)
-class _Chunk:
-    """One paper's entry with placeholders for the personal parts."""
-
-    html_parts: tuple[str, ...]  # literal, placeholder, literal, placeholder, ..., literal
-    text_lines: tuple[str, ...]
-    personal_lines: tuple[int, ...]  # text lines holding reason / link placeholders
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    html: str
-    text: str
-
-
 class Renderer:
     """Jinja2 templates (autoescape, StrictUndefined) from ``templates/`` or the operator's dir.
 
@@ -105,9 +91,10 @@ class Renderer:
             keep_at_rules=True, load_remote_stylesheets=False, minify_css=True
         )
         self._css: str | None = None
-        self._chunks: dict[tuple[Paper, Shape], _Chunk] = {}
-        self._by_identity: dict[tuple[int, Shape], tuple[Paper, _Chunk]] = {}
-        self._shells: dict[object, str] = {}
+        self._chunks: dict[tuple[Paper, Shape], EntryChunk] = {}
+        self._by_identity: dict[tuple[int, Shape], tuple[Paper, EntryChunk]] = {}
+        self._shells: dict[object, Shell] = {}
+        self._slots: dict[tuple[int, bool], list[Markup]] = {}
         self._subjects: dict[tuple[str, str, int, str], str] = {}
 
     @property
@@ -138,11 +125,18 @@ class Renderer:
         trending = [self._entry(item, n) for n, item in enumerate(digest.trending, 1)]
         omitted = 0
         while True:
-            rendered = self._compose(digest, items, trending, omitted)
-            size = len(rendered.html.encode("utf-8"))
+            view = digest_view(
+                digest, count=len(items), trending_count=len(trending), omitted=omitted
+            )
+            subject = self._subject(view.list_name, view.period_label, digest.items, len(items))
+            entries = [*items, *trending]
+            fields = [_escape(getattr(view, name) or "") for name, _ in FIELD_SENTINELS]
+            fields.append(_escape(clean_text(subject)))
+            html, size = fill_shell(self._html_shell(view, subject), entries, fields)
             over = size - self._options.max_html_bytes
             if over <= 0:
-                return rendered
+                text = self._text(view, entries, subject)
+                return RenderedDigest(subject=subject, html=html, text=text)
             if not items and not trending:
                 raise TemplateError(
                     f"the digest without any paper is {size} bytes, over max_html_bytes "
@@ -156,44 +150,32 @@ class Renderer:
                 else:
                     dropped = items.pop()
                     omitted += 1
-                over -= len(dropped.html.encode("utf-8"))
+                over -= dropped.size
 
-    def _compose(
-        self, digest: Digest, items: list[_Entry], trending: list[_Entry], omitted: int
-    ) -> RenderedDigest:
-        entries = [*items, *trending]
-        view = digest_view(digest, count=len(items), trending_count=len(trending), omitted=omitted)
-        subject = self._subject(view.list_name, view.period_label, digest.items, len(items))
-
-        def sections(html: bool) -> list[Section]:
+    def _sections(self, view: DigestView, html: bool) -> list[Section]:
+        # Slots are built from ints, never from data, and reused across digests.
+        marks = self._slots.get((view.count + view.trending_count, html))
+        if marks is None:
             slot = "<!--pp:{}-->" if html else "\x00{}\x00"
-            # Slots are built from ints, never from data.
-            marks = [Markup(slot.format(k)) for k in range(len(entries))]  # noqa: S704
-            result = [Section("", marks[: len(items)], omitted)]
-            if trending:
-                result.append(Section("Trending", marks[len(items) :]))
-            return result
+            count = view.count + view.trending_count
+            marks = [Markup(slot.format(k)) for k in range(count)]  # noqa: S704
+            self._slots[(count, html)] = marks
+        result = [Section("", marks[: view.count], view.omitted)]
+        if view.trending_count:
+            result.append(Section("Trending", marks[view.count :]))
+        return result
 
-        shell = self._html_shell(view, sections(html=True), subject)
-        values = {sentinel: _escape(getattr(view, name) or "") for name, sentinel in _SHELL_FIELDS}
-        values[_SUBJECT] = _escape(clean_text(subject))
-
-        def fill(match: re.Match[str]) -> str:
-            slot = match.group(1)
-            return entries[int(slot)].html if slot is not None else values[match.group(2)]
-
-        html = _SHELL_SLOTS.sub(fill, shell)
+    def _text(self, view: DigestView, entries: list[Entry], subject: str) -> str:
         text_shell = self._templates.get("digest.txt.j2").render(
-            digest=view, sections=sections(html=False), subject=clean_text(subject)
+            digest=view, sections=self._sections(view, html=False), subject=clean_text(subject)
         )
-        text = _TEXT_SLOT.sub(
-            lambda m: entries[int(m.group(1))].text,
-            wrap_text(text_shell, self._options.text_width),
-        )
-        return RenderedDigest(subject=subject, html=_ends_line(html), text=_ends_line(text))
+        parts = _TEXT_SLOT.split(wrap_text(text_shell, self._options.text_width))
+        parts[1::2] = [entries[int(slot)].text for slot in parts[1::2]]
+        close_line(parts)
+        return "".join(parts)
 
-    def _html_shell(self, view: DigestView, sections: list[Section], subject: str) -> str:
-        """The CSS-inlined HTML shell with placeholders for the digest's text fields.
+    def _html_shell(self, view: DigestView, subject: str) -> Shell:
+        """The CSS-inlined HTML shell with slots for the entries and the digest's text fields.
 
         Inlining the shell is the costliest step of a render, and shells differ
         mostly in those text fields, so the inlined result is cached by what
@@ -201,25 +183,24 @@ class Renderer:
         sections and ``extra``. Shell templates may print the text fields and
         test them for presence; the counts behave normally.
         """
-        present = tuple(bool(getattr(view, name)) for name, _ in _SHELL_FIELDS)
-        layout = tuple((s.title, len(s.entries), s.omitted) for s in sections)
+        present = tuple(bool(getattr(view, name)) for name, _ in FIELD_SENTINELS)
         extra = tuple(sorted(view.extra.items()))
-        key = (present, view.count, view.trending_count, view.omitted, layout, extra, bool(subject))
+        key = (present, view.count, view.trending_count, view.omitted, extra, bool(subject))
         cached = self._shells.get(key)
         if cached is not None:
             return cached
         placeholders: dict[str, Any] = {
             name: sentinel
-            for (name, sentinel), on in zip(_SHELL_FIELDS, present, strict=True)
+            for (name, sentinel), on in zip(FIELD_SENTINELS, present, strict=True)
             if on
         }
         document = self._templates.get("digest.html.j2").render(
             digest=replace(view, **placeholders),
-            sections=sections,
-            subject=_SUBJECT if subject else "",
+            sections=self._sections(view, html=True),
+            subject=SUBJECT if subject else "",
             css=Markup(self._stylesheet()),  # noqa: S704 -- the operator's stylesheet, not data
         )
-        shell: str = self._inliner.inline(document)
+        shell = compile_shell(self._inliner.inline(document))
         if len(self._shells) >= 1024:
             self._shells.clear()
         self._shells[key] = shell
@@ -248,30 +229,20 @@ class Renderer:
             self._subjects[key] = subject
         return subject
 
-    def _entry(self, item: DigestItem, number: int) -> _Entry:
+    def _entry(self, item: DigestItem, number: int) -> Entry:
         reason = clean_text(item.reason)
         more, less = safe_url(item.more_url), safe_url(item.less_url)
         chunk = self._chunk(item.paper, (bool(reason), more is not None, less is not None))
-        values = {
-            _NUMBER: str(number),
-            _REASON: _escape(reason),
-            _MORE: _escape(more or ""),
-            _LESS: _escape(less or ""),
-        }
-        parts = chunk.html_parts
-        html = "".join([values[part] if i % 2 else part for i, part in enumerate(parts)])
-        lines = list(chunk.text_lines)
-        lines[0] = lines[0].replace(_NUMBER, f"{number:>2}")
-        width = self._options.text_width
-        for index in chunk.personal_lines:
-            line = lines[index]
-            if _REASON in line:
-                # Prose: wrapped. A line ending in a link is kept whole (URLs do not break).
-                line = wrap_text(line.replace(_REASON, reason), width)
-            lines[index] = line.replace(_MORE, more or "").replace(_LESS, less or "")
-        return _Entry(html, "\n".join(lines))
+        more, less = more or "", less or ""
+        return fill_entry(
+            chunk,
+            number,
+            (reason, more, less),
+            (_escape(reason), _escape(more), _escape(less)),
+            self._options.text_width,
+        )
 
-    def _chunk(self, paper: Paper, shape: Shape) -> _Chunk:
+    def _chunk(self, paper: Paper, shape: Shape) -> EntryChunk:
         # Papers are usually the very same objects across a run's digests: look them
         # up by identity first (hashing a Paper hashes all its fields).
         fast = self._by_identity.get((id(paper), shape))
@@ -288,20 +259,18 @@ class Renderer:
                 snippet_chars=self._options.snippet_chars,
                 max_authors=self._options.max_authors,
             ),
-            number=_NUMBER,
-            reason=_REASON if shape[0] else "",
-            more_url=_MORE if shape[1] else None,
-            less_url=_LESS if shape[2] else None,
+            number=NUMBER,
+            reason=REASON if shape[0] else "",
+            more_url=MORE if shape[1] else None,
+            less_url=LESS if shape[2] else None,
         )
         html = self._inliner.inline_fragment(
             self._templates.get("_item.html.j2").render(item=view), self._stylesheet()
         )
         raw_text = self._templates.get("_item.txt.j2").render(item=view).strip("\n")
         # Wrap with a real-looking number so "NN. " gets its hanging indent.
-        wrapped = wrap_text(raw_text.replace(_NUMBER, "00", 1), self._options.text_width)
-        lines = tuple(wrapped.replace("00", _NUMBER, 1).split("\n"))
-        personal = tuple(i for i, line in enumerate(lines) if any(p in line for p in _PLACEHOLDERS))
-        chunk = _Chunk(tuple(_SLOTS.split(html.strip())), lines, personal)
+        wrapped = wrap_text(raw_text.replace(NUMBER, "00", 1), self._options.text_width)
+        chunk = compile_chunk(html.strip(), wrapped.replace("00", NUMBER, 1).split("\n"))
         if len(self._chunks) >= self._options.fragment_cache_size:
             self._chunks.clear()
             self._by_identity.clear()
@@ -314,6 +283,7 @@ class Renderer:
         self._by_identity.clear()
         self._shells.clear()
         self._subjects.clear()
+        self._slots.clear()
 
     def _stylesheet(self) -> str:
         if self._css is None:
@@ -341,10 +311,6 @@ def _escape(value: str) -> str:
     if "&" in value or "<" in value or ">" in value or '"' in value or "'" in value:
         return str(escape(value))
     return value
-
-
-def _ends_line(value: str) -> str:
-    return value if value.endswith("\n") else value + "\n"
 
 
 def _template_frame(tb: TracebackType | None) -> tuple[str, int] | None:
