@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 __all__ = ["Lsa"]
 
@@ -42,6 +43,12 @@ class Lsa:
         docs, terms = vectors.shape
         if dimensions < 1 or docs < 4 * dimensions or terms <= dimensions:
             return None
+        with threadpool_limits(1):  # multi-threaded BLAS thrashes on a busy machine
+            return cls._fit(vectors, dimensions, seed)
+
+    @classmethod
+    def _fit(cls, vectors: sp.csr_matrix, dimensions: int, seed: int) -> Lsa:
+        docs, terms = vectors.shape
         x = sp.csr_matrix(vectors, dtype=np.float64)
         xt = sp.csr_matrix(x.T)
         width = min(dimensions + _OVERSAMPLE, docs, terms)
@@ -65,6 +72,12 @@ class Lsa:
     @property
     def dimensions(self) -> int:
         return int(self.projection.shape[1])
+
+    def cosines(self, left: sp.csr_matrix, right: sp.csr_matrix) -> F32:
+        """LSA cosine of every ``left`` row with every ``right`` row (dense)."""
+        with threadpool_limits(1):
+            out: F32 = (self.embed(left) @ self.embed(right).T).astype(np.float32)
+        return out
 
     def embed(self, vectors: sp.csr_matrix) -> F32:
         """Projected rows, L2-normalised (a row with no known term stays zero)."""

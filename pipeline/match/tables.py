@@ -149,8 +149,7 @@ class TextTables:
         if lsa is not None and lsa_weight:
             # cosine = (1 − w)·TF-IDF cosine + w·LSA cosine
             self.rows[1:] *= np.float32(1.0 - lsa_weight)
-            latent = lsa.embed(stacked) @ lsa.embed(period.vectors).T
-            self.rows[1:] += np.float32(lsa_weight) * latent
+            self.rows[1:] += np.float32(lsa_weight) * lsa.cosines(stacked, period.vectors)
 
 
 def cosines(left: sp.csr_matrix, right: sp.csr_matrix, out: F32, threads: int) -> None:
