@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from pipeline.config import Config
-from pipeline.domain import Paper, Period, Profile, Subscriber
+from pipeline.domain import MatchItem, Paper, Period, Profile, Subscriber
 from pipeline.mail import make_message_id
-from pipeline.match import Matcher, MatchSettings
+from pipeline.match import Matcher, MatchResult, MatchSettings
 from pipeline.schedule.periods import latest_due_period
 from pipeline.store import PlannedItem, Store
 
@@ -137,13 +137,13 @@ def plan_due(
     for start in sorted(groups):
         members = groups[start]
         window = [p for p in papers if _first_seen(p) > start]
-        results = matcher.match(
+        result = matcher.match_compact(
             [profiles[d.subscriber_id] for d in members],
             window,
             exclude_ids=[reserved.get(d.subscriber_id, set()) for d in members],
             liked=liked,
         )
-        for d, items in zip(members, results, strict=True):
+        for _index, d, items in _blocks(members, result):
             planned = [
                 PlannedItem(
                     paper_id=i.paper_id, score=i.score, reason=i.reason, trending=i.trending
@@ -172,6 +172,19 @@ def plan_due(
                 report.planned += 1
             report.items[d.subscriber.email] = len(planned)
     return report
+
+
+_BLOCK = 4096  # subscribers whose items are built at once (bounded memory, batched speed)
+
+
+def _blocks(
+    members: Sequence[Due], result: MatchResult
+) -> Iterator[tuple[int, Due, list[MatchItem]]]:
+    """(index, due, items) per member; items are materialised a block at a time."""
+    for begin in range(0, len(members), _BLOCK):
+        block = result.items_range(begin, min(begin + _BLOCK, len(members)))
+        for offset, items in enumerate(block):
+            yield begin + offset, members[begin + offset], items
 
 
 def _first_seen(paper: Paper) -> datetime:

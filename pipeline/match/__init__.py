@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pipeline.match.engine import Matcher
 from pipeline.match.query import QueryError, validate_query
+from pipeline.match.result import MatchResult
 from pipeline.match.settings import MatchSettings
 
-__all__ = ["MatchSettings", "Matcher", "QueryError", "validate_query"]
+__all__ = ["MatchResult", "MatchSettings", "Matcher", "QueryError", "validate_query"]
