@@ -100,3 +100,17 @@ def test_missing_config_is_a_clean_error(tmp_path: Path, capsys) -> None:
     code, _, err = run(capsys, "-c", str(tmp_path / "absent.toml"), "check")
     assert code == 1
     assert "absent.toml: 1 problem" in err and "file not found" in err
+
+
+def test_json_logs_carry_subscriber_and_outbox_ids(write_config, capsys) -> None:
+    import json
+
+    path = write_config()
+    code, _, err = run(capsys, "--log-json", "-v", "-c", str(path), "run", "--once")
+    assert code == 0
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    sent = [e for e in events if e["message"].startswith("sent digest")]
+    assert len(sent) == 3
+    assert all(isinstance(e["delivery"], int) and "@" in e["subscriber"] for e in sent)
+    assert {e["source"] for e in events if "source" in e} >= {"hf-daily", "daily-papers-001"}
+    assert "test-secret" not in err

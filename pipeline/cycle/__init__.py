@@ -157,10 +157,15 @@ async def ingest(store: Store, config: Config, *, now: datetime) -> list[SourceO
     for o in outcomes:
         if o.ok:
             log.info(
-                "source %s: %d entries, %d new, %d updated", o.name, o.entries, o.new, o.updated
+                "source %s: %d entries, %d new, %d updated",
+                o.name,
+                o.entries,
+                o.new,
+                o.updated,
+                extra={"source": o.name},
             )
         else:
-            log.error("source %s failed: %s", o.name, o.error)
+            log.error("source %s failed: %s", o.name, o.error, extra={"source": o.name})
     store.record_run(
         "ingest",
         started=now,

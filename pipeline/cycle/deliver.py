@@ -49,6 +49,11 @@ class DeliverReport:
     previews: dict[str, Path] = field(default_factory=dict)  # email -> HTML preview file
 
 
+def _ids(delivery: Delivery) -> dict[str, object]:
+    """Structured fields for the JSON log format: who and which outbox row."""
+    return {"subscriber": delivery.email, "delivery": delivery.id}
+
+
 def retry_delay(attempts: int, *, rng: random.Random | None = None) -> timedelta:
     """Exponential backoff with full jitter: 1, 2, 4 ... minutes, capped at one hour."""
     ceiling = min(60.0, 2.0 ** max(attempts - 1, 0))
@@ -138,7 +143,13 @@ class Deliverer:
                 delivery_id, error=f"could not build the message: {exc}", now=now
             )
             self.report.failed += 1
-            log.error("digest %s for %s not built: %s", delivery.period_key, delivery.email, exc)
+            log.error(
+                "digest %s for %s not built: %s",
+                delivery.period_key,
+                delivery.email,
+                exc,
+                extra=_ids(delivery),
+            )
             return
         self.store.mark_sending(delivery_id, now=self.clock())
         began = time.monotonic()
@@ -152,7 +163,9 @@ class Deliverer:
         except PermanentDeliveryError as exc:
             self.store.mark_failed(delivery_id, error=str(exc), now=self.clock())
             self.report.failed += 1
-            log.error("digest for %s failed permanently: %s", delivery.email, exc)
+            log.error(
+                "digest for %s failed permanently: %s", delivery.email, exc, extra=_ids(delivery)
+            )
         except AmbiguousDeliveryError as exc:
             self._ambiguous(delivery_id, str(exc), self.clock())
         else:
@@ -166,6 +179,7 @@ class Deliverer:
                 delivery.email,
                 len(delivery.items),
                 reply,
+                extra=_ids(delivery),
             )
 
     def _envelope(self, delivery: Delivery, *, now: datetime) -> Envelope:
@@ -193,7 +207,11 @@ class Deliverer:
             self.store.mark_failed(delivery.id, error=f"gave up after {max_age}: {error}", now=now)
             self.report.failed += 1
             log.error(
-                "digest for %s failed: still deferred after %s: %s", delivery.email, max_age, error
+                "digest for %s failed: still deferred after %s: %s",
+                delivery.email,
+                max_age,
+                error,
+                extra=_ids(delivery),
             )
             return
         retry_at = now + retry_delay(delivery.attempts + 1)
@@ -204,6 +222,7 @@ class Deliverer:
             delivery.email,
             retry_at.isoformat(timespec="seconds"),
             error,
+            extra=_ids(delivery),
         )
 
     def _ambiguous(self, delivery_id: int, error: str, now: datetime) -> None:
