@@ -57,23 +57,18 @@ class WebBackend(Protocol):
 
     def unsubscribe(self, email: str, *, now: datetime) -> bool:
         """Suppress ``email``; idempotent. Returns whether it was active."""
-        ...
 
     def record_feedback(self, email: str, paper_id: str, signal: str, *, now: datetime) -> bool:
         """Record "more"/"less" for one paper. False if the subscriber is unknown."""
-        ...
 
     def render_preview(self, email: str) -> str | None:
         """HTML of the subscriber's next digest, or None for an unknown subscriber."""
-        ...
 
     def health(self) -> Mapping[str, object]:
         """JSON-able status; ``{"ok": False, ...}`` answers 503."""
-        ...
 
     def metrics_text(self) -> str:
         """Prometheus text exposition of the pipeline's counters."""
-        ...
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
