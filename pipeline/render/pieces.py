@@ -1,10 +1,10 @@
 """Cached, precompiled pieces of a render and how each digest fills them in.
 
 The renderer renders each paper's entry once per run and each HTML shell once
-per structure, with placeholders where a reader's own values go. This module
+per structure, with slot markers where a reader's own values go. This module
 turns those renders into pieces that are cheap to fill per digest:
 
-- an entry's HTML becomes literal runs around the placeholder positions, so
+- an entry's HTML becomes literal runs around the slot marker positions, so
   filling in the number, reason and feedback links is one list copy and one
   join (``str.format`` would rescan the literal text on every call), and its
   UTF-8 size is known without encoding the result;
@@ -13,7 +13,7 @@ turns those renders into pieces that are cheap to fill per digest:
 - the CSS-inlined HTML shell becomes literal runs between entry slots and
   field slots, joined once per digest with the size counted on the way.
 
-Output is byte for byte what substituting the placeholders in the whole
+Output is byte for byte what substituting the slot markers in the whole
 rendered text would give.
 """
 
@@ -45,7 +45,7 @@ __all__ = [
 
 NUMBER = "\ue004\ue004"  # two columns wide, like the " 1" it becomes in text
 REASON, MORE, LESS = "\ue001", "\ue002", "\ue003"
-# The shell's text fields, and their placeholders while the HTML shell is inlined.
+# The shell's text fields, and their slot markers while the HTML shell is inlined.
 FIELD_SENTINELS = (
     ("recipient_name", "\ue005"),
     ("period_label", "\ue006"),
@@ -78,9 +78,9 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class EntryChunk:
-    """One paper's entry with placeholders for the personal parts, precompiled."""
+    """One paper's entry with slot markers for the personal parts, precompiled."""
 
-    html_parts: tuple[str, ...]  # literal runs, with the placeholders between them
+    html_parts: tuple[str, ...]  # literal runs, with the slot markers between them
     html_slots: tuple[tuple[int, int], ...]  # (index in html_parts, 0 number .. 3 "less" URL)
     html_bytes: int  # UTF-8 bytes of the literal parts
     html_uses: tuple[int, int, int, int]  # how often each of {0}..{3} occurs

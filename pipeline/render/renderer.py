@@ -3,14 +3,14 @@
 Speed comes from rendering each paper once per run. ``_item.html.j2`` and
 ``_item.txt.j2`` are rendered per (paper, shape), where the shape says which
 personal parts the entry has (a reason, a "more" link, a "less" link), with
-the personal values replaced by private-use placeholder characters. The HTML
+the personal values replaced by private-use slot marker characters. The HTML
 is CSS-inlined and the text wrapped at that point, and the result cached. Per
-digest, each entry is the cached chunk with its placeholders replaced by the
+digest, each entry is the cached chunk with its slot markers replaced by the
 escaped personal values (and the few text lines holding them re-wrapped);
 only the small shell (header, section titles, footer) goes through Jinja and
 css-inline. The shell carries slots where the entries go; HTML slots are
 comments (autoescaping turns any ``<`` from data into ``&lt;``) and text
-slots use NUL, so data cannot forge either. Cleaning removes the placeholder
+slots use NUL, so data cannot forge either. Cleaning removes the slot marker
 characters and NUL from every value.
 """
 
@@ -189,13 +189,13 @@ class Renderer:
         cached = self._shells.get(key)
         if cached is not None:
             return cached
-        placeholders: dict[str, Any] = {
+        markers: dict[str, Any] = {
             name: sentinel
             for (name, sentinel), on in zip(FIELD_SENTINELS, present, strict=True)
             if on
         }
         document = self._templates.get("digest.html.j2").render(
-            digest=replace(view, **placeholders),
+            digest=replace(view, **markers),
             sections=self._sections(view, html=True),
             subject=SUBJECT if subject else "",
             css=Markup(self._stylesheet()),  # noqa: S704 -- the operator's stylesheet, not data

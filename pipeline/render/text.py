@@ -25,7 +25,7 @@ __all__ = [
 
 _WS = re.compile(r"\s+")
 # Controls left after whitespace collapsing, plus the private-use characters the
-# renderer uses as placeholders.
+# renderer uses as slot markers.
 _CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ue000-\ue00f]")
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s+[A-Z0-9(\"'])")
 # Abbreviations that end in "." without ending a sentence.
@@ -60,7 +60,7 @@ def safe_url(value: str | None) -> str | None:
     """``value`` if it is an absolute http(s) URL fit for an ``href``; ``None`` otherwise.
 
     No user-info (``user@host``), no whitespace or control characters, none of
-    the renderer's placeholder characters, at most 2048 characters.
+    the renderer's slot marker characters, at most 2048 characters.
     Autoescaping then handles ``&`` and quotes.
     """
     if not value:

@@ -56,7 +56,7 @@ class ItemView:
     """One entry of a digest, as ``_item.*.j2`` sees it.
 
     The paper part is shared by every reader. The personal part (number,
-    reason, feedback links) arrives in the template as opaque placeholders
+    reason, feedback links) arrives in the template as opaque slot markers
     that the renderer replaces afterwards, so templates may print these
     fields and test them for presence, nothing more.
     """

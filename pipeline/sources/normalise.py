@@ -117,7 +117,7 @@ _DROP_BLOCKS = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>", re.IGNORECASE |
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 # Characters no reader needs and an attacker can use: C0/C1 controls, bidi embeddings,
 # overrides and isolates (CVE-2021-42574 class spoofing), zero-width space and BOM, and the
-# private-use area (the renderer uses private-use placeholders internally).
+# private-use area (the renderer uses private-use slot markers internally).
 _UNWANTED = (
     "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
     "\u200b\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff\ue000-\uf8ff"
