@@ -88,7 +88,6 @@ class PaperStore(Protocol):
     def save_papers(self, papers: Sequence[Paper], *, now: datetime) -> SaveStats:
         """Insert or replace whole (already merged) records; keep ``first_seen`` of known
         ones; record each new (id, version)."""
-        ...
 
 
 # -- configuration and outcome -------------------------------------------------------------------
