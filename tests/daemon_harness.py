@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+from tests.conftest import SAMPLE_SOURCES
 from tests.conftest import SUBSCRIBERS as _CONFTEST_SUBSCRIBERS
 from tests.smtpd import HANG, RecordingHandler, ScriptedHandler
 
@@ -75,6 +76,20 @@ def write_daemon_config(
     path = directory / "paperpost.toml"
     path.write_text(text + sources + subscribers, encoding="utf-8")
     return path, web_port
+
+
+def sample_daemon_config(tmp_path: Path, smtp_port: int) -> tuple[Path, int, str]:
+    """The common set-up: one SQLite file, the sample sources and three subscribers.
+    Returns (config path, web port, database URL)."""
+    db_url = f"sqlite:///{tmp_path / 'paperpost.db'}"
+    config, web_port = write_daemon_config(
+        tmp_path / "a",
+        db_url=db_url,
+        smtp_port=smtp_port,
+        sources=SAMPLE_SOURCES,
+        subscribers=SUBSCRIBERS,
+    )
+    return config, web_port, db_url
 
 
 class CountingHandler(RecordingHandler):

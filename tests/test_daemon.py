@@ -26,6 +26,7 @@ from tests.daemon_harness import (
     CountingHandler,
     DaemonProcess,
     HangOnSecondHandler,
+    sample_daemon_config,
     write_daemon_config,
 )
 
@@ -78,14 +79,7 @@ def test_daemon_sends_serves_links_and_drains_on_sigterm(
 ) -> None:
     handler = CountingHandler()
     server = smtp_server_factory(handler)
-    db = tmp_path / "paperpost.db"
-    config, port = write_daemon_config(
-        tmp_path / "a",
-        db_url=f"sqlite:///{db}",
-        smtp_port=server.port,  # type: ignore[attr-defined]
-        sources=SAMPLE_SOURCES,
-        subscribers=SUBSCRIBERS,
-    )
+    config, port, db_url = sample_daemon_config(tmp_path, server.port)  # type: ignore[attr-defined]
     daemon = start_daemon(config)
     assert default_pid_file(config).read_text().strip() == str(daemon.proc.pid)
     assert handler.wait_for(3), daemon.log()
@@ -115,7 +109,7 @@ def test_daemon_sends_serves_links_and_drains_on_sigterm(
     assert daemon.wait() == 0
     assert "stopped (drained)" in daemon.log()
     assert not default_pid_file(config).exists()
-    store = Store.open(f"sqlite:///{db}")
+    store = Store.open(db_url)
     try:
         state = store.subscriber_state("ada@lab.example")
         assert state is not None and state.status == "unsubscribed"
@@ -183,14 +177,7 @@ def test_sigterm_mid_batch_finishes_the_send_in_flight_and_exits_0(
 ) -> None:
     handler = HangOnSecondHandler()
     server = smtp_server_factory(handler)
-    db = tmp_path / "paperpost.db"
-    config, _ = write_daemon_config(
-        tmp_path / "a",
-        db_url=f"sqlite:///{db}",
-        smtp_port=server.port,  # type: ignore[attr-defined]
-        sources=SAMPLE_SOURCES,
-        subscribers=SUBSCRIBERS,
-    )
+    config, _, db_url = sample_daemon_config(tmp_path, server.port)  # type: ignore[attr-defined]
     daemon = start_daemon(config, grace=60)
     assert handler.second.wait(timeout=120), daemon.log()
     mark = daemon.mark()
@@ -199,7 +186,7 @@ def test_sigterm_mid_batch_finishes_the_send_in_flight_and_exits_0(
     handler.release()  # the in-flight send now completes, inside the grace period
     assert daemon.wait() == 0
     assert "stopped (drained)" in daemon.log()
-    store = Store.open(f"sqlite:///{db}")
+    store = Store.open(db_url)
     try:
         counts = store.outbox_counts()
     finally:
@@ -216,20 +203,13 @@ def test_a_send_outliving_the_grace_period_is_cancelled_and_the_daemon_still_exi
 ) -> None:
     handler = HangOnSecondHandler()
     server = smtp_server_factory(handler)
-    db = tmp_path / "paperpost.db"
-    config, _ = write_daemon_config(
-        tmp_path / "a",
-        db_url=f"sqlite:///{db}",
-        smtp_port=server.port,  # type: ignore[attr-defined]
-        sources=SAMPLE_SOURCES,
-        subscribers=SUBSCRIBERS,
-    )
+    config, _, db_url = sample_daemon_config(tmp_path, server.port)  # type: ignore[attr-defined]
     daemon = start_daemon(config, grace=1)
     assert handler.second.wait(timeout=120), daemon.log()
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
     assert "in-flight work cancelled after the grace period" in daemon.log()
-    store = Store.open(f"sqlite:///{db}")
+    store = Store.open(db_url)
     try:
         counts = store.outbox_counts()
     finally:
@@ -243,14 +223,7 @@ def test_sighup_rejects_an_invalid_config_and_applies_a_valid_one(
 ) -> None:
     handler = CountingHandler()
     server = smtp_server_factory(handler)
-    db = tmp_path / "paperpost.db"
-    config, port = write_daemon_config(
-        tmp_path / "a",
-        db_url=f"sqlite:///{db}",
-        smtp_port=server.port,  # type: ignore[attr-defined]
-        sources=SAMPLE_SOURCES,
-        subscribers=SUBSCRIBERS,
-    )
+    config, port, db_url = sample_daemon_config(tmp_path, server.port)  # type: ignore[attr-defined]
     original = config.read_text()
     daemon = start_daemon(config)
     assert handler.wait_for(3), daemon.log()
@@ -284,7 +257,7 @@ def test_sighup_rejects_an_invalid_config_and_applies_a_valid_one(
 
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
-    store = Store.open(f"sqlite:///{db}")
+    store = Store.open(db_url)
     try:
         states = store.subscriber_states()
     finally:

@@ -12,12 +12,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.store import Store
-from tests.conftest import SAMPLE_SOURCES
 from tests.daemon_harness import (
-    SUBSCRIBERS,
     CountingHandler,
     DaemonProcess,
-    write_daemon_config,
+    sample_daemon_config,
 )
 from tests.test_daemon import link_path, message_to
 
@@ -52,14 +50,7 @@ def test_unsubscribe_and_feedback_flows_in_chromium(
 ) -> None:
     handler = CountingHandler()
     server = smtp_server_factory(handler)
-    db = tmp_path / "paperpost.db"
-    config, port = write_daemon_config(
-        tmp_path / "a",
-        db_url=f"sqlite:///{db}",
-        smtp_port=server.port,  # type: ignore[attr-defined]
-        sources=SAMPLE_SOURCES,
-        subscribers=SUBSCRIBERS,
-    )
+    config, port, db_url = sample_daemon_config(tmp_path, server.port)  # type: ignore[attr-defined]
     daemon = DaemonProcess(config)
     try:
         daemon.wait_for("started: web on")
@@ -75,21 +66,21 @@ def test_unsubscribe_and_feedback_flows_in_chromium(
         response = page.goto(base + link_path(ada, "unsubscribe"))
         assert response.status == 200
         assert "Unsubscribe from Paperpost test?" in page.title()
-        assert _status(db, "ada@lab.example") == "active"
+        assert _status(db_url, "ada@lab.example") == "active"
         with page.expect_navigation():
             page.click("#unsubscribe")
         assert page.locator("h1").inner_text() == "You are unsubscribed"
         assert "ada@lab.example" in page.locator("main").inner_text()
         assert page.url == base + link_path(ada, "unsubscribe")  # 200, no redirect
         assert context.cookies() == []
-        assert _status(db, "ada@lab.example") == "unsubscribed"
+        assert _status(db_url, "ada@lab.example") == "unsubscribed"
 
         # Feedback: "more like this" from Grace's digest is recorded.
         feedback = link_path(grace, "feedback")
         response = page.goto(base + feedback)
         assert response.status == 200
         assert page.locator("h1").inner_text() == "Thanks, noted"
-        assert _feedback(db, "grace@lab.example") != ([], [])
+        assert _feedback(db_url, "grace@lab.example") != ([], [])
 
         # A tampered link: the uniform page, nothing changed.
         response = page.goto(base + feedback[:-3] + "xyz")
@@ -101,8 +92,8 @@ def test_unsubscribe_and_feedback_flows_in_chromium(
         assert daemon.wait() == 0, daemon.log()
 
 
-def _status(db: Path, address: str) -> str:
-    store = Store.open(f"sqlite:///{db}")
+def _status(db_url: str, address: str) -> str:
+    store = Store.open(db_url)
     try:
         state = store.subscriber_state(address)
         assert state is not None
@@ -111,8 +102,8 @@ def _status(db: Path, address: str) -> str:
         store.close()
 
 
-def _feedback(db: Path, address: str) -> tuple[list[str], list[str]]:
-    store = Store.open(f"sqlite:///{db}")
+def _feedback(db_url: str, address: str) -> tuple[list[str], list[str]]:
+    store = Store.open(db_url)
     try:
         state = store.subscriber_state(address)
         assert state is not None
