@@ -331,7 +331,7 @@ def main() -> None:
     print("\nadmission of (c) profiles (first 5 liked) by similarity alone, per threshold:")
     print("| threshold | admitted | precision |")
     print("|---:|---:|---:|")
-    for threshold in (0.06, 0.08, 0.10, 0.12, 0.15, 0.18):
+    for threshold in (0.06, 0.08, 0.09, 0.10, 0.12, 0.15):
         strict = Matcher(
             matcher.model,
             replace(MatchSettings(), similarity_threshold=threshold),

@@ -20,7 +20,7 @@ class MatchSettings:
     """
 
     # A paper with no rule hit is admitted when its similarity reaches this.
-    similarity_threshold: float = 0.12
+    similarity_threshold: float = 0.10
     # Added to the score of a paper that the profile's query matches.
     query_boost: float = 1.0
     # Added when one of the profile's followed authors wrote the paper.
