@@ -11,7 +11,7 @@ from pipeline.domain import Paper
 from pipeline.match.authors import names_match, parse_name
 from pipeline.match.index import PeriodIndex, category_matches
 from pipeline.match.scoring import top_k
-from pipeline.match.text import analyze, words
+from pipeline.match.text import _WORD, analyze, normalize, words
 
 
 @pytest.mark.parametrize(
@@ -58,6 +58,20 @@ def test_variants_agree(a: str, b: str) -> None:
 )
 def test_distinct_words_stay_apart(a: str, b: str) -> None:
     assert analyze(a) != analyze(b)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.text(
+        alphabet=st.sampled_from(
+            [*"abcXYZ09 -/'’_.,s", "\u2010", "\u2212", "\u00ad", "é", "ﬁ", "\u0301"]
+        ),
+        max_size=40,
+    )
+)
+def test_words_fast_path_equals_full_normalisation(text: str) -> None:
+    # words() skips normalize() for ASCII text; the result must be the same.
+    assert words(text) == _WORD.findall(normalize(text))
 
 
 def test_words_split_on_punctuation_and_keep_digits() -> None:

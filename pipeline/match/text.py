@@ -96,7 +96,17 @@ def normalize(text: str) -> str:
 
 
 def words(text: str) -> list[str]:
-    """The normalised words of ``text`` (letters and digits; punctuation drops out)."""
+    """The normalised words of ``text`` (letters and digits; punctuation drops out).
+
+    Equal to the runs of letters and digits of ``normalize(text)``; every character
+    ``normalize`` turns into a space is already a non-word character, so the ASCII
+    fast path (most titles and abstracts) only lower-cases and drops possessives.
+    """
+    if text.isascii():
+        text = text.lower()
+        if "'" in text:
+            text = _POSSESSIVE.sub("", text)
+        return _WORD.findall(text)
     return _WORD.findall(normalize(text))
 
 
