@@ -988,14 +988,15 @@ def check_html_page(html: str) -> None:
 async def test_feedback_page_escapes_the_paper_id_from_a_hostile_feed(web: Web) -> None:
     """Non-arXiv papers are identified by their link ("url:..."), which a feed chose. Ingest
     no longer lets markup into links, so sign a token for such an id directly: the page
-    must show it back escaped."""
+    must show it back escaped: on the confirmation page (GET) and the noted page (POST)."""
     hostile = 'url:https://ok.example/q?a="><script>alert(12)</script>'
     for action in ("more", "less"):
         token = web.signer.sign(subscriber=ADA, action=action, paper=hostile, now=NOW)
-        response = await web.client.get(f"/feedback/{quote(token, safe='')}")
-        assert response.status_code == 200, response.text
-        assert_page_safe(response)
-        assert "&lt;script&gt;alert(12)&lt;/script&gt;" in response.text
+        for method in ("GET", "POST"):
+            response = await web.client.request(method, f"/feedback/{quote(token, safe='')}")
+            assert response.status_code == 200, response.text
+            assert_page_safe(response)
+            assert "&lt;script&gt;alert(12)&lt;/script&gt;" in response.text
 
 
 async def test_unsubscribe_pages_escape_the_address(web: Web) -> None:
@@ -1017,6 +1018,8 @@ async def test_every_page_escapes_what_it_reflects(web: Web) -> None:
         ("GET", "/unsubscribe/%3Cscript%3Ealert(1)%3C%2Fscript%3E"),
         ("POST", "/unsubscribe/%22%3E%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E"),
         ("GET", "/feedback/%3Csvg%20onload%3Dalert(1)%3E"),
+        ("POST", "/feedback/%3Csvg%20onload%3Dalert(1)%3E"),
+        ("PUT", "/feedback/%3Csvg%20onload%3Dalert(1)%3E"),
         ("GET", "/preview/%3Cscript%3Ealert(1)%3C%2Fscript%3E"),
         ("GET", "/preview/ada%40lab.example?token=%3Cscript%3Ealert(1)%3C%2Fscript%3E"),
         ("GET", "/%3Cscript%3Ealert(1)%3C%2Fscript%3E"),
@@ -1076,11 +1079,16 @@ async def test_links_of_one_reader_cannot_act_on_another(web: Web) -> None:
     assert response.status_code == 200
     assert_page_safe(response)
     assert (status_of(web.store, ADA), status_of(web.store, GRACE)) == ("unsubscribed", "active")
-    # Grace's feedback link records for Grace only.
-    response = await web.client.get(grace_feedback)
-    assert response.status_code == 200
+    # Grace's feedback link only asks on GET (scanners fetch it); its POST records for Grace only.
     state = {a: web.store.subscriber_state(a) for a in (ADA, GRACE)}
     ids = {a: s.id for a, s in state.items() if s is not None}
+    response = await web.client.get(grace_feedback)
+    assert response.status_code == 200
+    assert_page_safe(response)
+    assert web.store.feedback([ids[ADA], ids[GRACE]]) == {ids[ADA]: ([], []), ids[GRACE]: ([], [])}
+    response = await web.client.post(grace_feedback)
+    assert response.status_code == 200
+    assert_page_safe(response)
     feedback = web.store.feedback([ids[ADA], ids[GRACE]])
     assert feedback[ids[ADA]] == ([], [])
     assert sum(map(len, feedback[ids[GRACE]])) == 1

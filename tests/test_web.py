@@ -207,6 +207,18 @@ BAD_TOKENS: list[tuple[str, str, str, Callable[[FakeClock], str]]] = [
     ("GET", "feedback", "expired", _expired_feedback),
     ("GET", "feedback", "unsubscribe-token", unsubscribe_token),
     ("GET", "feedback", "no-paper", _feedback_without_paper),
+    (
+        "POST",
+        "feedback",
+        "forged",
+        lambda c: TokenSigner(["x" * 20]).sign(subscriber=ADA, action="more", paper="1", now=c()),
+    ),
+    ("POST", "feedback", "tampered", lambda c: _feedback_token(c)[:-1] + "x"),
+    ("POST", "feedback", "expired", _expired_feedback),
+    ("POST", "feedback", "unsubscribe-token", unsubscribe_token),
+    ("POST", "feedback", "preview-token", _preview_token),
+    ("POST", "feedback", "no-paper", _feedback_without_paper),
+    ("POST", "feedback", "too-long", lambda c: "A" * 3000 + "." + "B" * 43),
 ]
 
 
@@ -236,16 +248,46 @@ async def test_every_bad_token_gets_the_same_400_page_and_changes_nothing(
 # ---------------------------------------------------------------- feedback
 
 
-@pytest.mark.parametrize("signal", ["more", "less"], ids=["more", "less"])
-async def test_feedback_records_the_signal(
-    client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock, signal: str
+@pytest.mark.parametrize(
+    ("signal", "question"),
+    [("more", "More papers like 2305.18290?"), ("less", "Fewer papers like 2305.18290?")],
+    ids=["more", "less"],
+)
+async def test_get_feedback_asks_and_only_post_records(
+    client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock, signal: str, question: str
 ) -> None:
     token = TokenSigner([KEY]).sign(subscriber=ADA, action=signal, paper="2305.18290", now=clock())
-    response = await client.get(f"/feedback/{token}")
+    assert (await client.head(f"/feedback/{token}")).status_code == 200  # scanners send HEAD too
+    asked = await client.get(f"/feedback/{token}")
+    assert asked.status_code == 200
+    assert f"<h1>{question}</h1>" in asked.text
+    assert '<form method="post"><button type="submit" id="feedback">' in asked.text
+    assert_safe_headers(asked)
+    assert backend.calls == [] and backend.feedback == {}
+    response = await client.post(f"/feedback/{token}")
     assert response.status_code == 200
-    assert "2305.18290" in response.text
+    assert "Thanks, noted" in response.text and "2305.18290" in response.text
     assert backend.feedback == {(ADA, "2305.18290"): signal}
     assert_safe_headers(response)
+
+
+async def test_head_on_an_unsubscribe_link_changes_nothing(
+    client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock
+) -> None:
+    response = await client.head(f"/unsubscribe/{unsubscribe_token(clock)}")
+    assert response.status_code == 200
+    assert backend.calls == []
+    assert ADA in backend.active and not backend.unsubscribed
+
+
+async def test_feedback_store_failure_answers_503(
+    client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock
+) -> None:
+    backend.broken = True
+    response = await client.post(f"/feedback/{_feedback_token(clock)}")
+    assert response.status_code == 503
+    assert "Nothing was changed" in response.text
+    assert "locked" not in response.text
 
 
 async def test_feedback_for_an_unknown_subscriber_is_410(
@@ -254,7 +296,7 @@ async def test_feedback_for_an_unknown_subscriber_is_410(
     token = TokenSigner([KEY]).sign(
         subscriber="gone@lab.example", action="more", paper="1", now=clock()
     )
-    response = await client.get(f"/feedback/{token}")
+    response = await client.post(f"/feedback/{token}")
     assert response.status_code == 410
     assert "not active" in response.text
     assert backend.feedback == {}
@@ -267,17 +309,16 @@ async def test_values_from_tokens_are_escaped(
     backend.active.add(evil)
     signer = TokenSigner([KEY])
     unsub = await client.get(f"/unsubscribe/{unsubscribe_token(clock, subscriber=evil)}")
-    fb = await client.get(
-        "/feedback/"
-        + signer.sign(
-            subscriber=evil, action="more", paper="<img src=x onerror=alert(1)>", now=clock()
-        )
+    feedback = "/feedback/" + signer.sign(
+        subscriber=evil, action="more", paper="<img src=x onerror=alert(1)>", now=clock()
     )
-    for response in (unsub, fb):
+    asked, noted = await client.get(feedback), await client.post(feedback)
+    for response in (unsub, asked, noted):
         assert response.status_code == 200
         assert "<script>" not in response.text and "<img" not in response.text
     assert "&lt;script&gt;" in unsub.text
-    assert "&lt;img src=x onerror=alert(1)&gt;" in fb.text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in asked.text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in noted.text
 
 
 # ---------------------------------------------------------------- preview
@@ -376,6 +417,9 @@ async def test_metrics_exposes_backend_counters_and_web_requests(
     await client.post("/unsubscribe/bad.token")
     await client.post(f"/unsubscribe/{unsubscribe_token(clock)}")
     await client.post(f"/unsubscribe/{unsubscribe_token(clock)}")
+    await client.get(f"/feedback/{_feedback_token(clock)}")
+    await client.post(f"/feedback/{_feedback_token(clock)}")
+    await client.put(f"/feedback/{_feedback_token(clock)}")
     response = await client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
@@ -386,6 +430,10 @@ async def test_metrics_exposes_backend_counters_and_web_requests(
     assert 'paperpost_web_requests_total{method="POST",route="unsubscribe",status="200"} 2\n' in (
         response.text
     )
+    for method in ("GET", "POST"):
+        sample = f'{{method="{method}",route="feedback",status="200"}} 1\n'
+        assert f"paperpost_web_requests_total{sample}" in response.text
+    assert 'method="PUT"' not in response.text  # 405s never reach an endpoint
 
 
 @pytest.mark.parametrize(
@@ -394,10 +442,11 @@ async def test_metrics_exposes_backend_counters_and_web_requests(
         ("GET", "/", 404),
         ("GET", "/unsubscribe/", 404),
         ("PUT", "/unsubscribe/x.y", 405),
-        ("POST", "/feedback/x.y", 405),
+        ("PUT", "/feedback/x.y", 405),
+        ("DELETE", "/feedback/x.y", 405),
         ("GET", "/admin", 404),
     ],
-    ids=["root", "unsubscribe-no-token", "put", "post-feedback", "unknown"],
+    ids=["root", "unsubscribe-no-token", "put", "put-feedback", "delete-feedback", "unknown"],
 )
 async def test_unknown_routes_and_methods(
     client: httpx.AsyncClient, backend: FakeBackend, method: str, path: str, status: int

@@ -1,5 +1,6 @@
 """The reader's flows in headless Chromium (Debian's `chromium`) against a running daemon:
-open the unsubscribe link from a delivered digest, press the button; follow a feedback link."""
+open the unsubscribe link and a feedback link from a delivered digest; each page only asks,
+and pressing its button is what changes the database."""
 
 from __future__ import annotations
 
@@ -75,12 +76,21 @@ def test_unsubscribe_and_feedback_flows_in_chromium(
         assert context.cookies() == []
         assert _status(db_url, "ada@lab.example") == "unsubscribed"
 
-        # Feedback: "more like this" from Grace's digest is recorded.
+        # Feedback: "more like this" from Grace's digest asks first (link scanners fetch
+        # it too); the button POSTs to the same URL and that records.
         feedback = link_path(grace, "feedback")
         response = page.goto(base + feedback)
         assert response.status == 200
+        assert page.title().startswith("More papers like ")
+        assert _feedback(db_url, "grace@lab.example") == ([], [])
+        with page.expect_navigation():
+            page.click("#feedback")
         assert page.locator("h1").inner_text() == "Thanks, noted"
-        assert _feedback(db_url, "grace@lab.example") != ([], [])
+        assert page.url == base + feedback
+        assert context.cookies() == []
+        liked, disliked = _feedback(db_url, "grace@lab.example")
+        assert len(liked) == 1 and disliked == []
+        assert liked[0] in page.locator("main").inner_text()
 
         # A tampered link: the uniform page, nothing changed.
         response = page.goto(base + feedback[:-3] + "xyz")

@@ -8,11 +8,19 @@ pool so a slow database never blocks the event loop the scheduler shares.
 
 Policies:
 
-- ``GET /unsubscribe/{token}`` never changes anything (mail scanners and
-  link previewers fetch URLs); it shows a page whose button POSTs the RFC 8058
-  body to the same URL. ``POST`` unsubscribes: no cookie, no login, no body
-  required (the signed token is the authority, so urlencoded, multipart or
-  empty bodies all work), idempotent, 200 with a page, never a redirect.
+- ``GET`` (and ``HEAD``) never changes anything: mail security gateways,
+  link scanners and previewers fetch every URL in a message before the reader
+  sees it. ``GET /unsubscribe/{token}`` and ``GET /feedback/{token}`` show a
+  page whose one button POSTs to the same URL; only ``POST`` acts.
+- ``POST /unsubscribe/{token}`` unsubscribes (RFC 8058): no cookie, no login,
+  no body required (the signed token is the authority, so urlencoded,
+  multipart or empty bodies all work), idempotent, 200 with a page, never a
+  redirect. ``POST /feedback/{token}`` records the signal the same way: the
+  store keeps one row per (subscriber, paper), latest signal wins, so pressing
+  twice records once.
+- No CSRF token: nothing is authenticated by ambient credentials (no cookies,
+  no sessions), so a forged cross-site POST needs the URL's token, and whoever
+  holds it can POST it directly anyway. See docs/daemon.md.
 - Every bad token (forged, tampered, expired, wrong purpose, malformed) gets
   the same 400 page; the reason goes to the log only.
 - Responses carry ``Cache-Control: no-store``, a restrictive CSP, no cookies.
@@ -128,7 +136,7 @@ def create_app(
             claims = claims_of(request, "unsubscribe", "unsubscribe")
         except InvalidTokenError:
             return _html(pages.invalid_link(), 400)
-        if request.method == "GET":
+        if request.method != "POST":  # GET and HEAD: scanners fetch links, only ask
             return _html(pages.confirm_unsubscribe(claims.subscriber, list_name))
         try:
             was_active = await run_in_threadpool(
@@ -153,6 +161,8 @@ def create_app(
         if not claims.paper:
             log.info("rejected feedback link for %s: no paper", claims.subscriber)
             return _html(pages.invalid_link(), 400)
+        if request.method != "POST":  # GET and HEAD: scanners fetch links, only ask
+            return _html(pages.confirm_feedback(claims.action, claims.paper))
         try:
             recorded = await run_in_threadpool(
                 backend.record_feedback, claims.subscriber, claims.paper, claims.action, now=clock()
@@ -222,7 +232,7 @@ def create_app(
 
     routes = [
         Route("/unsubscribe/{token}", counted("unsubscribe", unsubscribe), methods=["GET", "POST"]),
-        Route("/feedback/{token}", counted("feedback", feedback), methods=["GET"]),
+        Route("/feedback/{token}", counted("feedback", feedback), methods=["GET", "POST"]),
         Route("/preview/{subscriber}", counted("preview", preview), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -1,6 +1,6 @@
 """The few small HTML pages the reader sees (pure; every value escaped).
 
-Plain functions returning strings rather than a template directory: five
+Plain functions returning strings rather than a template directory: a few
 short pages with no operator customisation needed, and one ``_page`` that
 escapes every interpolated value keeps the escaping in one visible place.
 """
@@ -15,6 +15,7 @@ color:#1b1b1f;background:#fafafa}
 main{max-width:32rem;margin:0 auto;background:#fff;border:1px solid #ddd;border-radius:8px;
 padding:1.5rem 2rem}
 h1{font-size:1.3rem;margin-top:0}
+h1,strong{overflow-wrap:anywhere}
 button{font:inherit;padding:.5rem 1.2rem;border-radius:6px;border:1px solid #888;cursor:pointer}
 .muted{color:#555;font-size:.9rem}
 @media (prefers-color-scheme:dark){body{background:#111;color:#eee}
@@ -57,6 +58,23 @@ def unsubscribed(email: str, list_name: str) -> str:
         f"<p><strong>{escape(email)}</strong> will get no more digests from "
         f"{escape(list_name)}.</p>"
         '<p class="muted">Changed your mind? Ask the sender to resubscribe you.</p>',
+    )
+
+
+def confirm_feedback(signal: str, paper: str) -> str:
+    """GET /feedback/{token}: nothing is recorded until the reader presses the button.
+
+    Link scanners fetch every URL in a message; only the form's POST (to the
+    same URL, no body needed: the signed token says what to record) acts.
+    """
+    wording, button = (
+        ("more", "More like this") if signal == "more" else ("fewer", "Less like this")
+    )
+    return _page(
+        f"{wording.capitalize()} papers like {paper}?",
+        f"<p>Show {wording} papers like <strong>{escape(paper)}</strong> in your next digests?</p>"
+        f'<form method="post"><button type="submit" id="feedback">{button}</button></form>'
+        '<p class="muted">You can close this page to change nothing.</p>',
     )
 
 
