@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
@@ -243,3 +244,20 @@ def test_feedback_latest_signal_wins(store: Store) -> None:
     assert store.feedback([sid]) == {sid: ([], ["p2", "p1"])}
     with pytest.raises(ValueError, match="'more' or 'less'"):
         store.record_feedback("a@x.test", "p1", "meh", now=NOW)
+
+
+def test_feedback_pressed_many_times_at_once_records_one_row(store: Store) -> None:
+    # A double-click (or two tabs) sends concurrent POSTs for the same paper: each must
+    # succeed, not fail on the unique key, and exactly one row must remain.
+    store.sync_subscribers([subscriber("a@x.test")], now=NOW)
+    sid = sub_id(store, "a@x.test")
+    barrier = threading.Barrier(6)
+
+    def press(n: int) -> bool:
+        barrier.wait()
+        return store.record_feedback("a@x.test", "p1", "more", now=NOW + timedelta(seconds=n))
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(press, range(6)))
+    assert results == [True] * 6
+    assert store.feedback([sid]) == {sid: (["p1"], [])}

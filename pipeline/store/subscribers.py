@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from pipeline.domain import Subscriber
 from pipeline.store.base import StoreBase
@@ -106,19 +108,16 @@ class SubscriberStore(StoreBase):
             sub = s.scalar(select(SubscriberRow).where(SubscriberRow.email == email))
             if sub is None:
                 return False
-            row = s.scalar(
-                select(FeedbackRow).where(
-                    FeedbackRow.subscriber_id == sub.id, FeedbackRow.paper_id == paper_id
+            # One statement, so two presses at once cannot both insert (unique key).
+            upsert = (postgresql_insert if self.dialect == "postgresql" else sqlite_insert)(
+                FeedbackRow
+            ).values(subscriber_id=sub.id, paper_id=paper_id, signal=signal, created_at=now)
+            s.execute(
+                upsert.on_conflict_do_update(
+                    index_elements=[FeedbackRow.subscriber_id, FeedbackRow.paper_id],
+                    set_={"signal": signal, "created_at": now},
                 )
             )
-            if row is None:
-                s.add(
-                    FeedbackRow(
-                        subscriber_id=sub.id, paper_id=paper_id, signal=signal, created_at=now
-                    )
-                )
-            else:
-                row.signal, row.created_at = signal, now
             return True
 
     def feedback(self, subscriber_ids: Sequence[int]) -> dict[int, tuple[list[str], list[str]]]:
