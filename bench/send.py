@@ -36,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from send_daemon import run_daemon_path  # noqa: E402
+
 from pipeline.domain import Digest, DigestItem, Envelope, MessageHeaders, Paper  # noqa: E402
 from pipeline.mail import (  # noqa: E402
     SmtpMailer,
@@ -145,6 +147,20 @@ def timed(stage: str, count: int, work: Callable[[], object], repeats: int = 3) 
     wall = statistics.median(r[0] for r in runs)
     cpu = statistics.median(r[1] for r in runs)
     return Result(stage, "–", count, wall, cpu)
+
+
+def median_result(runs: list[Result]) -> Result:
+    """The median wall time and CPU of several runs of one row."""
+    first = runs[0]
+    sink_cpu = [r.sink_cpu for r in runs if r.sink_cpu is not None]
+    return Result(
+        first.stage,
+        first.sink,
+        first.messages,
+        statistics.median(r.wall for r in runs),
+        statistics.median(r.cpu for r in runs),
+        statistics.median(sink_cpu) if sink_cpu else None,
+    )
 
 
 def free_port() -> int:
@@ -280,7 +296,16 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=4)
     parser.add_argument("--sink", choices=["aiosmtpd", "smtp-sink", "both", "none"], default="both")
     parser.add_argument("--repeats", type=int, default=3, help="runs per pure stage (median)")
+    parser.add_argument(
+        "--send-repeats", type=int, default=3, help="rounds of the sending rows (median)"
+    )
     parser.add_argument("--eval", type=Path, default=EVAL, help="arxiv_cs_dev_2025.jsonl")
+    parser.add_argument(
+        "--daemon",
+        type=int,
+        default=2000,
+        help="digests sent through the daemon's own path (Deliverer, SQLite outbox); 0: skip",
+    )
     args = parser.parse_args()
     count, pool, repeats = args.digests, args.pool, args.repeats
 
@@ -346,39 +371,42 @@ def main() -> None:
     executor = ProcessPoolExecutor(1, initializer=_init_worker, initargs=(count, args.eval))
     if kinds:
         executor.submit(_render_chunk, 0, 1).result()  # start the worker before timing
+    few_sends = min(count, 1000)
+    rows: list[tuple[str, int, int, Produce, str]] = [
+        (
+            "render + build in 1 worker process, send here",
+            count,
+            10_000,
+            lambda: rendered_elsewhere(executor, count),
+            str(pool),
+        ),
+        ("send only (prebuilt)", count, 10_000, prebuilt, str(pool)),
+        ("render + build + send", count, 10_000, end_to_end, str(pool)),
+        (
+            "send only, new connection per message",
+            few_sends,
+            1,
+            lambda: itertools.islice(prebuilt(), few_sends),
+            f"{pool} (1 msg/conn)",
+        ),
+    ]
     for kind in kinds:
-        sends.append(
-            (
-                run_send(
-                    "render + build in 1 worker process, send here",
-                    kind,
-                    count,
-                    pool,
-                    10_000,
-                    lambda: rendered_elsewhere(executor, count),
-                ),
-                str(pool),
-            )
-        )
-        sends.append(
-            (run_send("send only (prebuilt)", kind, count, pool, 10_000, prebuilt), str(pool))
-        )
-        sends.append(
-            (run_send("render + build + send", kind, count, pool, 10_000, end_to_end), str(pool))
-        )
-        sends.append(
-            (
-                run_send(
-                    "send only, new connection per message",
-                    kind,
-                    min(count, 1000),
-                    pool,
-                    1,
-                    lambda: itertools.islice(prebuilt(), min(count, 1000)),
-                ),
-                f"{pool} (1 msg/conn)",
-            )
-        )
+        # Rounds of every row, so that load from elsewhere hits all rows alike; medians.
+        runs: list[list[Result]] = [[] for _ in rows]
+        daemon_runs: list[Result] = []
+        for _ in range(args.send_repeats):
+            for n, (stage, total, per_connection, produce, _label) in enumerate(rows):
+                runs[n].append(run_send(stage, kind, total, pool, per_connection, produce))
+            if args.daemon:
+                sent, wall, cpu, sink_cpu = run_daemon_path(
+                    kind, args.daemon, pool, papers, sink, process_cpu
+                )
+                stage = "daemon path (Deliverer: SQLite outbox, signed links)"
+                daemon_runs.append(Result(stage, kind, sent, wall, cpu, sink_cpu))
+        for n, row in enumerate(rows):
+            sends.append((median_result(runs[n]), row[4]))
+        if daemon_runs:
+            sends.append((median_result(daemon_runs), str(pool)))
 
     executor.shutdown()
     print(

@@ -327,3 +327,34 @@ def test_cached_shells_carry_each_readers_own_fields(renderer: Renderer) -> None
             if t == "p" and a.get("class") == "greeting"
         ]
         assert all("margin" in (a.get("style") or "") for a in title)  # inlined styles kept
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"recipient_name": "Zoë " + "Ñandú-Quetzalcóatl " * 6},
+        {"recipient_name": None},
+        {"period_label": "the week of Monday 23 November to Sunday 29 November 2026, as planned"},
+        {"list_name": "The lab's reading group — weekly papers for everyone in the building"},
+        {"reason_for_receiving": "You receive this because " + "you asked for it, " * 10},
+        {"unsubscribe_url": None, "reason_for_receiving": ""},
+    ],
+    ids=["plain", "long-name", "no-name", "long-period", "long-list", "long-reason", "bare"],
+)
+def test_cached_text_shell_wraps_each_readers_fields_as_a_fresh_render(
+    changes: dict[str, object],
+) -> None:
+    """The text shell is cached with slot markers for the fields; the lines holding them
+    are wrapped per reader, so the text is what wrapping a fresh render gives."""
+    items = [DigestItem(paper(n), 1.0, "r") for n in range(3)]
+    shared = Renderer()
+    shared.render(digest(*items))  # the shell for this structure is now cached
+    rendered = shared.render(digest(*items, **changes))
+    fresh = Renderer().render(digest(*items, **changes))
+    assert rendered.text == fresh.text
+    lines = rendered.text.splitlines()
+    assert max(len(line) for line in lines if "://" not in line) <= 72
+    name = changes.get("recipient_name", "Ada")
+    if isinstance(name, str):
+        assert name.split()[0] in rendered.text

@@ -9,6 +9,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline.domain import Envelope
 from pipeline.errors import (
@@ -18,6 +20,7 @@ from pipeline.errors import (
 )
 from pipeline.mail import SmtpMailer, SmtpSettings
 from pipeline.mail.pacing import Pacer
+from pipeline.mail.smtp import data_payload
 from tests.conftest_smtp import StartServer, TlsFiles
 from tests.smtpd import DROP, HANG, RunningServer, ScriptedHandler, password_authenticator
 
@@ -374,3 +377,52 @@ def test_pacer(rate: float | None, clock: list[float], delays: list[float]) -> N
 def test_pacer_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="must be positive"):
         Pacer(0, lambda: 0.0)
+
+
+def _payload_by_lines(data: bytes) -> bytes:
+    """The DATA payload the plain way: CRLF everywhere, a dot doubled at a line start, '.'."""
+    text = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+    if not text.endswith(b"\r\n"):
+        text += b"\r\n"
+    lines = text.split(b"\r\n")[:-1]
+    return b"".join(
+        (b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines
+    ) + (b".\r\n")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b".",
+        b"a\r\n",
+        b"a\r\n.b\r\n",
+        b".a\r\nb\r\n",
+        b"a\nb\r\n",
+        b"a\rb\r\n",
+        b"a\r\nb",
+        b"\na\r\n",
+        b"a\r\n\r\n.\r\n",
+        BODY,
+    ],
+    ids=[
+        "empty",
+        "dot",
+        "one-line",
+        "dot-line",
+        "leading-dot",
+        "bare-lf",
+        "bare-cr",
+        "no-final-crlf",
+        "leading-lf",
+        "lone-dot-line",
+        "body",
+    ],
+)
+def test_data_payload(data: bytes) -> None:
+    assert data_payload(data) == _payload_by_lines(data)
+
+
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"a", b"\r\n."])).map(b"".join))
+def test_data_payload_matches_the_plain_way(data: bytes) -> None:
+    assert data_payload(data) == _payload_by_lines(data)

@@ -21,6 +21,14 @@ The DATA command is driven step by step (rather than with aiosmtplib's
 ``data()``) precisely so that a failure before the terminating ``.`` can be
 told apart from one after it. The wait for the reply to the ``.`` uses its own
 timeout, by default the 10 minutes RFC 5321 section 4.5.3.2.6 asks for.
+
+Cost per message (bench/SEND.md): four round trips (MAIL, RCPT, DATA, the
+message), each one ``execute_command`` or ``read_response`` of aiosmtplib's
+public API. PIPELINING (RFC 2920) would save two of them, but aiosmtplib's
+protocol pairs one buffered reply with one read and drops data that arrives
+while no read is pending, so it cannot be done without reaching into its
+internals. The bytes themselves are checked for CRLF line ends and leading dots
+with vectorised passes (:func:`data_payload`), not stepped through byte by byte.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from pathlib import Path
 from typing import Literal, NoReturn
 
 import aiosmtplib
+import numpy as np
 
 from pipeline.domain import Envelope
 from pipeline.errors import (
@@ -132,7 +141,9 @@ class SmtpMailer:
         """Send one message; return the server's reply to the final '.'."""
         if self._closed:
             raise BatchAbortedError(f"SMTP mailer for {self._settings.server} is closed")
-        envelope_addresses(envelope)  # a bad address fails this message only, before any I/O
+        # A bad address fails this message only, before any I/O.
+        addresses = envelope_addresses(envelope)
+        payload = data_payload(envelope.data)
         async with self._slots:
             delay = self._pacer.reserve()
             if delay > 0:
@@ -142,7 +153,7 @@ class SmtpMailer:
                 if conn is None:
                     conn = await self._connect(retrying=attempt > 1)
                 try:
-                    reply = await self._transaction(conn, envelope)
+                    reply = await self._transaction(conn, envelope, addresses, payload)
                 except _Reconnect as exc:
                     self._discard(conn)
                     conn = None
@@ -215,18 +226,37 @@ class SmtpMailer:
                     f"SMTP {s.server} could not be reached on reconnect ({exc}); retry later"
                 ) from exc
             raise BatchAbortedError(f"cannot connect to SMTP {s.server}: {exc}") from exc
+        try:
+            await _greet(client)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            if retrying:
+                raise TransientDeliveryError(
+                    f"SMTP {s.server} failed EHLO and HELO on reconnect ({exc}); retry later"
+                ) from exc
+            raise BatchAbortedError(f"SMTP {s.server} refused EHLO and HELO: {exc}") from exc
         self.stats.connections_opened += 1
         return _Connection(client)
 
-    async def _transaction(self, conn: _Connection, envelope: Envelope) -> str:
+    async def _transaction(
+        self, conn: _Connection, envelope: Envelope, addresses: tuple[str, str], payload: bytes
+    ) -> str:
         client = conn.client
         who = _who(envelope)
-        sender, recipient = envelope_addresses(envelope)
-        payload = _data_payload(envelope.data)
-        options = [f"SIZE={len(payload) - 3}"] if client.supports_extension("size") else []
+        sender, recipient = addresses
+        # The addresses are checked ASCII addr-specs (envelope_addresses), so the
+        # commands are written directly rather than through aiosmtplib's mail() and
+        # rcpt(), which would parse each address again with email.utils.parseaddr.
+        mail = [b"MAIL", f"FROM:<{sender}>".encode("ascii")]
+        if client.supports_extension("size"):
+            mail.append(b"SIZE=%d" % (len(payload) - 3))
         try:
-            await client.mail(sender, options=options)
-            await client.rcpt(recipient)
+            reply = await client.execute_command(*mail)
+            if reply.code != 250:
+                raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
+            reply = await client.execute_command(b"RCPT", f"TO:<{recipient}>".encode("ascii"))
+            if reply.code not in (250, 251):
+                raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
             start = await client.execute_command(b"DATA")
             if start.code != 354:
                 raise aiosmtplib.SMTPDataError(start.code, start.message)
@@ -299,10 +329,32 @@ class SmtpMailer:
 
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+_CR, _LF, _DOT = 13, 10, 46
 
 
-def _data_payload(data: bytes) -> bytes:
-    """CRLF line endings, dot-stuffed (RFC 5321 4.5.2), terminated by '.'."""
+def data_payload(data: bytes) -> bytes:
+    """CRLF line endings, dot-stuffed (RFC 5321 4.5.2), terminated by '.'.
+
+    Messages from :func:`pipeline.mail.build_message` already have CRLF line
+    endings and no line starting with '.', which a few vectorised passes over
+    the bytes confirm (about 20 µs for a 77 KB digest, against about 170 µs
+    for ``bytes.count`` and ``bytes.replace``, which step through the bytes one
+    at a time for these patterns); anything else is normalised the slow way.
+    """
+    if len(data) >= 2 and data.endswith(b"\r\n") and data[0] != _DOT:
+        octets = np.frombuffer(data, dtype=np.uint8)
+        lf = octets == _LF
+        # Every LF preceded by a CR and every CR followed by an LF; no '.' after an LF.
+        if (
+            not lf[0]
+            and np.array_equal(lf[1:], octets[:-1] == _CR)
+            and not (lf[:-1] & (octets[1:] == _DOT)).any()
+        ):
+            return data + b".\r\n"
+    return _normalised_payload(data)
+
+
+def _normalised_payload(data: bytes) -> bytes:
     crlf = data.count(b"\r\n")
     if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
         data = _LINE_END.sub(b"\r\n", data)
@@ -311,6 +363,16 @@ def _data_payload(data: bytes) -> bytes:
     if data.startswith(b"."):
         data = b"." + data
     return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+async def _greet(client: aiosmtplib.SMTP) -> None:
+    """EHLO (HELO if refused) right after connecting, so that SIZE is known for the first MAIL."""
+    if not client.is_ehlo_or_helo_needed:
+        return
+    try:
+        await client.ehlo()
+    except aiosmtplib.SMTPHeloError:
+        await client.helo()
 
 
 def _step(exc: aiosmtplib.SMTPResponseException) -> str:

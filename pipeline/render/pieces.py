@@ -11,7 +11,10 @@ turns those renders into pieces that are cheap to fill per digest:
 - an entry's text becomes literal runs around the number and the links, and
   the lines holding the reason, which are wrapped per reader once it is in;
 - the CSS-inlined HTML shell becomes literal runs between entry slots and
-  field slots, joined once per digest with the size counted on the way.
+  field slots, joined once per digest with the size counted on the way;
+- the text shell becomes its wrapped lines around the entry slots, and the
+  lines holding the digest's text fields, which are wrapped per digest once
+  the fields are in.
 
 Output is byte for byte what substituting the slot markers in the whole
 rendered text would give.
@@ -35,11 +38,14 @@ __all__ = [
     "Entry",
     "EntryChunk",
     "Shell",
+    "TextShell",
     "close_line",
     "compile_chunk",
     "compile_shell",
+    "compile_text_shell",
     "fill_entry",
     "fill_shell",
+    "fill_text_shell",
     "utf8_len",
 ]
 
@@ -61,6 +67,8 @@ _ENTRY_SLOTS = re.compile(f"({NUMBER}|{REASON}|{MORE}|{LESS})")
 _ENTRY_ARGS = {NUMBER: 0, REASON: 1, MORE: 2, LESS: 3}
 _NUMBERED_LINE_SLOTS = re.compile(f"({NUMBER}|{MORE}|{LESS})")
 _LINE_SLOTS = re.compile(f"({MORE}|{LESS})")
+_TEXT_SLOT = re.compile("\x00(\\d+)\x00")  # where an entry goes in the text shell
+_TEXT_FIELDS = re.compile("([\ue005-\ue00b])")
 
 
 def utf8_len(value: str) -> int:
@@ -208,6 +216,68 @@ def fill_shell(shell: Shell, entries: Sequence[Entry], fields: Sequence[str]) ->
     if close_line(out):
         size += 1
     return "".join(out), size
+
+
+@dataclass(frozen=True, slots=True)
+class TextShell:
+    """A wrapped text shell: literal runs, entry slots (ints), and field lines.
+
+    A field line is the template's line split around its field slot markers
+    (literal, marker, literal ...); it is filled and wrapped per digest, since
+    how it wraps depends on the values. Every other line was wrapped once.
+    """
+
+    parts: tuple[str | int | tuple[str, ...], ...]
+
+
+def compile_text_shell(text: str, width: int) -> TextShell:
+    """Precompile a rendered text shell (entry slots ``\\x00N\\x00``, field slot markers)."""
+    parts: list[str | int | tuple[str, ...]] = []
+    literal: list[str] = []
+    lines = text.split("\n")
+    last = len(lines) - 1
+    for i, line in enumerate(lines):
+        end = "" if i == last else "\n"
+        pieces = _TEXT_FIELDS.split(line)
+        if len(pieces) > 1:
+            parts.append("".join(literal))
+            parts.append(tuple(pieces))
+            literal = [end]
+            continue
+        runs = _TEXT_SLOT.split(wrap_text(line, width))
+        literal.append(runs[0])
+        for k in range(1, len(runs), 2):
+            parts.append("".join(literal))
+            parts.append(int(runs[k]))
+            literal = [runs[k + 1]]
+        literal.append(end)
+    parts.append("".join(literal))
+    return TextShell(tuple(parts))
+
+
+def fill_text_shell(
+    shell: TextShell, entries: Sequence[Entry], fields: Sequence[str], width: int
+) -> str:
+    """The digest's text (ending in a line break): ``fields`` are the clean, unescaped values.
+
+    The same as wrapping the whole shell with the fields filled in, then putting
+    the entries in: wrapping works line by line, and clean values hold no line
+    breaks, entry slot markers or field slot markers.
+    """
+    out: list[str] = []
+    for part in shell.parts:
+        if isinstance(part, str):
+            out.append(part)
+        elif isinstance(part, int):
+            out.append(entries[part].text)
+        else:
+            filled = list(part)
+            filled[1::2] = [fields[_FIELD_INDEX[marker]] for marker in part[1::2]]
+            runs = _TEXT_SLOT.split(wrap_text("".join(filled), width))
+            runs[1::2] = [entries[int(slot)].text for slot in runs[1::2]]
+            out.extend(runs)
+    close_line(out)
+    return "".join(out)
 
 
 def close_line(parts: list[str]) -> bool:

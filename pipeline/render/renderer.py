@@ -6,12 +6,15 @@ personal parts the entry has (a reason, a "more" link, a "less" link), with
 the personal values replaced by private-use slot marker characters. The HTML
 is CSS-inlined and the text wrapped at that point, and the result cached. Per
 digest, each entry is the cached chunk with its slot markers replaced by the
-escaped personal values (and the few text lines holding them re-wrapped);
-only the small shell (header, section titles, footer) goes through Jinja and
-css-inline. The shell carries slots where the entries go; HTML slots are
-comments (autoescaping turns any ``<`` from data into ``&lt;``) and text
-slots use NUL, so data cannot forge either. Cleaning removes the slot marker
-characters and NUL from every value.
+escaped personal values (and the few text lines holding them re-wrapped).
+The small shells (header, section titles, footer) go through Jinja (and the
+HTML one through css-inline) once per structure: which text fields are
+empty, the counts, the sections and ``extra``; the fields themselves are
+slot markers there too, so shell templates may print the text fields and
+test them for presence, nothing more. The shells carry slots where the
+entries go; HTML slots are comments (autoescaping turns any ``<`` from data
+into ``&lt;``) and text slots use NUL, so data cannot forge either. Cleaning
+removes the slot marker characters and NUL from every value.
 """
 
 from __future__ import annotations
@@ -39,11 +42,13 @@ from pipeline.render.pieces import (
     Entry,
     EntryChunk,
     Shell,
-    close_line,
+    TextShell,
     compile_chunk,
     compile_shell,
+    compile_text_shell,
     fill_entry,
     fill_shell,
+    fill_text_shell,
 )
 from pipeline.render.sample import sample_digest
 from pipeline.render.text import clean_text, collapse_whitespace, safe_url, truncate, wrap_text
@@ -51,9 +56,9 @@ from pipeline.render.views import DigestView, ItemView, Section, digest_view, pa
 
 __all__ = ["RenderOptions", "Renderer"]
 
-_TEXT_SLOT = re.compile("\x00(\\d+)\x00")
-
 Shape = tuple[bool, bool, bool]  # has reason, has "more" link, has "less" link
+# Which text fields are present, count, trending count, omitted, extra, has a subject.
+ShellKey = tuple[tuple[bool, ...], int, int, int, tuple[tuple[str, str], ...], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +98,8 @@ class Renderer:
         self._css: str | None = None
         self._chunks: dict[tuple[Paper, Shape], EntryChunk] = {}
         self._by_identity: dict[tuple[int, Shape], tuple[Paper, EntryChunk]] = {}
-        self._shells: dict[object, Shell] = {}
+        self._shells: dict[ShellKey, Shell] = {}
+        self._text_shells: dict[ShellKey, TextShell] = {}
         self._slots: dict[tuple[int, bool], list[Markup]] = {}
         self._subjects: dict[tuple[str, str, int, str], str] = {}
 
@@ -166,13 +172,41 @@ class Renderer:
         return result
 
     def _text(self, view: DigestView, entries: list[Entry], subject: str) -> str:
-        text_shell = self._templates.get("digest.txt.j2").render(
-            digest=view, sections=self._sections(view, html=False), subject=clean_text(subject)
-        )
-        parts = _TEXT_SLOT.split(wrap_text(text_shell, self._options.text_width))
-        parts[1::2] = [entries[int(slot)].text for slot in parts[1::2]]
-        close_line(parts)
-        return "".join(parts)
+        """The text part: the cached text shell filled with this digest's fields and entries.
+
+        Cached like the HTML shell (see ``_html_shell``), by the same key; the
+        lines holding text fields are wrapped per digest, the rest once.
+        """
+        key = self._shell_key(view, subject)
+        shell = self._text_shells.get(key)
+        if shell is None:
+            markers = self._field_markers(key[0])
+            document = self._templates.get("digest.txt.j2").render(
+                digest=replace(view, **markers),
+                sections=self._sections(view, html=False),
+                subject=SUBJECT if subject else "",
+            )
+            shell = compile_text_shell(document, self._options.text_width)
+            if len(self._text_shells) >= 1024:
+                self._text_shells.clear()
+            self._text_shells[key] = shell
+        fields = [getattr(view, name) or "" for name, _ in FIELD_SENTINELS]
+        fields.append(clean_text(subject))
+        return fill_text_shell(shell, entries, fields, self._options.text_width)
+
+    def _shell_key(self, view: DigestView, subject: str) -> ShellKey:
+        """What can change a shell's structure: which fields are empty, counts, sections, extra."""
+        present = tuple(bool(getattr(view, name)) for name, _ in FIELD_SENTINELS)
+        extra = tuple(sorted(view.extra.items()))
+        return (present, view.count, view.trending_count, view.omitted, extra, bool(subject))
+
+    @staticmethod
+    def _field_markers(present: tuple[bool, ...]) -> dict[str, Any]:
+        return {
+            name: sentinel
+            for (name, sentinel), on in zip(FIELD_SENTINELS, present, strict=True)
+            if on
+        }
 
     def _html_shell(self, view: DigestView, subject: str) -> Shell:
         """The CSS-inlined HTML shell with slots for the entries and the digest's text fields.
@@ -183,17 +217,11 @@ class Renderer:
         sections and ``extra``. Shell templates may print the text fields and
         test them for presence; the counts behave normally.
         """
-        present = tuple(bool(getattr(view, name)) for name, _ in FIELD_SENTINELS)
-        extra = tuple(sorted(view.extra.items()))
-        key = (present, view.count, view.trending_count, view.omitted, extra, bool(subject))
+        key = self._shell_key(view, subject)
         cached = self._shells.get(key)
         if cached is not None:
             return cached
-        markers: dict[str, Any] = {
-            name: sentinel
-            for (name, sentinel), on in zip(FIELD_SENTINELS, present, strict=True)
-            if on
-        }
+        markers = self._field_markers(key[0])
         document = self._templates.get("digest.html.j2").render(
             digest=replace(view, **markers),
             sections=self._sections(view, html=True),
@@ -282,6 +310,7 @@ class Renderer:
         self._chunks.clear()
         self._by_identity.clear()
         self._shells.clear()
+        self._text_shells.clear()
         self._subjects.clear()
         self._slots.clear()
 

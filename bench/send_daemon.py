@@ -1,0 +1,144 @@
+"""The daemon's own delivery path, timed: what ``bench/send.py --daemon N`` adds.
+
+``bench/send.py`` times render, build and send on prebuilt digests. The daemon
+does more per digest, in ``pipeline/cycle/deliver.py``: it claims outbox rows,
+loads each row with its papers from the database, signs the reader's links
+(two per paper and the unsubscribe link), renders, builds, marks the row
+"sending", sends through ``SmtpMailer`` and marks it "sent". This runs exactly
+that code (``Deliverer.run``) over N planned rows in a fresh SQLite database,
+with the same sink, pool and connection reuse as the sending rows of send.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+
+from pipeline.config import Config, load_config
+from pipeline.cycle import make_mailer, make_renderer, make_signer, sync
+from pipeline.cycle.deliver import Deliverer, DeliverReport
+from pipeline.cycle.plan import outbox_key
+from pipeline.domain import Paper
+from pipeline.mail import make_message_id
+from pipeline.store import Store
+from pipeline.store.outbox import PlannedItem
+from pipeline.store.rows import SubscriberRow
+
+WHEN = datetime(2025, 11, 24, 7, 0, tzinfo=UTC)
+SECRET_ENV = "PAPERPOST_BENCH_SECRET"
+
+CONFIG = """
+[database]
+url = "sqlite:///{directory}/paperpost.db"
+
+[mail]
+from = "Paperpost <digest@lab.example>"
+transport = "smtp"
+list_name = "Paperpost"
+unsubscribe_mailto = "unsubscribe@lab.example"
+concurrency = {pool}
+
+[mail.smtp]
+host = "127.0.0.1"
+port = {port}
+security = "none"
+pool_size = {pool}
+max_per_connection = 10000
+
+[web]
+base_url = "https://digest.lab.example"
+secret_env = "{secret_env}"
+
+[render]
+preview_dir = "{directory}/previews"
+"""
+
+SUBSCRIBER = """
+[[subscribers]]
+email = "reader{n}@lab.example"
+name = "Reader {n}"
+send_at = "00:00"
+[subscribers.interests]
+categories = ["cs.LG"]
+"""
+
+Sink = Callable[[str], AbstractContextManager[tuple[int, int]]]
+
+
+def run_daemon_path(
+    kind: str,
+    count: int,
+    pool: int,
+    papers: list[Paper],
+    sink: Sink,
+    process_cpu: Callable[[int], float],
+) -> tuple[int, float, float, float]:
+    """Plan ``count`` digests of 20 papers, then time ``Deliverer.run`` sending them.
+
+    Returns (sent, wall seconds, this process's CPU seconds, the sink's CPU seconds).
+    """
+    with tempfile.TemporaryDirectory() as tmp, sink(kind) as (port, pid):
+        directory = Path(tmp)
+        path = directory / "paperpost.toml"
+        text = CONFIG.format(directory=directory, port=port, pool=pool, secret_env=SECRET_ENV)
+        path.write_text(text + "".join(SUBSCRIBER.format(n=n) for n in range(count)))
+        config = load_config(path, env={SECRET_ENV: "bench-secret-0123456789abcdef"})
+        store = Store.open(config.database_url)
+        try:
+            _plan(store, config, count, papers)
+            deliverer = Deliverer(
+                store,
+                config,
+                make_mailer(config),
+                make_renderer(config),
+                make_signer(config),
+                {},
+                clock=lambda: WHEN,
+                holder="bench",
+            )
+            sink_cpu, wall, cpu = process_cpu(pid), time.perf_counter(), time.process_time()
+            report = asyncio.run(_run(deliverer))
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            sink_cpu = process_cpu(pid) - sink_cpu
+        finally:
+            store.close()
+    assert report.sent == count and report.aborted is None, report
+    return report.sent, wall, cpu, sink_cpu
+
+
+async def _run(deliverer: Deliverer) -> DeliverReport:
+    report = await deliverer.run()
+    await deliverer.mailer.aclose()
+    return report
+
+
+def _plan(store: Store, config: Config, count: int, papers: list[Paper]) -> None:
+    sync(store, config, now=WHEN)
+    store.save_papers(papers, now=WHEN)
+    with store.read() as s:
+        rows = s.execute(select(SubscriberRow.email, SubscriberRow.id)).tuples().all()
+    ids = dict(rows)
+    rnd = random.Random(11)
+    for n in range(count):
+        subscriber = ids[f"reader{n}@lab.example"]
+        items = [
+            PlannedItem(p.id, rnd.random(), f"matched cat:{p.categories[0]}")
+            for p in rnd.sample(papers, 20)
+        ]
+        store.plan_delivery(
+            subscriber_id=subscriber,
+            period_key="2025-11-24",
+            window_start=WHEN - timedelta(days=1),
+            window_end=WHEN,
+            message_id=make_message_id(outbox_key(subscriber, "2025-11-24"), "lab.example"),
+            items=items,
+            now=WHEN,
+        )
