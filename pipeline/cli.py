@@ -66,6 +66,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     print(f"mail: {transport} -> {where}, from {f.mail.from_}")
     print(f"web: {f.web.base_url}")
+    from pipeline.cycle.plan import check_embedding_model
+
+    print(f"match: {check_embedding_model(config)}")
     print()
     print(
         _table(

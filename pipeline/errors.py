@@ -68,3 +68,7 @@ class BatchAbortedError(TransportError):
 
 class AmbiguousDeliveryError(TransportError):
     """The connection broke after the final '.': the server may have accepted the message."""
+
+
+class EmbeddingError(PaperpostError):
+    """The configured sentence-embedding model cannot be found or loaded (never downloaded)."""

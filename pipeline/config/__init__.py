@@ -3,7 +3,14 @@ the environment."""
 
 from __future__ import annotations
 
-from pipeline.config.load import Config, Secrets, format_path, load_config, to_subscriber
+from pipeline.config.load import (
+    Config,
+    Secrets,
+    config_error,
+    format_path,
+    load_config,
+    to_subscriber,
+)
 from pipeline.config.models import ConfigFile, SourceConfig, SubscriberConfig
 
 __all__ = [
@@ -12,6 +19,7 @@ __all__ = [
     "Secrets",
     "SourceConfig",
     "SubscriberConfig",
+    "config_error",
     "format_path",
     "load_config",
     "to_subscriber",

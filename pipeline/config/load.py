@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from pipeline.config.locate import key_lines, line_for
 from pipeline.config.models import ConfigFile, SourceConfig, SubscriberConfig
 from pipeline.domain import Profile, Schedule, Subscriber
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, EmbeddingError
 
 KeyPath = tuple[str | int, ...]
 _ARXIV_ID = re.compile(r"^(\d{4}\.\d{4,5}|[a-z-]+(\.[A-Z]{2})?/\d{7})(v\d+)?$")
@@ -43,6 +43,8 @@ class Config:
     maildir: Path
     preview_dir: Path
     template_dir: Path | None
+    # [match] embedding_model with a relative path resolved (a package name as written)
+    embedding_model: str | None = None
 
     @property
     def sources(self) -> list[SourceConfig]:
@@ -326,6 +328,7 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
 
     base = main.parent
     secrets = _read_secrets(cfg, base, problems, env)
+    embedding_model = _embedding_model(cfg.match.embedding_model, base, problems)
     if problems.items:
         raise ConfigError(str(main), problems.items)
     return Config(
@@ -338,4 +341,28 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
         template_dir=(base / cfg.render.template_dir).resolve()
         if cfg.render.template_dir
         else None,
+        embedding_model=embedding_model,
     )
+
+
+def _embedding_model(spec: str | None, base: Path, problems: _Problems) -> str | None:
+    """The model directory (resolved against the config's folder) or package name, checked
+    to exist without importing anything; loading it is ``paperpost check``'s job."""
+    if spec is None:
+        return None
+    from pipeline.match.embedding import is_path_spec, resolve_model_dir
+
+    if is_path_spec(spec):
+        spec = str((base / Path(spec).expanduser()).resolve())
+    try:
+        resolve_model_dir(spec)
+    except EmbeddingError as exc:
+        problems.add(("match", "embedding_model"), str(exc))
+    return spec
+
+
+def config_error(config: Config, key_path: KeyPath, message: str) -> ConfigError:
+    """A problem found after loading (a model that will not open), located like the others."""
+    problems = _Problems({}, config.path)
+    problems.add(key_path, message)
+    return ConfigError(str(config.path), problems.items)

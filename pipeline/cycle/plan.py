@@ -14,8 +14,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from pipeline.config import Config
+from pipeline.config import Config, config_error
 from pipeline.domain import MatchItem, Paper, Period, Profile, Subscriber
+from pipeline.errors import EmbeddingError
 from pipeline.mail import make_message_id
 from pipeline.match import Matcher, MatchResult, MatchSettings
 from pipeline.schedule.periods import latest_due_period
@@ -61,9 +62,36 @@ def window_start(config: Config, last_end: datetime | None, *, now: datetime) ->
 def fit_matcher(
     store: Store, config: Config, *, now: datetime, fallback: Sequence[Paper]
 ) -> Matcher:
-    """The similarity model fitted on the rolling window of stored papers."""
+    """The similarity model fitted on the rolling window of stored papers.
+
+    A configured embedding model that cannot be loaded is a configuration error
+    (``ConfigError`` naming ``match.embedding_model``): the run stops, as for any bad key.
+    """
     corpus = store.papers_seen_between(now - timedelta(days=config.file.match.window_days), now)
-    return Matcher.fit(corpus or list(fallback), match_settings(config))
+    try:
+        return Matcher.fit(corpus or list(fallback), match_settings(config))
+    except EmbeddingError as exc:
+        raise config_error(config, ("match", "embedding_model"), str(exc)) from exc
+
+
+def check_embedding_model(config: Config) -> str:
+    """Load the configured embedding model now (``paperpost check``); one summary line.
+
+    Raises ``ConfigError`` naming ``match.embedding_model`` when it cannot be loaded.
+    """
+    from pipeline.match.embedding import shared_embedder
+
+    settings = match_settings(config)
+    if not settings.embedding_model or not settings.embedding_weight:
+        return "embeddings off (TF-IDF + LSA)"
+    try:
+        embedder = shared_embedder(settings.embedding_model, threads=settings.embedding_threads)
+    except EmbeddingError as exc:
+        raise config_error(config, ("match", "embedding_model"), str(exc)) from exc
+    return (
+        f"embeddings from {embedder.name} ({embedder.dimension} dimensions, weight "
+        f"{settings.embedding_weight:.2f}, {settings.embedding_threads} torch thread(s))"
+    )
 
 
 def outbox_key(subscriber_id: int, period_key: str) -> str:
@@ -97,10 +125,15 @@ def profile_with_feedback(
 
 
 def match_settings(config: Config) -> MatchSettings:
-    threshold = config.file.match.similarity_threshold
-    if threshold is None:
-        return MatchSettings()
-    return replace(MatchSettings(), similarity_threshold=threshold)
+    match = config.file.match
+    settings = MatchSettings(
+        embedding_model=config.embedding_model,
+        embedding_weight=match.embedding_weight,
+        embedding_threads=match.embedding_threads,
+    )
+    if match.similarity_threshold is None:
+        return settings
+    return replace(settings, similarity_threshold=match.similarity_threshold)
 
 
 def plan_due(

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 
 from pipeline.domain import MatchItem, Paper, Profile
 from pipeline.match.compile import compile_profiles
+from pipeline.match.embedding import Embedder, EmbeddingBlend, shared_embedder
 from pipeline.match.lsa import Lsa
 from pipeline.match.period import Period
 from pipeline.match.reasons import Reasons
@@ -31,6 +32,8 @@ class Matcher:
 
     ``fit`` learns the vocabulary, the IDF and the window's mean vector from the
     stored papers; ``match`` is pure and deterministic given the fitted matcher.
+    With ``embedding`` (set up by ``fit`` from ``settings.embedding_model``), every
+    text cosine and the background blend in their sentence-embedding counterparts.
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class Matcher:
         settings: MatchSettings,
         window: Mapping[str, int],
         window_vectors: sp.csr_matrix,
+        embedding: EmbeddingBlend | None = None,
     ) -> None:
         self.model = model
         self.settings = settings
@@ -50,10 +54,24 @@ class Matcher:
             mean = np.zeros(model.dimension, dtype=np.float32)
         self.background: npt.NDArray[np.float32] = mean
         self.lsa = Lsa.fit(window_vectors, settings.lsa_dimensions)
+        self.embedding = embedding
 
     @classmethod
-    def fit(cls, corpus: Sequence[Paper], settings: MatchSettings = DEFAULT_SETTINGS) -> Matcher:
-        """Fit on the rolling window of stored papers (normally including the new ones)."""
+    def fit(
+        cls,
+        corpus: Sequence[Paper],
+        settings: MatchSettings = DEFAULT_SETTINGS,
+        *,
+        embedder: Embedder | None = None,
+    ) -> Matcher:
+        """Fit on the rolling window of stored papers (normally including the new ones).
+
+        With ``settings.embedding_model`` set (and a weight above 0) the model is
+        loaded once per process (``shared_embedder``) unless ``embedder`` is given;
+        only a fixed sample of the window is encoded here (the embedding background);
+        new papers are encoded when a match needs them. Raises
+        ``EmbeddingError`` when the model cannot be found or loaded.
+        """
         unique: dict[str, Paper] = {}
         for paper in corpus:
             unique.setdefault(paper.id, paper)
@@ -67,7 +85,15 @@ class Matcher:
             title_weight=settings.title_weight,
         )
         window = {p.id: i for i, p in enumerate(papers)}
-        return cls(model, settings, window, model.transform(docs))
+        embedding = None
+        if settings.embedding_weight and (embedder is not None or settings.embedding_model):
+            if embedder is None:
+                assert settings.embedding_model is not None
+                embedder = shared_embedder(
+                    settings.embedding_model, threads=settings.embedding_threads
+                )
+            embedding = EmbeddingBlend.fit(embedder, settings.embedding_weight, papers)
+        return cls(model, settings, window, model.transform(docs), embedding)
 
     def match(
         self,
@@ -119,7 +145,7 @@ class Matcher:
             raise ValueError(
                 f"exclude_ids has {len(exclude_ids)} sets for {len(profiles)} profiles"
             )
-        period = Period(papers, self.model, self.background)
+        period = Period(papers, self.model, self.background, self.embedding)
         n = len(profiles)
         if period.n == 0 or n == 0:
             zeros = np.zeros(n, dtype=np.int64)

@@ -7,7 +7,7 @@ is the number the ranking used.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,7 +27,7 @@ __all__ = ["explain"]
 
 def explain(matcher: Matcher, profile: Profile, paper: Paper, liked: Mapping[str, Paper]) -> str:
     settings = matcher.settings
-    period = Period([paper], matcher.model, matcher.background)
+    period = Period([paper], matcher.model, matcher.background, matcher.embedding)
     compiled = compile_profiles(
         [profile],
         None,
@@ -101,27 +101,34 @@ def explain(matcher: Matcher, profile: Profile, paper: Paper, liked: Mapping[str
     lines.append(
         f"  {'similarity':<11} {sim:.4f}" + ("" if has_sim else " (no about, no known liked paper)")
     )
-    if matcher.lsa is not None and settings.lsa_weight and has_sim:
+    blend = matcher.embedding
+    if blend is not None and has_sim:
+        lines.append(f"      (each cosine = {_blend_formula(matcher)})")
+    elif matcher.lsa is not None and settings.lsa_weight and has_sim:
         w = settings.lsa_weight
         lines.append(
             f"      (each cosine = {1 - w:.2f} × TF-IDF + {w:.2f} × LSA, "
             f"{matcher.lsa.dimensions} dimensions)"
         )
+    semantic = _embedding_cosines(matcher, period, texts.ids, profile, liked)
     weights = compiled.weights.getrow(0)
     about_best: tuple[float, str] | None = None
     like_best: tuple[float, str] | None = None
     for row, weight in zip(weights.indices.tolist(), weights.data.tolist(), strict=True):
         cosine = float(texts.rows[row, 0])
         if row >= texts.about_base:
-            lines.append(f"      about text      cosine {cosine:.4f} × {weight:.4f}")
+            lines.append(f"      about text      cosine {cosine:.4f} × {weight:.4f}{semantic(row)}")
             about_best = (cosine, reasons.about(cosine))
             continue
         if row == 0:
-            lines.append(f"      background      dot    {cosine:.4f} × {weight:.4f} (window mean)")
+            lines.append(
+                f"      background      dot    {cosine:.4f} × {weight:.4f} (window mean)"
+                + semantic(row)
+            )
             continue
         pid = texts.ids[row]
         kind = "liked" if weight > 0 else "disliked"
-        lines.append(f"      {kind:<8} {pid:<10} cosine {cosine:.4f} × {weight:.4f}")
+        lines.append(f"      {kind:<8} {pid:<10} cosine {cosine:.4f} × {weight:.4f}{semantic(row)}")
         if weight > 0 and (like_best is None or cosine > like_best[0]):
             like_best = (cosine, reasons.liked(row, cosine))
     unknown = sorted(texts.missing)
@@ -157,3 +164,55 @@ def explain(matcher: Matcher, profile: Profile, paper: Paper, liked: Mapping[str
     if eligible:
         lines.append(f"  {'reason':<11} {'; '.join(parts)}")
     return "\n".join(lines)
+
+
+def _blend_formula(matcher: Matcher) -> str:
+    """``0.35 × TF-IDF + 0.15 × LSA (128 dimensions) + 0.50 × embedding (model)``."""
+    settings = matcher.settings
+    blend = matcher.embedding
+    e = blend.weight if blend is not None else 0.0
+    terms: list[str] = []
+    if matcher.lsa is not None and settings.lsa_weight:
+        w = settings.lsa_weight
+        terms.append(f"{(1 - w) * (1 - e):.2f} × TF-IDF")
+        terms.append(f"{w * (1 - e):.2f} × LSA ({matcher.lsa.dimensions} dimensions)")
+    else:
+        terms.append(f"{1 - e:.2f} × TF-IDF")
+    if blend is not None:
+        terms.append(f"{e:.2f} × embedding ({blend.embedder.name})")
+    return " + ".join(terms)
+
+
+def _embedding_cosines(
+    matcher: Matcher,
+    period: Period,
+    ids: Sequence[str],
+    profile: Profile,
+    liked: Mapping[str, Paper],
+) -> Callable[[int], str]:
+    """Text row → "  (embedding 0.6123)", the embedding part of that row's cosine
+    (vectors come from the embedder's cache: the tables just encoded them)."""
+    blend = matcher.embedding
+    if blend is None:
+        return lambda row: ""
+    paper = period.papers[0]
+    embedded = period.embedded[0]
+
+    def source(pid: str) -> Paper:
+        # the same order as TextTables: the liked mapping, the window, the period
+        if pid in liked:
+            return liked[pid]
+        if pid in matcher.window:
+            return blend.window[matcher.window[pid]]
+        return paper
+
+    def show(row: int) -> str:
+        if row == 0:
+            vector = blend.background
+        elif row < len(ids):
+            vector = blend.embedder.papers([source(ids[row])])[0]
+        else:
+            vector = blend.embedder.texts([profile.about or ""])[0]
+        return f"  (embedding {float(vector @ embedded):.4f})"
+
+    return show

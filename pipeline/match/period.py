@@ -1,16 +1,19 @@
 """The period: the new papers of one ``match`` call in a fixed order (deduplicated by id),
 their index for rules, their TF-IDF rows, their dot product with the window's mean
-vector, and their trending order. The shared per-component rows are in ``tables``."""
+vector, their trending order and, when the matcher has an embedding model, their
+embeddings (encoded on first use). The shared per-component rows are in ``tables``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
 from pipeline.domain import Paper
+from pipeline.match.embedding import EmbeddingBlend
 from pipeline.match.index import PeriodIndex
 from pipeline.match.similarity import TfidfModel
 
@@ -29,7 +32,13 @@ class Period:
     paper given (the store merges versions and sources before matching).
     """
 
-    def __init__(self, papers: Sequence[Paper], model: TfidfModel, background: F32) -> None:
+    def __init__(
+        self,
+        papers: Sequence[Paper],
+        model: TfidfModel,
+        background: F32,
+        embedding: EmbeddingBlend | None = None,
+    ) -> None:
         unique: dict[str, Paper] = {}
         for paper in papers:
             unique.setdefault(paper.id, paper)
@@ -46,3 +55,10 @@ class Period:
         self.trending_order = [i for _, i in sorted(upvoted)]
         self.trending_cols = np.array(self.trending_order, dtype=np.int64)
         self.upvotes = np.array([float(p.upvotes or 0) for p in ordered], dtype=np.float64)
+        self.embedding = embedding
+
+    @cached_property
+    def embedded(self) -> F32:
+        """The papers' embeddings (papers × dimension); only with an embedding model."""
+        assert self.embedding is not None, "the matcher has no embedding model"
+        return self.embedding.embedder.papers(self.papers)

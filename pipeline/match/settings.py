@@ -49,6 +49,15 @@ class MatchSettings:
     # is 0 or the window has fewer than 4·lsa_dimensions papers.
     lsa_dimensions: int = 128
     lsa_weight: float = 0.3
+    # Optional sentence embeddings (pipeline.match.embedding), off when None: a local
+    # model directory or an installed package carrying one, never downloaded. Every
+    # text cosine (and the background) then becomes (1 − embedding_weight)·(the
+    # TF-IDF/LSA value above) + embedding_weight·(its embedding counterpart); 0 turns
+    # it off too.
+    embedding_model: str | None = None
+    embedding_weight: float = 0.3
+    # torch threads used to encode (process-wide in torch; 1 keeps a busy machine usable).
+    embedding_threads: int = 1
     # Profiles scored together; bounds memory at chunk_size × papers × ~20 bytes.
     chunk_size: int = 4096
     # Threads scoring chunks in parallel (numpy/scipy release the GIL); the result
@@ -66,6 +75,14 @@ class MatchSettings:
             )
         if not 0.0 <= self.lsa_weight <= 1.0:
             raise ValueError(f"MatchSettings.lsa_weight must be in [0, 1], got {self.lsa_weight}")
+        if not 0.0 <= self.embedding_weight <= 1.0:
+            raise ValueError(
+                f"MatchSettings.embedding_weight must be in [0, 1], got {self.embedding_weight}"
+            )
+        if self.embedding_threads < 1:
+            raise ValueError(
+                f"MatchSettings.embedding_threads must be >= 1, got {self.embedding_threads}"
+            )
         if self.threads < 1:
             raise ValueError(f"MatchSettings.threads must be >= 1, got {self.threads}")
         if self.min_df < 1:

@@ -11,7 +11,9 @@
   the paper's dot product with the window's mean vector (the background), then
   one row of cosines per referenced (liked or disliked) paper, sorted by id,
   then one per distinct ``about`` text. A cosine is the TF-IDF cosine blended
-  with the LSA cosine when the matcher has an LSA projection.
+  with the LSA cosine when the matcher has an LSA projection, and that blended
+  with the embedding cosine when it has an embedding model (``period.embedding``;
+  the background row then blends in the dot product with the embedding background).
 """
 
 from __future__ import annotations
@@ -150,6 +152,17 @@ class TextTables:
             # cosine = (1 − w)·TF-IDF cosine + w·LSA cosine
             self.rows[1:] *= np.float32(1.0 - lsa_weight)
             self.rows[1:] += np.float32(lsa_weight) * lsa.cosines(stacked, period.vectors)
+        embedding = period.embedding
+        if embedding is not None and embedding.weight and stacked.shape[0]:
+            # cosine = (1 − e)·(the cosine above) + e·embedding cosine, and the background
+            # likewise (only profiles with a text row use it: no rows, nothing to encode)
+            e = np.float32(embedding.weight)
+            sources = [*external, *(embedding.window[r] for r in window_rows)]
+            semantic = embedding.cosines([sources[i] for i in order], abouts, period.embedded)
+            self.rows[1:] *= np.float32(1.0) - e
+            self.rows[1:] += e * semantic
+            self.rows[0] *= np.float32(1.0) - e
+            self.rows[0] += e * (period.embedded @ embedding.background)
 
 
 def cosines(left: sp.csr_matrix, right: sp.csr_matrix, out: F32, threads: int) -> None:
