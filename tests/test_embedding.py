@@ -351,14 +351,20 @@ def test_check_loads_the_model_and_reports_it(write_config, capsys) -> None:
     assert f"match: embeddings from {MODEL} (384 dimensions, weight 0.30, 1 torch thread(s))" in out
 
 
-def test_check_names_the_key_of_a_model_that_will_not_load(
-    write_config, tmp_path: Path, capsys
-) -> None:
-    require_embeddings()
+def _broken_model(tmp_path: Path) -> Path:
+    """A directory that looks like a model (modules.json, config.json) but cannot load."""
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "modules.json").write_text("[]", encoding="utf-8")
     (broken / "config.json").write_text("{", encoding="utf-8")
+    return broken
+
+
+def test_check_names_the_key_of_a_model_that_will_not_load(
+    write_config, tmp_path: Path, capsys
+) -> None:
+    require_embeddings()
+    broken = _broken_model(tmp_path)
     path = write_config(extra='\n[match]\nembedding_model = "./broken-model"\n')
     code = main(["check", str(path)])
     err = capsys.readouterr().err
@@ -394,10 +400,7 @@ def test_a_run_stops_with_the_located_error_when_the_model_will_not_load(
     write_config, tmp_path: Path, capsys
 ) -> None:
     require_embeddings()
-    broken = tmp_path / "broken-model"
-    broken.mkdir()
-    (broken / "modules.json").write_text("[]", encoding="utf-8")
-    (broken / "config.json").write_text("{", encoding="utf-8")
+    _broken_model(tmp_path)
     path = write_config(
         extra='\n[match]\nembedding_model = "./broken-model"\n',
         sources=HF_DAILY_ONLY,
