@@ -1,9 +1,11 @@
 """Where templates come from and how Jinja2 is set up.
 
-The shipped templates live in ``<repo>/templates`` (Paperpost is installed
-with ``pip install -e .``, so the directory sits next to the package). An
-operator's ``render.template_dir`` is searched first, file by file, so
-overriding one part (say ``_paper.html.j2``) keeps the rest.
+The shipped templates live in ``<repo>/templates``: found there when Paperpost
+runs from a checkout (``pip install -e .``), and in
+``<prefix>/share/paperpost/templates`` when it was installed from a wheel, which
+carries them as data files (pyproject.toml). An operator's
+``render.template_dir`` is searched first, file by file, so overriding one part
+(say ``_paper.html.j2``) keeps the rest.
 
 Jinja2 is configured strictly: autoescaping for ``.html.j2`` files,
 ``StrictUndefined`` (a misspelt variable is an error at ``paperpost check``,
@@ -13,15 +15,28 @@ view objects passed in.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import jinja2
 
 from pipeline.errors import TemplateError
 
-__all__ = ["REQUIRED_TEMPLATES", "SHIPPED_TEMPLATES", "TemplateSet"]
+__all__ = ["REQUIRED_TEMPLATES", "SHIPPED_TEMPLATES", "TemplateSet", "shipped_templates"]
 
-SHIPPED_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+_CHECKOUT_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+_INSTALLED_TEMPLATES = Path(sys.prefix) / "share" / "paperpost" / "templates"
+
+
+def shipped_templates(
+    candidates: tuple[Path, ...] = (_CHECKOUT_TEMPLATES, _INSTALLED_TEMPLATES),
+) -> Path:
+    """The first of the checkout's and the installed template directories that exists
+    (the checkout's when neither does, for the error message)."""
+    return next((p for p in candidates if p.is_dir()), candidates[0])
+
+
+SHIPPED_TEMPLATES = shipped_templates()
 REQUIRED_TEMPLATES = (
     "digest.html.j2",
     "digest.txt.j2",
@@ -49,7 +64,7 @@ class TemplateSet:
         elif template_dir is None:
             raise TemplateError(
                 f"the shipped templates are missing: {SHIPPED_TEMPLATES} does not exist; "
-                f"install Paperpost from a checkout (pip install -e .) or set render.template_dir"
+                f"reinstall Paperpost (its wheel carries them) or set render.template_dir"
             )
         self.search_path = tuple(search)
         self._env = jinja2.Environment(
