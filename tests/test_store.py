@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, text
 
 from pipeline.domain import Paper, Profile, Schedule, Subscriber
 from pipeline.errors import StoreError
-from pipeline.store import PlannedItem, Store
+from pipeline.store import PlannedItem, Store, deliveries
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
@@ -194,6 +194,98 @@ def test_recover_stale_claims(store: Store) -> None:
     reclaimed, stuck = store.recover_stale(now=later, older_than=timedelta(minutes=10))
     assert (reclaimed, stuck) == (1, [b])
     assert store.claim(limit=10, holder="alive", now=later) == [a]
+
+
+def test_a_claimed_batch_loads_as_each_row_alone(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``load_deliveries`` (Core, a batch at a time) gives what one row at a time gives, and
+    what was planned: readers, items in rank order, papers equal to the ORM-read ones and
+    shared between readers as one object. A chunk of 2 exercises the chunk boundaries."""
+    monkeypatch.setattr(deliveries, "_CHUNK", 2)
+    store.sync_subscribers([subscriber(f"{n}@x.test") for n in "abc"], now=NOW)
+    store.save_papers(
+        [paper(f"p{i}", 1, authors=("A", "B"), categories=("cs.LG", "cs.CL")) for i in range(6)],
+        now=NOW,
+    )
+    planned = {"a": ["p3", "p1", "p0"], "b": ["p1", "p4"], "c": []}
+    ids = {n: plan(store, sub_id(store, f"{n}@x.test"), "d1", planned[n]) for n in planned}
+    assert store.claim(limit=10, holder="h", now=NOW) == list(ids.values())
+    batch = store.load_deliveries([*ids.values(), 999_999])
+    assert sorted(batch) == sorted(ids.values())  # unknown ids are left out
+    reference = store.papers_by_id([f"p{i}" for i in range(6)])
+    for n, did in ids.items():
+        assert did is not None
+        delivery = batch[did]
+        assert delivery == store.load_delivery(did)
+        assert (delivery.email, delivery.status, delivery.attempts) == (f"{n}@x.test", "claimed", 0)
+        assert (delivery.window_start, delivery.window_end) == (NOW - timedelta(days=1), NOW)
+        assert delivery.created_at == NOW and delivery.window_end.tzinfo is not None
+        assert [i.paper for i in delivery.items] == [reference[p] for p in planned[n]]
+        assert [i.reason for i in delivery.items] == [f"reason {p}" for p in planned[n]]
+    a, b = ids["a"], ids["b"]
+    assert a is not None and b is not None
+    assert batch[a].items[1].paper is batch[b].items[0].paper  # p1, built once per batch
+    with pytest.raises(KeyError):
+        store.load_delivery(999_999)
+
+
+TRANSITIONS = {
+    # mark -> (states it leaves from, state it leads to)
+    "sending": ({"claimed"}, "sending"),
+    "sent": ({"sending"}, "sent"),
+    "deferred": ({"claimed", "sending"}, "deferred"),
+    "ambiguous": ({"sending"}, "ambiguous"),
+}
+
+
+def test_marks_only_move_rows_from_their_states(store: Store) -> None:
+    """Each guarded mark moves a row only from the states it leaves from; from any other
+    state it writes nothing and says so."""
+
+    def mark(name: str, did: int) -> bool:
+        if name == "sending":
+            return store.mark_sending(did, now=NOW)
+        if name == "sent":
+            return store.mark_sent(did, reply="250 2.0.0 ok", now=NOW)
+        if name == "deferred":
+            later = NOW + timedelta(hours=1)
+            return store.mark_deferred(did, error="451 later", retry_at=later, now=NOW)
+        return store.mark_ambiguous(did, error="dropped after DATA", now=NOW)
+
+    paths = {  # how a row reaches each starting state, through the same API
+        "pending": [],
+        "claimed": ["claim"],
+        "sending": ["claim", "sending"],
+        "sent": ["claim", "sending", "sent"],
+        "deferred": ["claim", "sending", "deferred"],
+        "ambiguous": ["claim", "sending", "ambiguous"],
+    }
+    for n, (start, path) in enumerate(
+        (start, path) for start, path in paths.items() for _ in TRANSITIONS
+    ):
+        email = f"r{n}@x.test"
+        store.sync_subscribers([subscriber(email)], now=NOW)
+        sid = sub_id(store, email)
+        did = plan(store, sid, "d1", [])
+        assert did is not None
+        for step in path:
+            if step == "claim":
+                assert store.claim(limit=1000, holder="h", now=NOW)
+            else:
+                assert mark(step, did)
+        name = list(TRANSITIONS)[n % len(TRANSITIONS)]
+        sources, target = TRANSITIONS[name]
+        before = store.load_delivery(did)
+        assert before.status == start
+        moved = mark(name, did)
+        after = store.load_delivery(did)
+        assert moved == (start in sources), (name, start)
+        assert after.status == (target if moved else start), (name, start)
+        if not moved:
+            assert after == before
+    # The claims above took every row planned so far; the counts add up.
+    assert sum(store.outbox_counts().values()) == len(paths) * len(TRANSITIONS)
 
 
 def test_concurrent_claims_are_disjoint(db_url: str) -> None:

@@ -115,6 +115,8 @@ class Deliverer:
         return self.report
 
     async def _batch(self, ids: list[int], *, concurrency: int) -> None:
+        # The claimed rows are ours: load them (and their papers) in one go, not per message.
+        deliveries = self.store.load_deliveries(ids)
         queue = list(ids)
         abort = asyncio.Event()
 
@@ -122,7 +124,7 @@ class Deliverer:
             while queue and not abort.is_set() and not self.stopping.is_set():
                 delivery_id = queue.pop(0)
                 try:
-                    await self._one(delivery_id)
+                    await self._one(deliveries[delivery_id])
                 except BatchAbortedError as exc:
                     self.report.aborted = str(exc)
                     abort.set()
@@ -132,9 +134,9 @@ class Deliverer:
         if queue:  # aborted or stopping: untouched rows go back, nothing marked
             self.store.release(queue)
 
-    async def _one(self, delivery_id: int) -> None:
+    async def _one(self, delivery: Delivery) -> None:
         now = self.clock()
-        delivery = self.store.load_delivery(delivery_id)
+        delivery_id = delivery.id
         try:
             envelope = self._envelope(delivery, now=now)
         except PaperpostError as exc:

@@ -12,9 +12,10 @@ from sqlalchemy.engine import make_url
 
 from pipeline.errors import StoreError
 from pipeline.store import migrate
+from pipeline.store.deliveries import Delivery, DeliveryItem, DeliveryStore
 from pipeline.store.engine import make_engine
 from pipeline.store.ops import OpsStore, Run
-from pipeline.store.outbox import Delivery, DeliveryItem, OutboxStore, PlannedItem
+from pipeline.store.outbox import OutboxStore, PlannedItem
 from pipeline.store.papers import PaperStore, SaveStats, SourceState
 from pipeline.store.subscribers import SubscriberState, SubscriberStore, SyncStats
 
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 
-class Store(PaperStore, SubscriberStore, OutboxStore, OpsStore):
+class Store(PaperStore, SubscriberStore, OutboxStore, DeliveryStore, OpsStore):
     """All persistent state. One instance per process; thread-safe like its engine."""
 
     @classmethod

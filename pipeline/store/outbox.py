@@ -11,21 +11,19 @@ process) or ``sending`` (handled by the ambiguous-delivery policy).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Connection, Table, Update, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pipeline.domain import Paper
 from pipeline.store.base import StoreBase
-from pipeline.store.papers import paper_from_row
 from pipeline.store.rows import (
     DeliveryItemRow,
     DeliveryRow,
-    PaperRow,
     SentItemRow,
     SubscriberRow,
 )
@@ -44,28 +42,9 @@ class PlannedItem:
     trending: bool = False
 
 
-@dataclass(frozen=True)
-class DeliveryItem:
-    paper: Paper
-    score: float
-    reason: str
-    trending: bool
-
-
-@dataclass(frozen=True)
-class Delivery:
-    id: int
-    subscriber_id: int
-    email: str
-    name: str | None
-    period_key: str
-    status: str
-    attempts: int
-    message_id: str
-    window_start: datetime
-    window_end: datetime
-    created_at: datetime
-    items: tuple[DeliveryItem, ...]
+_deliveries = cast("Table", DeliveryRow.__table__)
+_subscribers = cast("Table", SubscriberRow.__table__)
+_sent_items = cast("Table", SentItemRow.__table__)
 
 
 class OutboxStore(StoreBase):
@@ -197,6 +176,9 @@ class OutboxStore(StoreBase):
             return row.id
 
     # -- claiming and marking --------------------------------------------------------------------
+    # Plain connections and Core statements: a sender makes two of these writes per message
+    # (``sending`` before the hand-off, the outcome after), and an ORM session for each
+    # cost five times the statement.
     def claim(self, *, limit: int, holder: str, now: datetime) -> list[int]:
         """Atomically take up to ``limit`` due rows for this sender.
 
@@ -205,92 +187,73 @@ class OutboxStore(StoreBase):
         take disjoint rows without waiting for each other. The subscription is re-checked
         here: rows of readers who unsubscribed since planning are cancelled, not sent.
         """
-        with self.write() as s:
+        d, subscriber = _deliveries.c, _subscribers.c
+        with self.begin() as conn:
             query = (
-                select(DeliveryRow.id, SubscriberRow.status)
-                .join(SubscriberRow, SubscriberRow.id == DeliveryRow.subscriber_id)
-                .where(
-                    DeliveryRow.status.in_(("pending", "deferred")),
-                    DeliveryRow.next_attempt_at <= now,
-                )
-                .order_by(DeliveryRow.next_attempt_at, DeliveryRow.id)
+                select(d.id, subscriber.status)
+                .join_from(_deliveries, _subscribers, subscriber.id == d.subscriber_id)
+                .where(d.status.in_(("pending", "deferred")), d.next_attempt_at <= now)
+                .order_by(d.next_attempt_at, d.id)
                 .limit(limit)
             )
             if self.dialect == "postgresql":
-                query = query.with_for_update(skip_locked=True, of=DeliveryRow)
-            rows = list(s.execute(query))
+                query = query.with_for_update(skip_locked=True, of=_deliveries)
+            rows = list(conn.execute(query))
             active = [rid for rid, status in rows if status == "active"]
             gone = [rid for rid, status in rows if status != "active"]
             if active:
-                s.execute(
-                    update(DeliveryRow)
-                    .where(DeliveryRow.id.in_(active))
+                conn.execute(
+                    update(_deliveries)
+                    .where(d.id.in_(active))
                     .values(status="claimed", claimed_by=holder, claimed_at=now)
                 )
             if gone:
-                s.execute(
-                    update(DeliveryRow)
-                    .where(DeliveryRow.id.in_(gone))
+                conn.execute(
+                    update(_deliveries)
+                    .where(d.id.in_(gone))
                     .values(status="cancelled", last_error="unsubscribed before sending")
                 )
-                _release_items(s, gone)
+                _release_items(conn, gone)
             return active
 
-    def mark_sending(self, delivery_id: int, *, now: datetime) -> None:
-        self._set(
-            delivery_id,
-            ("claimed",),
-            status="sending",
-            claimed_at=now,
-            attempts=DeliveryRow.attempts + 1,
-        )
+    def mark_sending(self, delivery_id: int, *, now: datetime) -> bool:
+        """``claimed`` -> ``sending``, committed: call just before the hand-off."""
+        return self._move(_TO_SENDING, delivery_id=delivery_id, now=now)
 
-    def mark_sent(self, delivery_id: int, *, reply: str, now: datetime) -> None:
-        self._set(
-            delivery_id,
-            ("sending",),
-            status="sent",
-            sent_at=now,
-            server_reply=reply[:1000],
-            last_error=None,
-        )
+    def mark_sent(self, delivery_id: int, *, reply: str, now: datetime) -> bool:
+        """``sending`` -> ``sent``, committed: call right after the server's reply."""
+        return self._move(_TO_SENT, delivery_id=delivery_id, now=now, reply=reply[:1000])
 
     def mark_deferred(
         self, delivery_id: int, *, error: str, retry_at: datetime, now: datetime
-    ) -> None:
-        self._set(
-            delivery_id,
-            ("sending", "claimed"),
-            status="deferred",
-            next_attempt_at=retry_at,
-            last_error=error[:2000],
-            claimed_by=None,
+    ) -> bool:
+        return self._move(
+            _TO_DEFERRED, delivery_id=delivery_id, retry_at=retry_at, error=error[:2000]
         )
 
     def mark_failed(self, delivery_id: int, *, error: str, now: datetime) -> None:
         """Permanent failure: its papers are released so a later digest may carry them."""
-        with self.write() as s:
-            s.execute(
-                update(DeliveryRow)
-                .where(DeliveryRow.id == delivery_id)
+        with self.begin() as conn:
+            conn.execute(
+                update(_deliveries)
+                .where(_deliveries.c.id == delivery_id)
                 .values(status="failed", last_error=error[:2000], claimed_by=None)
             )
-            _release_items(s, [delivery_id])
+            _release_items(conn, [delivery_id])
 
-    def mark_ambiguous(self, delivery_id: int, *, error: str, now: datetime) -> None:
-        self._set(
-            delivery_id, ("sending",), status="ambiguous", last_error=error[:2000], claimed_by=None
-        )
+    def mark_ambiguous(self, delivery_id: int, *, error: str, now: datetime) -> bool:
+        return self._move(_TO_AMBIGUOUS, delivery_id=delivery_id, error=error[:2000])
 
     def release(self, delivery_ids: Sequence[int]) -> None:
         """Give claimed rows back untouched (the batch was aborted before they left)."""
         if not delivery_ids:
             return
-        with self.write() as s:
-            s.execute(
-                update(DeliveryRow)
+        with self.begin() as conn:
+            conn.execute(
+                update(_deliveries)
                 .where(
-                    DeliveryRow.id.in_(delivery_ids), DeliveryRow.status.in_(("claimed", "sending"))
+                    _deliveries.c.id.in_(delivery_ids),
+                    _deliveries.c.status.in_(("claimed", "sending")),
                 )
                 .values(status="pending", claimed_by=None, claimed_at=None)
             )
@@ -299,105 +262,67 @@ class OutboxStore(StoreBase):
         """After a crash: stale ``claimed`` rows go back to pending (nothing left the process);
         stale ``sending`` rows are returned for the ambiguous-delivery policy."""
         cutoff = now - older_than
-        with self.write() as s:
-            result = s.execute(
-                update(DeliveryRow)
-                .where(DeliveryRow.status == "claimed", DeliveryRow.claimed_at < cutoff)
+        with self.begin() as conn:
+            result = conn.execute(
+                update(_deliveries)
+                .where(_deliveries.c.status == "claimed", _deliveries.c.claimed_at < cutoff)
                 .values(status="pending", claimed_by=None, claimed_at=None)
             )
             reclaimed = int(getattr(result, "rowcount", 0) or 0)
             stuck = list(
-                s.scalars(
-                    select(DeliveryRow.id).where(
-                        DeliveryRow.status == "sending", DeliveryRow.claimed_at < cutoff
+                conn.scalars(
+                    select(_deliveries.c.id).where(
+                        _deliveries.c.status == "sending", _deliveries.c.claimed_at < cutoff
                     )
                 )
             )
         return reclaimed, stuck
 
-    def _set(self, delivery_id: int, from_states: Iterable[str], **values: object) -> None:
-        with self.write() as s:
-            s.execute(
-                update(DeliveryRow)
-                .where(DeliveryRow.id == delivery_id, DeliveryRow.status.in_(tuple(from_states)))
-                .values(**values)
-            )
-
-    # -- reading -------------------------------------------------------------------------------
-    def load_delivery(self, delivery_id: int) -> Delivery:
-        with self.read() as s:
-            row = s.get(DeliveryRow, delivery_id)
-            if row is None:
-                raise KeyError(delivery_id)
-            sub = s.get(SubscriberRow, row.subscriber_id)
-            assert sub is not None
-            item_rows = list(
-                s.scalars(
-                    select(DeliveryItemRow)
-                    .where(DeliveryItemRow.delivery_id == delivery_id)
-                    .order_by(DeliveryItemRow.rank)
-                )
-            )
-            papers = {
-                p.id: paper_from_row(p)
-                for p in s.scalars(
-                    select(PaperRow).where(PaperRow.id.in_([i.paper_id for i in item_rows]))
-                )
-            }
-            items = tuple(
-                DeliveryItem(
-                    paper=papers[i.paper_id],
-                    score=i.score,
-                    reason=i.reason,
-                    trending=bool(i.trending),
-                )
-                for i in item_rows
-                if i.paper_id in papers
-            )
-            return Delivery(
-                id=row.id,
-                subscriber_id=row.subscriber_id,
-                email=sub.email,
-                name=sub.name,
-                period_key=row.period_key,
-                status=row.status,
-                attempts=row.attempts,
-                message_id=row.message_id,
-                window_start=_aware(row.window_start),
-                window_end=_aware(row.window_end),
-                created_at=_aware(row.created_at),
-                items=items,
-            )
-
-    def outbox_counts(self) -> dict[str, int]:
-        with self.read() as s:
-            rows = s.execute(select(DeliveryRow.status, func.count()).group_by(DeliveryRow.status))
-            return {status: int(n) for status, n in rows}
-
-    def deliveries_for(self, email: str) -> list[tuple[str, str, int]]:
-        """(period key, status, item count) of one subscriber's deliveries, newest first."""
-        with self.read() as s:
-            rows = s.execute(
-                select(DeliveryRow.period_key, DeliveryRow.status, DeliveryRow.item_count)
-                .join(SubscriberRow, SubscriberRow.id == DeliveryRow.subscriber_id)
-                .where(SubscriberRow.email == email)
-                .order_by(DeliveryRow.created_at.desc(), DeliveryRow.id.desc())
-            )
-            return [(k, st, int(n)) for k, st, n in rows]
-
-    def sent_paper_ids(self, email: str) -> set[str]:
-        with self.read() as s:
-            return set(
-                s.scalars(
-                    select(SentItemRow.paper_id)
-                    .join(SubscriberRow, SubscriberRow.id == SentItemRow.subscriber_id)
-                    .where(SubscriberRow.email == email)
-                )
-            )
+    def _move(self, transition: Update, **params: object) -> bool:
+        """Run one of the transitions below; False if the row was not in a state it leaves
+        from (nothing is written then)."""
+        with self.begin() as conn:
+            return bool(conn.execute(transition, params).rowcount)
 
 
-def _release_items(s: Session, delivery_ids: Sequence[int]) -> None:
-    s.execute(delete(SentItemRow).where(SentItemRow.delivery_id.in_(delivery_ids)))
+def _transition(from_states: tuple[str, ...], **values: object) -> Update:
+    """``UPDATE deliveries SET values WHERE id = :delivery_id AND status IN from_states``.
+
+    Built once, at import: a statement object that is reused keeps its cache key, so running
+    it costs little more than the database's own work (building it per call cost as much).
+    """
+    d = _deliveries.c
+    return (
+        update(_deliveries)
+        .where(d.id == bindparam("delivery_id"), d.status.in_(from_states))
+        .values(**values)
+    )
+
+
+_TO_SENDING = _transition(
+    ("claimed",), status="sending", claimed_at=bindparam("now"), attempts=_deliveries.c.attempts + 1
+)
+_TO_SENT = _transition(
+    ("sending",),
+    status="sent",
+    sent_at=bindparam("now"),
+    server_reply=bindparam("reply"),
+    last_error=None,
+)
+_TO_DEFERRED = _transition(
+    ("sending", "claimed"),
+    status="deferred",
+    next_attempt_at=bindparam("retry_at"),
+    last_error=bindparam("error"),
+    claimed_by=None,
+)
+_TO_AMBIGUOUS = _transition(
+    ("sending",), status="ambiguous", last_error=bindparam("error"), claimed_by=None
+)
+
+
+def _release_items(db: Session | Connection, delivery_ids: Sequence[int]) -> None:
+    db.execute(delete(_sent_items).where(_sent_items.c.delivery_id.in_(delivery_ids)))
 
 
 def _aware(value: datetime) -> datetime:

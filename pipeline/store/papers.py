@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import Row, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.domain import AnnounceType, Paper
@@ -36,7 +36,8 @@ class SaveStats:
     unchanged: int
 
 
-def paper_from_row(row: PaperRow) -> Paper:
+def paper_from_row(row: PaperRow | Row[Any]) -> Paper:
+    """A ``Paper`` from an ORM row or a Core row of the papers table."""
     return Paper(
         id=row.id,
         title=row.title,

@@ -1,0 +1,158 @@
+"""Reading the outbox back as domain values: the deliveries a sender claimed, with their
+reader and papers, and the counts ``paperpost status`` shows.
+
+The sender loads a whole claimed batch at once, in SQLAlchemy Core: three queries per
+500 rows (rows with their readers, items, papers) instead of four ORM queries per
+row, and a paper that several readers get is one ``Paper`` object (frozen), which the
+renderer then finds in its cache by identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import cast
+
+from sqlalchemy import Connection, Table, func, select
+
+from pipeline.domain import Paper
+from pipeline.store.base import StoreBase
+from pipeline.store.papers import paper_from_row
+from pipeline.store.rows import (
+    DeliveryItemRow,
+    DeliveryRow,
+    PaperRow,
+    SentItemRow,
+    SubscriberRow,
+)
+
+_CHUNK = 500
+_deliveries = cast("Table", DeliveryRow.__table__)
+_subscribers = cast("Table", SubscriberRow.__table__)
+_items = cast("Table", DeliveryItemRow.__table__)
+_papers = cast("Table", PaperRow.__table__)
+
+
+@dataclass(frozen=True)
+class DeliveryItem:
+    paper: Paper
+    score: float
+    reason: str
+    trending: bool
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    subscriber_id: int
+    email: str
+    name: str | None
+    period_key: str
+    status: str
+    attempts: int
+    message_id: str
+    window_start: datetime
+    window_end: datetime
+    created_at: datetime
+    items: tuple[DeliveryItem, ...]
+
+
+class DeliveryStore(StoreBase):
+    def load_delivery(self, delivery_id: int) -> Delivery:
+        """One outbox row with its reader and papers; ``KeyError`` if there is none."""
+        return self.load_deliveries([delivery_id])[delivery_id]
+
+    def load_deliveries(self, delivery_ids: Sequence[int]) -> dict[int, Delivery]:
+        """The rows among ``delivery_ids`` that exist, by id, each with its reader and its
+        items in rank order (an item whose paper is gone is left out)."""
+        out: dict[int, Delivery] = {}
+        papers: dict[str, Paper] = {}
+        ids = list(dict.fromkeys(delivery_ids))
+        with self.connect() as conn:  # one read transaction: a consistent view
+            for i in range(0, len(ids), _CHUNK):
+                out.update(_load_chunk(conn, ids[i : i + _CHUNK], papers))
+        return out
+
+    def outbox_counts(self) -> dict[str, int]:
+        with self.read() as s:
+            rows = s.execute(select(DeliveryRow.status, func.count()).group_by(DeliveryRow.status))
+            return {status: int(n) for status, n in rows}
+
+    def deliveries_for(self, email: str) -> list[tuple[str, str, int]]:
+        """(period key, status, item count) of one subscriber's deliveries, newest first."""
+        with self.read() as s:
+            rows = s.execute(
+                select(DeliveryRow.period_key, DeliveryRow.status, DeliveryRow.item_count)
+                .join(SubscriberRow, SubscriberRow.id == DeliveryRow.subscriber_id)
+                .where(SubscriberRow.email == email)
+                .order_by(DeliveryRow.created_at.desc(), DeliveryRow.id.desc())
+            )
+            return [(k, st, int(n)) for k, st, n in rows]
+
+    def sent_paper_ids(self, email: str) -> set[str]:
+        with self.read() as s:
+            return set(
+                s.scalars(
+                    select(SentItemRow.paper_id)
+                    .join(SubscriberRow, SubscriberRow.id == SentItemRow.subscriber_id)
+                    .where(SubscriberRow.email == email)
+                )
+            )
+
+
+def _load_chunk(conn: Connection, ids: list[int], papers: dict[str, Paper]) -> dict[int, Delivery]:
+    """Deliveries for ``ids``; ``papers`` is the batch's paper cache, filled as needed."""
+    d, s, it = _deliveries.c, _subscribers.c, _items.c
+    heads = conn.execute(
+        select(
+            d.id,
+            d.subscriber_id,
+            s.email,
+            s.name,
+            d.period_key,
+            d.status,
+            d.attempts,
+            d.message_id,
+            d.window_start,
+            d.window_end,
+            d.created_at,
+        )
+        .join_from(_deliveries, _subscribers, s.id == d.subscriber_id)
+        .where(d.id.in_(ids))
+    ).all()
+    items = conn.execute(
+        select(it.delivery_id, it.paper_id, it.score, it.reason, it.trending)
+        .where(it.delivery_id.in_(ids))
+        .order_by(it.delivery_id, it.rank)
+    ).all()
+    missing = list({row.paper_id for row in items} - papers.keys())
+    for j in range(0, len(missing), _CHUNK):
+        for row in conn.execute(select(_papers).where(_papers.c.id.in_(missing[j : j + _CHUNK]))):
+            papers[row.id] = paper_from_row(row)
+    by_delivery: dict[int, list[DeliveryItem]] = {}
+    for row in items:
+        paper = papers.get(row.paper_id)
+        if paper is not None:
+            by_delivery.setdefault(row.delivery_id, []).append(
+                DeliveryItem(
+                    paper=paper, score=row.score, reason=row.reason, trending=bool(row.trending)
+                )
+            )
+    return {
+        head.id: Delivery(
+            id=head.id,
+            subscriber_id=head.subscriber_id,
+            email=head.email,
+            name=head.name,
+            period_key=head.period_key,
+            status=head.status,
+            attempts=head.attempts,
+            message_id=head.message_id,
+            window_start=head.window_start,
+            window_end=head.window_end,
+            created_at=head.created_at,
+            items=tuple(by_delivery.get(head.id, ())),
+        )
+        for head in heads
+    }
