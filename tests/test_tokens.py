@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from itsdangerous import URLSafeSerializer
 
 from pipeline.errors import PaperpostError
-from pipeline.web.tokens import InvalidTokenError, TokenClaims, TokenSigner
+from pipeline.web.tokens import InvalidTokenError, TokenClaims, TokenSigner, _UncompressedSerializer
 
 NOW = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 KEY_A = "a-very-secret-key-number-one"
@@ -237,3 +237,30 @@ def test_tokens_are_those_of_the_plain_serializer_and_compressed_ones_still_veri
     compressed = raw.dumps({"s": long_name, "a": "unsubscribe", "e": 2_000_000_000})
     assert compressed.startswith(".")
     assert signer.verify(compressed, action="unsubscribe", now=NOW).subscriber == long_name
+
+
+_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1)
+
+
+@given(
+    subscriber=_TEXT,
+    paper=st.one_of(st.none(), _TEXT),
+    keys=st.lists(_TEXT, min_size=1, max_size=3),
+)
+def test_prepared_signing_makes_the_very_tokens_itsdangerous_makes(
+    subscriber: str, paper: str | None, keys: list[str]
+) -> None:
+    """``sign`` reuses one keyed HMAC instead of itsdangerous' per-token Signer: for any
+    text and any key list, the token is the serializer's own ``dumps`` of the payload (so
+    links already out there keep verifying), and it verifies with the same key list."""
+    action = "more" if paper else "unsubscribe"
+    signer = TokenSigner(keys)
+    token = signer.sign(subscriber=subscriber, action=action, paper=paper, now=NOW)
+    reference = _UncompressedSerializer(
+        list(reversed(keys)),
+        salt="paperpost.link.v1",
+        signer_kwargs={"digest_method": hashlib.sha256},
+    )
+    assert token == reference.dumps(reference.loads(token))
+    claims = signer.verify(token, action=action, now=NOW)
+    assert (claims.subscriber, claims.paper) == (subscriber, paper)
