@@ -126,9 +126,11 @@ def _load_chunk(conn: Connection, ids: list[int], papers: dict[str, Paper]) -> d
         .where(it.delivery_id.in_(ids))
         .order_by(it.delivery_id, it.rank)
     ).all()
-    missing = list({row.paper_id for row in items} - papers.keys())
-    for j in range(0, len(missing), _CHUNK):
-        for row in conn.execute(select(_papers).where(_papers.c.id.in_(missing[j : j + _CHUNK]))):
+    # The papers of these rows, by subquery: 500 paper ids as bound parameters cost more
+    # to bind than the query takes. A paper already built for this batch is kept as it is.
+    chosen = select(it.paper_id).where(it.delivery_id.in_(ids))
+    for row in conn.execute(select(_papers).where(_papers.c.id.in_(chosen))):
+        if row.id not in papers:
             papers[row.id] = paper_from_row(row)
     by_delivery: dict[int, list[DeliveryItem]] = {}
     for row in items:
