@@ -292,11 +292,9 @@ def _transition(from_states: tuple[str, ...], **values: object) -> Update:
     it costs little more than the database's own work (building it per call cost as much).
     """
     d = _deliveries.c
-    return (
-        update(_deliveries)
-        .where(d.id == bindparam("delivery_id"), d.status.in_(from_states))
-        .values(**values)
-    )
+    # One state: "=", which needs no expanding of an IN list at each run.
+    guard = d.status == from_states[0] if len(from_states) == 1 else d.status.in_(from_states)
+    return update(_deliveries).where(d.id == bindparam("delivery_id"), guard).values(**values)
 
 
 _TO_SENDING = _transition(
