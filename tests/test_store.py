@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, text
 
 from pipeline.domain import Paper, Profile, Schedule, Subscriber
 from pipeline.errors import StoreError
-from pipeline.store import PlannedItem, Store, deliveries
+from pipeline.store import PaperCache, PlannedItem, Store, deliveries
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
@@ -228,6 +228,24 @@ def test_a_claimed_batch_loads_as_each_row_alone(
     assert batch[a].items[1].paper is batch[b].items[0].paper  # p1, built once per batch
     with pytest.raises(KeyError):
         store.load_delivery(999_999)
+
+
+def test_papers_are_reused_across_batches_until_their_row_changes(store: Store) -> None:
+    """A sender passes one paper cache for its run: an unchanged paper is the same object
+    in the next batch; one changed in between (a new upvote count) is read again."""
+    store.sync_subscribers([subscriber("a@x.test"), subscriber("b@x.test")], now=NOW)
+    store.save_papers([paper("p1"), paper("p2")], now=NOW)
+    a = plan(store, sub_id(store, "a@x.test"), "d1", ["p1", "p2"])
+    b = plan(store, sub_id(store, "b@x.test"), "d1", ["p1", "p2"])
+    assert a is not None and b is not None
+    cache: PaperCache = {}
+    first = store.load_deliveries([a], papers=cache)[a]
+    assert set(cache) == {"p1", "p2"}
+    store.save_papers([paper("p1"), paper("p2", upvotes=42)], now=NOW + timedelta(minutes=1))
+    second = store.load_deliveries([b], papers=cache)[b]
+    assert second.items[0].paper is first.items[0].paper  # p1 unchanged: not rebuilt
+    assert second.items[1].paper.upvotes == 42 and first.items[1].paper.upvotes is None
+    assert second == store.load_delivery(b)  # what a cold load gives
 
 
 TRANSITIONS = {

@@ -28,7 +28,7 @@ from pipeline.errors import (
 )
 from pipeline.mail import build_message
 from pipeline.render import Renderer
-from pipeline.store import Delivery, Store
+from pipeline.store import Delivery, PaperCache, Store
 from pipeline.web.tokens import TokenSigner
 
 log = logging.getLogger("paperpost.deliver")
@@ -93,6 +93,7 @@ class Deliverer:
         self.write_previews = write_previews
         self.report = DeliverReport()
         self.stopping = asyncio.Event()
+        self.papers: PaperCache = {}  # built once a run, reused while unchanged
 
     def recover(self) -> None:
         """Deal with rows a crashed sender left behind (see README: ambiguous deliveries)."""
@@ -116,7 +117,7 @@ class Deliverer:
 
     async def _batch(self, ids: list[int], *, concurrency: int) -> None:
         # The claimed rows are ours: load them (and their papers) in one go, not per message.
-        deliveries = self.store.load_deliveries(ids)
+        deliveries = self.store.load_deliveries(ids, papers=self.papers)
         queue = list(ids)
         abort = asyncio.Event()
 

@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 
 from pipeline.errors import StoreError
 from pipeline.store import migrate
-from pipeline.store.deliveries import Delivery, DeliveryItem, DeliveryStore
+from pipeline.store.deliveries import Delivery, DeliveryItem, DeliveryStore, PaperCache
 from pipeline.store.engine import make_engine
 from pipeline.store.ops import OpsStore, Run
 from pipeline.store.outbox import OutboxStore, PlannedItem
@@ -22,6 +22,7 @@ from pipeline.store.subscribers import SubscriberState, SubscriberStore, SyncSta
 __all__ = [
     "Delivery",
     "DeliveryItem",
+    "PaperCache",
     "PlannedItem",
     "Run",
     "SaveStats",

@@ -1,10 +1,11 @@
 """Reading the outbox back as domain values: the deliveries a sender claimed, with their
 reader and papers, and the counts ``paperpost status`` shows.
 
-The sender loads a whole claimed batch at once, in SQLAlchemy Core: three queries per
-500 rows (rows with their readers, items, papers) instead of four ORM queries per
-row, and a paper that several readers get is one ``Paper`` object (frozen), which the
-renderer then finds in its cache by identity.
+The sender loads a whole claimed batch at once, in SQLAlchemy Core: four queries per
+500 rows (rows with their readers, items, which papers and how fresh, the papers it
+has not built yet) instead of four ORM queries per row. A paper that several readers
+get is one ``Paper`` object (frozen), kept across the sender's batches while its row is
+unchanged, which the renderer then finds in its cache by identity.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from pipeline.store.rows import (
 )
 
 _CHUNK = 500
+# Paper id -> (its row's updated_at, the Paper built from it).
+PaperCache = dict[str, tuple[datetime, Paper]]
 _deliveries = cast("Table", DeliveryRow.__table__)
 _subscribers = cast("Table", SubscriberRow.__table__)
 _items = cast("Table", DeliveryItemRow.__table__)
@@ -63,11 +66,18 @@ class DeliveryStore(StoreBase):
         """One outbox row with its reader and papers; ``KeyError`` if there is none."""
         return self.load_deliveries([delivery_id])[delivery_id]
 
-    def load_deliveries(self, delivery_ids: Sequence[int]) -> dict[int, Delivery]:
+    def load_deliveries(
+        self, delivery_ids: Sequence[int], *, papers: PaperCache | None = None
+    ) -> dict[int, Delivery]:
         """The rows among ``delivery_ids`` that exist, by id, each with its reader and its
-        items in rank order (an item whose paper is gone is left out)."""
+        items in rank order (an item whose paper is gone is left out).
+
+        ``papers``: the papers earlier calls built, kept by the caller (a sender keeps one
+        for its run). One whose row is unchanged since (same ``updated_at``) is reused, not
+        read again; new and changed ones are read and added.
+        """
         out: dict[int, Delivery] = {}
-        papers: dict[str, Paper] = {}
+        papers = {} if papers is None else papers
         ids = list(dict.fromkeys(delivery_ids))
         with self.connect() as conn:  # one read transaction: a consistent view
             for i in range(0, len(ids), _CHUNK):
@@ -101,8 +111,8 @@ class DeliveryStore(StoreBase):
             )
 
 
-def _load_chunk(conn: Connection, ids: list[int], papers: dict[str, Paper]) -> dict[int, Delivery]:
-    """Deliveries for ``ids``; ``papers`` is the batch's paper cache, filled as needed."""
+def _load_chunk(conn: Connection, ids: list[int], papers: PaperCache) -> dict[int, Delivery]:
+    """Deliveries for ``ids``; ``papers`` is the paper cache, brought up to date as needed."""
     d, s, it = _deliveries.c, _subscribers.c, _items.c
     heads = conn.execute(
         select(
@@ -126,19 +136,25 @@ def _load_chunk(conn: Connection, ids: list[int], papers: dict[str, Paper]) -> d
         .where(it.delivery_id.in_(ids))
         .order_by(it.delivery_id, it.rank)
     ).all()
-    # The papers of these rows, by subquery: 500 paper ids as bound parameters cost more
-    # to bind than the query takes. A paper already built for this batch is kept as it is.
-    chosen = select(it.paper_id).where(it.delivery_id.in_(ids))
-    for row in conn.execute(select(_papers).where(_papers.c.id.in_(chosen))):
-        if row.id not in papers:
-            papers[row.id] = paper_from_row(row)
+    # The papers these rows carry and when each last changed; only those not in the cache,
+    # or changed since, are read in full and built.
+    p = _papers.c
+    carried = select(it.paper_id).where(it.delivery_id.in_(ids))
+    versions = conn.execute(select(p.id, p.updated_at).where(p.id.in_(carried))).all()
+    stale = [r.id for r in versions if r.id not in papers or papers[r.id][0] != r.updated_at]
+    for j in range(0, len(stale), _CHUNK):
+        for row in conn.execute(select(_papers).where(p.id.in_(stale[j : j + _CHUNK]))):
+            papers[row.id] = (row.updated_at, paper_from_row(row))
+    present = {row.id for row in versions}
     by_delivery: dict[int, list[DeliveryItem]] = {}
     for row in items:
-        paper = papers.get(row.paper_id)
-        if paper is not None:
+        if row.paper_id in present:
             by_delivery.setdefault(row.delivery_id, []).append(
                 DeliveryItem(
-                    paper=paper, score=row.score, reason=row.reason, trending=bool(row.trending)
+                    paper=papers[row.paper_id][1],
+                    score=row.score,
+                    reason=row.reason,
+                    trending=bool(row.trending),
                 )
             )
     return {
