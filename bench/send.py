@@ -306,6 +306,12 @@ def main() -> None:
         default=2000,
         help="digests sent through the daemon's own path (Deliverer, SQLite outbox); 0: skip",
     )
+    parser.add_argument(
+        "--daemon-db",
+        default="sqlite",
+        help="the daemon path's database: sqlite (default) or a PostgreSQL URL "
+        "(a fresh schema is made there and dropped)",
+    )
     args = parser.parse_args()
     count, pool, repeats = args.digests, args.pool, args.repeats
 
@@ -399,9 +405,10 @@ def main() -> None:
                 runs[n].append(run_send(stage, kind, total, pool, per_connection, produce))
             if args.daemon:
                 sent, wall, cpu, sink_cpu = run_daemon_path(
-                    kind, args.daemon, pool, papers, sink, process_cpu
+                    kind, args.daemon, pool, papers, sink, process_cpu, args.daemon_db
                 )
-                stage = "daemon path (Deliverer: SQLite outbox, signed links)"
+                outbox = "SQLite" if args.daemon_db == "sqlite" else "PostgreSQL"
+                stage = f"daemon path (Deliverer: {outbox} outbox, signed links)"
                 daemon_runs.append(Result(stage, kind, sent, wall, cpu, sink_cpu))
         for n, row in enumerate(rows):
             sends.append((median_result(runs[n]), row[4]))

@@ -5,7 +5,8 @@ does more per digest, in ``pipeline/cycle/deliver.py``: it claims outbox rows,
 loads each row with its papers from the database, signs the reader's links
 (two per paper and the unsubscribe link), renders, builds, marks the row
 "sending", sends through ``SmtpMailer`` and marks it "sent". This runs exactly
-that code (``Deliverer.run``) over N planned rows in a fresh SQLite database,
+that code (``Deliverer.run``) over N planned rows in a fresh SQLite database
+(or, with ``database`` a PostgreSQL URL, a fresh schema there, dropped afterwards),
 with the same sink, pool and connection reuse as the sending rows of send.py.
 """
 
@@ -15,12 +16,13 @@ import asyncio
 import random
 import tempfile
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import create_engine, select, text
 
 from pipeline.config import Config, load_config
 from pipeline.cycle import make_mailer, make_renderer, make_signer, sync
@@ -37,7 +39,7 @@ SECRET_ENV = "PAPERPOST_BENCH_SECRET"
 
 CONFIG = """
 [database]
-url = "sqlite:///{directory}/paperpost.db"
+url = "{database_url}"
 
 [mail]
 from = "Paperpost <digest@lab.example>"
@@ -80,18 +82,26 @@ def run_daemon_path(
     papers: list[Paper],
     sink: Sink,
     process_cpu: Callable[[int], float],
+    database: str = "sqlite",
 ) -> tuple[int, float, float, float]:
     """Plan ``count`` digests of 20 papers, then time ``Deliverer.run`` sending them.
 
+    ``database``: "sqlite" (a file in a temporary directory) or a PostgreSQL URL.
     Returns (sent, wall seconds, this process's CPU seconds, the sink's CPU seconds).
     """
-    with tempfile.TemporaryDirectory() as tmp, sink(kind) as (port, pid):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        _database(database, Path(tmp)) as url,
+        sink(kind) as (port, pid),
+    ):
         directory = Path(tmp)
         path = directory / "paperpost.toml"
-        text = CONFIG.format(directory=directory, port=port, pool=pool, secret_env=SECRET_ENV)
-        path.write_text(text + "".join(SUBSCRIBER.format(n=n) for n in range(count)))
+        body = CONFIG.format(
+            database_url=url, directory=directory, port=port, pool=pool, secret_env=SECRET_ENV
+        )
+        path.write_text(body + "".join(SUBSCRIBER.format(n=n) for n in range(count)))
         config = load_config(path, env={SECRET_ENV: "bench-secret-0123456789abcdef"})
-        store = Store.open(config.database_url)
+        store = Store.open(config.database_url, auto_upgrade=True)
         try:
             _plan(store, config, count, papers)
             deliverer = Deliverer(
@@ -112,6 +122,24 @@ def run_daemon_path(
             store.close()
     assert report.sent == count and report.aborted is None, report
     return report.sent, wall, cpu, sink_cpu
+
+
+@contextmanager
+def _database(database: str, directory: Path) -> Iterator[str]:
+    """The URL of an empty database: a SQLite file, or a fresh PostgreSQL schema."""
+    if database == "sqlite":
+        yield f"sqlite:///{directory}/paperpost.db"
+        return
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(database, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{database}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 async def _run(deliverer: Deliverer) -> DeliverReport:
