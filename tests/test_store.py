@@ -153,7 +153,7 @@ def test_claim_mark_and_failure_releases_papers(store: Store) -> None:
     assert did is not None
     assert store.claim(limit=10, holder="h", now=NOW) == [did]
     assert store.claim(limit=10, holder="h2", now=NOW) == []
-    store.mark_sending(did, now=NOW)
+    store.mark_sending(did, holder="h", now=NOW)
     store.mark_failed(did, error="550 no such user", now=NOW)
     assert store.outbox_counts() == {"failed": 1}
     assert store.reserved_papers([sid], ["p1"]) == {}
@@ -165,7 +165,7 @@ def test_deferred_rows_come_back_when_due(store: Store) -> None:
     did = plan(store, sub_id(store, "a@x.test"), "d1", [])
     assert did is not None
     store.claim(limit=1, holder="h", now=NOW)
-    store.mark_sending(did, now=NOW)
+    store.mark_sending(did, holder="h", now=NOW)
     store.mark_deferred(did, error="451 try later", retry_at=NOW + timedelta(minutes=5), now=NOW)
     assert store.claim(limit=1, holder="h", now=NOW + timedelta(minutes=4)) == []
     assert store.claim(limit=1, holder="h", now=NOW + timedelta(minutes=5)) == [did]
@@ -189,7 +189,7 @@ def test_recover_stale_claims(store: Store) -> None:
     b = plan(store, sub_id(store, "b@x.test"), "d1", [])
     assert store.claim(limit=10, holder="dead", now=NOW) == [a, b]
     assert b is not None
-    store.mark_sending(b, now=NOW)
+    store.mark_sending(b, holder="dead", now=NOW)
     later = NOW + timedelta(minutes=11)
     reclaimed, stuck = store.recover_stale(now=later, older_than=timedelta(minutes=10))
     assert (reclaimed, stuck) == (1, [b])
@@ -263,7 +263,7 @@ def test_marks_only_move_rows_from_their_states(store: Store) -> None:
 
     def mark(name: str, did: int) -> bool:
         if name == "sending":
-            return store.mark_sending(did, now=NOW)
+            return store.mark_sending(did, holder="h", now=NOW)
         if name == "sent":
             return store.mark_sent(did, reply="250 2.0.0 ok", now=NOW)
         if name == "deferred":
@@ -371,3 +371,18 @@ def test_feedback_pressed_many_times_at_once_records_one_row(store: Store) -> No
         results = list(pool.map(press, range(6)))
     assert results == [True] * 6
     assert store.feedback([sid]) == {sid: (["p1"], [])}
+
+
+def test_only_the_current_claim_holder_may_start_sending(store: Store) -> None:
+    # Sender "slow" stalls past the stale-claim limit; recovery returns its row to the queue
+    # and "fresh" claims it. When "slow" wakes up, it must not start the exchange.
+    store.sync_subscribers([subscriber("a@x.test")], now=NOW)
+    did = plan(store, sub_id(store, "a@x.test"), "d1", [])
+    assert store.claim(limit=1, holder="slow", now=NOW) == [did]
+    later = NOW + timedelta(minutes=11)
+    assert store.recover_stale(now=later, older_than=timedelta(minutes=10)) == (1, [])
+    assert store.claim(limit=1, holder="fresh", now=later) == [did]
+    assert not store.mark_sending(did, holder="slow", now=later)
+    assert store.load_delivery(did).status == "claimed"
+    assert store.mark_sending(did, holder="fresh", now=later)
+    assert store.load_delivery(did).status == "sending"

@@ -43,6 +43,7 @@ class DeliverReport:
     deferred: int = 0
     failed: int = 0
     ambiguous: int = 0
+    lost_claims: int = 0  # rows another sender took over after our claim went stale
     aborted: str | None = None
     send_seconds: float = 0.0  # hand-off to reply, summed over sent messages
     delivered: dict[str, str] = field(default_factory=dict)  # email -> transport reply / path
@@ -154,7 +155,17 @@ class Deliverer:
                 extra=_ids(delivery),
             )
             return
-        self.store.mark_sending(delivery_id, now=self.clock())
+        if not self.store.mark_sending(delivery_id, holder=self.holder, now=self.clock()):
+            # Our claim went stale and the row went back to the queue (recover_stale in
+            # another sender): whoever holds it now sends it, not us.
+            self.report.lost_claims += 1
+            log.warning(
+                "digest %s for %s: no longer claimed by this sender, not sent",
+                delivery.period_key,
+                delivery.email,
+                extra=_ids(delivery),
+            )
+            return
         began = time.monotonic()
         try:
             reply = await self.mailer.send(envelope)

@@ -216,9 +216,14 @@ class OutboxStore(StoreBase):
                 _release_items(conn, gone)
             return active
 
-    def mark_sending(self, delivery_id: int, *, now: datetime) -> bool:
-        """``claimed`` -> ``sending``, committed: call just before the hand-off."""
-        return self._move(_TO_SENDING, delivery_id=delivery_id, now=now)
+    def mark_sending(self, delivery_id: int, *, holder: str, now: datetime) -> bool:
+        """``claimed`` by ``holder`` -> ``sending``, committed: call just before the hand-off.
+
+        False when the row is no longer this sender's claim (a stale claim that another
+        sender's recovery returned to the queue and someone claimed again): then the
+        caller must not send it.
+        """
+        return self._move(_TO_SENDING, delivery_id=delivery_id, holder=holder, now=now)
 
     def mark_sent(self, delivery_id: int, *, reply: str, now: datetime) -> bool:
         """``sending`` -> ``sent``, committed: call right after the server's reply."""
@@ -297,8 +302,15 @@ def _transition(from_states: tuple[str, ...], **values: object) -> Update:
     return update(_deliveries).where(d.id == bindparam("delivery_id"), guard).values(**values)
 
 
-_TO_SENDING = _transition(
-    ("claimed",), status="sending", claimed_at=bindparam("now"), attempts=_deliveries.c.attempts + 1
+_TO_SENDING = (
+    _transition(
+        ("claimed",),
+        status="sending",
+        claimed_at=bindparam("now"),
+        attempts=_deliveries.c.attempts + 1,
+    )
+    # Only the sender whose claim it is may start the exchange.
+    .where(_deliveries.c.claimed_by == bindparam("holder"))
 )
 _TO_SENT = _transition(
     ("sending",),
