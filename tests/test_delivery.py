@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from pipeline.config import Config, load_config
+from pipeline.domain import Envelope
 from pipeline.cycle import run_once
 from pipeline.store import Store
 from pipeline.store.rows import DeliveryRow
@@ -180,3 +181,44 @@ async def test_421_mid_session_is_retried_on_a_new_connection(
     assert report.deliver.sent + later.deliver.sent == 1
     assert len(server.received) == 1
     assert [s for _k, s, _n in outbox(config)] == ["sent"]
+
+
+async def test_a_row_taken_over_by_another_sender_is_not_sent_by_the_stalled_one(
+    write_config,  # type: ignore[no-untyped-def]
+) -> None:
+    # This sender stalls inside its first hand-off for longer than the stale-claim limit;
+    # meanwhile another sender's recovery returns our other claimed row to the queue and
+    # claims it. When this sender gets to that row it must skip it: the other one sends it.
+    config = load_config(write_config(mail_extra="batch_size = 10\nconcurrency = 1"))
+    store = Store.open(config.database_url, auto_upgrade=True)
+    later = NOW + timedelta(minutes=11)
+    sent: list[str] = []
+
+    class StallingMailer:
+        async def send(self, envelope: Envelope) -> str:
+            if not sent:  # the other sender's recovery and claim, while this one stalls
+                store.recover_stale(now=later, older_than=timedelta(minutes=10))
+                assert store.claim(limit=10, holder="other", now=later)
+            sent.append(envelope.recipient)
+            return "250 2.0.0 queued"
+
+        async def aclose(self) -> None:
+            return None
+
+    try:
+        report = await run_once(config, clock=at(NOW), mailer=StallingMailer(), store=store)
+        planned = report.plan.planned
+        assert planned >= 2
+        assert len(sent) == 1
+        assert report.deliver.sent == 1
+        assert report.deliver.lost_claims == planned - 1
+        # The rows we did not send are the other sender's claims, untouched by us.
+        with store.read() as s:
+            states = Counter(
+                (status, holder)
+                for status, holder in s.execute(select(DeliveryRow.status, DeliveryRow.claimed_by))
+            )
+        assert states[("claimed", "other")] == planned - 1
+        assert sum(n for (status, _), n in states.items() if status == "sent") == 1
+    finally:
+        store.close()
