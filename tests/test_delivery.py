@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from pipeline.config import Config, load_config
-from pipeline.domain import Envelope
 from pipeline.cycle import run_once
+from pipeline.domain import Envelope
 from pipeline.store import Store
 from pipeline.store.rows import DeliveryRow
 from tests.smtpd import DROP, RunningServer, ScriptedHandler, password_authenticator
