@@ -197,28 +197,27 @@ BAD_TOKENS: list[tuple[str, str, str, Callable[[FakeClock], str]]] = [
     ("POST", "unsubscribe", "preview-token", _preview_token),
     ("POST", "unsubscribe", "garbage", lambda c: "not-a-token"),
     ("POST", "unsubscribe", "too-long", lambda c: "A" * 3000 + "." + "B" * 43),
-    (
-        "GET",
-        "feedback",
-        "forged",
-        lambda c: TokenSigner(["x" * 20]).sign(subscriber=ADA, action="more", paper="1", now=c()),
-    ),
-    ("GET", "feedback", "tampered", lambda c: _feedback_token(c)[:-1] + "x"),
-    ("GET", "feedback", "expired", _expired_feedback),
-    ("GET", "feedback", "unsubscribe-token", unsubscribe_token),
-    ("GET", "feedback", "no-paper", _feedback_without_paper),
-    (
-        "POST",
-        "feedback",
-        "forged",
-        lambda c: TokenSigner(["x" * 20]).sign(subscriber=ADA, action="more", paper="1", now=c()),
-    ),
-    ("POST", "feedback", "tampered", lambda c: _feedback_token(c)[:-1] + "x"),
-    ("POST", "feedback", "expired", _expired_feedback),
-    ("POST", "feedback", "unsubscribe-token", unsubscribe_token),
-    ("POST", "feedback", "preview-token", _preview_token),
-    ("POST", "feedback", "no-paper", _feedback_without_paper),
-    ("POST", "feedback", "too-long", lambda c: "A" * 3000 + "." + "B" * 43),
+]
+
+
+def _forged_feedback(clock: FakeClock) -> str:
+    return TokenSigner(["x" * 20]).sign(subscriber=ADA, action="more", paper="1", now=clock())
+
+
+# GET (the confirmation page) verifies a feedback token exactly as POST (which records) does.
+BAD_FEEDBACK_TOKENS: list[tuple[str, Callable[[FakeClock], str]]] = [
+    ("forged", _forged_feedback),
+    ("tampered", lambda c: _feedback_token(c)[:-1] + "x"),
+    ("expired", _expired_feedback),
+    ("unsubscribe-token", unsubscribe_token),
+    ("preview-token", _preview_token),
+    ("no-paper", _feedback_without_paper),
+    ("too-long", lambda c: "A" * 3000 + "." + "B" * 43),
+]
+BAD_TOKENS += [
+    (method, "feedback", name, make)
+    for method in ("GET", "POST")
+    for name, make in BAD_FEEDBACK_TOKENS
 ]
 
 
