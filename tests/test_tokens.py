@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -12,7 +14,14 @@ from hypothesis import strategies as st
 from itsdangerous import URLSafeSerializer
 
 from pipeline.errors import PaperpostError
-from pipeline.web.tokens import InvalidTokenError, TokenClaims, TokenSigner, _UncompressedSerializer
+from pipeline.web.tokens import (
+    _HEADS_KEPT,
+    ACTIONS,
+    InvalidTokenError,
+    TokenClaims,
+    TokenSigner,
+    _UncompressedSerializer,
+)
 
 NOW = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 KEY_A = "a-very-secret-key-number-one"
@@ -264,3 +273,112 @@ def test_prepared_signing_makes_the_very_tokens_itsdangerous_makes(
     assert token == reference.dumps(reference.loads(token))
     claims = signer.verify(token, action=action, now=NOW)
     assert (claims.subscriber, claims.paper) == (subscriber, paper)
+
+
+def _reference(keys: list[str]) -> _UncompressedSerializer:
+    return _UncompressedSerializer(
+        list(reversed(keys)),
+        salt="paperpost.link.v1",
+        signer_kwargs={"digest_method": hashlib.sha256},
+    )
+
+
+def _payload(subscriber: str, action: str, paper: str | None, now: datetime) -> dict[str, Any]:
+    lifetime = timedelta(days=366 if action == "unsubscribe" else 90)
+    payload: dict[str, Any] = {
+        "s": subscriber,
+        "a": action,
+        "e": int((now + lifetime).timestamp()),
+    }
+    if paper is not None:
+        payload["p"] = paper
+    return payload
+
+
+def test_digests_for_many_readers_are_signed_as_dumps_signs_them() -> None:
+    """The pattern ``sign`` keeps JSON heads for: per reader a "more" and a "less" link
+    per paper, then the unsubscribe link; then the next reader, more of them than the
+    signer keeps heads for, and the first readers again at a later ``now``."""
+    keys = [KEY_B, KEY_A]
+    signer, reference = TokenSigner(keys), _reference(keys)
+    readers = [f"reader{i}@lab.example" for i in range(2 * _HEADS_KEPT)]
+    papers = [f"2511.{i:05d}" for i in range(20)]
+    for now in (NOW, NOW + timedelta(hours=1)):
+        for reader in readers:
+            for paper in papers:
+                for action in ("more", "less"):
+                    token = signer.sign(subscriber=reader, action=action, paper=paper, now=now)
+                    assert token == reference.dumps(_payload(reader, action, paper, now))
+            token = signer.sign(subscriber=reader, action="unsubscribe", now=now)
+            assert token == reference.dumps(_payload(reader, "unsubscribe", None, now))
+            assert len(signer._heads) <= _HEADS_KEPT
+
+
+# Quotes, backslashes, control characters, DEL, a JavaScript line separator, non-ASCII
+# and astral characters; and texts with a lone surrogate, which UTF-8 cannot encode.
+# (Lists joined, not ``st.text``, which would rarely pick these few among all characters.)
+_AWKWARD = '"\\\x00\x1f\n\x7f\u2028\u00e9\U0001f600'
+_CHARS = st.one_of(st.characters(), st.sampled_from(_AWKWARD))
+_LONE_SURROGATES = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, categories=["Cs"])
+_ANY_TEXT = st.one_of(
+    st.lists(_CHARS, min_size=1, max_size=12).map("".join),
+    st.tuples(
+        st.lists(_CHARS, max_size=6).map("".join),
+        _LONE_SURROGATES,
+        st.lists(_CHARS, max_size=6).map("".join),
+    ).map("".join),
+)
+_FIXED_OFFSETS = st.builds(
+    timezone,
+    st.timedeltas(min_value=timedelta(hours=-23), max_value=timedelta(hours=23)),
+)
+_NOWS = st.datetimes(
+    min_value=datetime(1900, 1, 1),
+    max_value=datetime(2200, 1, 1),
+    timezones=st.one_of(st.just(UTC), _FIXED_OFFSETS, st.timezones()),
+)
+# One call: indexes into the drawn subscribers, papers (0: no paper) and nows.
+_CALLS = st.lists(
+    st.tuples(st.integers(0, 3), st.sampled_from(ACTIONS), st.integers(0, 4), st.integers(0, 2)),
+    min_size=1,
+    max_size=60,
+)
+
+
+@given(
+    subscribers=st.lists(_ANY_TEXT, min_size=1, max_size=4),
+    papers=st.lists(_ANY_TEXT, min_size=1, max_size=4),
+    nows=st.lists(_NOWS, min_size=1, max_size=3),
+    keys=st.lists(_TEXT, min_size=1, max_size=3),
+    calls=_CALLS,
+)
+def test_any_sequence_of_calls_signs_exactly_what_dumps_signs(
+    subscribers: list[str],
+    papers: list[str],
+    nows: list[datetime],
+    keys: list[str],
+    calls: list[tuple[int, str, int, int]],
+) -> None:
+    """One signer, calls in any order: the same reader with other papers, other readers,
+    actions and ``now``s in between. Every token is byte for byte the reference ``dumps``
+    of its payload and verifies; where ``dumps`` raises (a lone surrogate), ``sign``
+    raises the same error; and the signer never keeps more than a few JSON heads."""
+    signer, reference = TokenSigner(keys), _reference(keys)
+    for who, action, which_paper, when in calls:
+        subscriber, now = subscribers[who % len(subscribers)], nows[when % len(nows)]
+        paper = papers[(which_paper - 1) % len(papers)] if which_paper else None
+        if action in ("more", "less") and paper is None:
+            with pytest.raises(ValueError, match="needs the paper"):
+                signer.sign(subscriber=subscriber, action=action, paper=paper, now=now)
+            continue
+        try:
+            expected = reference.dumps(_payload(subscriber, action, paper, now))
+        except UnicodeEncodeError as exc:
+            with pytest.raises(UnicodeEncodeError, match=re.escape(str(exc))):
+                signer.sign(subscriber=subscriber, action=action, paper=paper, now=now)
+        else:
+            token = signer.sign(subscriber=subscriber, action=action, paper=paper, now=now)
+            assert token == expected
+            claims = signer.verify(token, action=action, now=now)
+            assert (claims.subscriber, claims.paper) == (subscriber, paper)
+        assert len(signer._heads) <= _HEADS_KEPT

@@ -32,6 +32,8 @@ UNSUBSCRIBE_MAX_AGE_SECONDS: Final = 366 * 86400
 _SALT: Final = "paperpost.link.v1"
 # The JSON itsdangerous writes (its ``_CompactJSON``): UTF-8 as is, no spaces.
 _JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# How many JSON heads ``TokenSigner`` keeps (see ``TokenSigner._json``); a digest needs three.
+_HEADS_KEPT: Final = 8
 
 
 class InvalidTokenError(PaperpostError):
@@ -99,6 +101,7 @@ class TokenSigner:
         signer = self._serializer.make_signer()
         self._separator = signer.sep
         self._mac = hmac.new(signer.derive_key(), digestmod=signer.digest_method)
+        self._heads: dict[tuple[str, str, int], str] = {}
 
     def lifetime(self, action: str) -> timedelta:
         return self._unsubscribe_max_age if action == "unsubscribe" else self._max_age
@@ -111,13 +114,35 @@ class TokenSigner:
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
         expires = int((now + self.lifetime(action)).timestamp())
-        payload: dict[str, Any] = {"s": subscriber, "a": action, "e": expires}
-        if paper is not None:
-            payload["p"] = paper
-        body = base64_encode(_JSON.encode(payload).encode("utf-8"))
+        # Encoding to UTF-8 raises on a lone surrogate, as itsdangerous does.
+        body = base64_encode(self._json(subscriber, action, expires, paper).encode("utf-8"))
         mac = self._mac.copy()
         mac.update(body)
         return (body + self._separator + base64_encode(mac.digest())).decode("ascii")
+
+    def _json(self, subscriber: str, action: str, expires: int, paper: str | None) -> str:
+        """``_JSON.encode`` of the payload, its head written once for many papers.
+
+        A digest signs 41 tokens for one reader and one ``now``: a "more" and a "less"
+        link for each of its ~20 papers and one "unsubscribe" link. Their JSON differs
+        only in the paper, which comes last, so the head ``{"s":...,"a":...,"e":...``
+        is kept for the last few (subscriber, action, expires) instead of writing the
+        whole dict each time (a third of the cost of a token). The paper is written by
+        ``_JSON.encode`` itself, which escapes a string alone exactly as it does one in
+        a dict. The cache is cleared when full, so it stays small; each entry is a pure
+        function of its key and each dict operation is atomic, so tasks or threads that
+        share the signer can at worst make one another write a head again.
+        """
+        key = (subscriber, action, expires)
+        head = self._heads.get(key)
+        if head is None:
+            head = _JSON.encode({"s": subscriber, "a": action, "e": expires})[:-1]
+            if len(self._heads) >= _HEADS_KEPT:
+                self._heads.clear()
+            self._heads[key] = head
+        if paper is None:
+            return head + "}"
+        return f'{head},"p":{_JSON.encode(paper)}}}'
 
     def verify(self, token: str, *, action: str | Collection[str], now: datetime) -> TokenClaims:
         """Claims of a valid token for one of ``action``; else raise ``InvalidTokenError``."""
