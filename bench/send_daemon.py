@@ -25,7 +25,8 @@ from pathlib import Path
 from sqlalchemy import create_engine, select, text
 
 from pipeline.config import Config, load_config
-from pipeline.cycle import make_mailer, make_renderer, make_signer, sync
+from pipeline.cycle import make_mailer, sync
+from pipeline.cycle.compose import make_composer
 from pipeline.cycle.deliver import Deliverer, DeliverReport
 from pipeline.cycle.plan import outbox_key
 from pipeline.domain import Paper
@@ -47,6 +48,8 @@ transport = "smtp"
 list_name = "Paperpost"
 unsubscribe_mailto = "unsubscribe@lab.example"
 concurrency = {pool}
+batch_size = 500
+render_processes = {render_processes}
 
 [mail.smtp]
 host = "127.0.0.1"
@@ -83,10 +86,13 @@ def run_daemon_path(
     sink: Sink,
     process_cpu: Callable[[int], float],
     database: str = "sqlite",
+    render_processes: int = 0,
 ) -> tuple[int, float, float, float]:
     """Plan ``count`` digests of 20 papers, then time ``Deliverer.run`` sending them.
 
     ``database``: "sqlite" (a file in a temporary directory) or a PostgreSQL URL.
+    ``render_processes``: ``[mail] render_processes`` (0: compose in this process; else
+    worker processes compose, started within the timed run as in a real one).
     Returns (sent, wall seconds, this process's CPU seconds, the sink's CPU seconds).
     """
     with (
@@ -97,7 +103,12 @@ def run_daemon_path(
         directory = Path(tmp)
         path = directory / "paperpost.toml"
         body = CONFIG.format(
-            database_url=url, directory=directory, port=port, pool=pool, secret_env=SECRET_ENV
+            database_url=url,
+            directory=directory,
+            port=port,
+            pool=pool,
+            secret_env=SECRET_ENV,
+            render_processes=render_processes,
         )
         path.write_text(body + "".join(SUBSCRIBER.format(n=n) for n in range(count)))
         config = load_config(path, env={SECRET_ENV: "bench-secret-0123456789abcdef"})
@@ -108,8 +119,7 @@ def run_daemon_path(
                 store,
                 config,
                 make_mailer(config),
-                make_renderer(config),
-                make_signer(config),
+                make_composer(config, store),
                 {},
                 clock=lambda: WHEN,
                 holder="bench",
@@ -143,9 +153,11 @@ def _database(database: str, directory: Path) -> Iterator[str]:
 
 
 async def _run(deliverer: Deliverer) -> DeliverReport:
-    report = await deliverer.run()
-    await deliverer.mailer.aclose()
-    return report
+    try:
+        return await deliverer.run()
+    finally:
+        await deliverer.mailer.aclose()
+        deliverer.composer.close()
 
 
 def _plan(store: Store, config: Config, count: int, papers: list[Paper]) -> None:

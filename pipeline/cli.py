@@ -50,7 +50,7 @@ def _table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
 # -- commands ----------------------------------------------------------------------------------
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
-    from pipeline.cycle import make_renderer
+    from pipeline.cycle.compose import make_renderer
 
     make_renderer(config).check()
     f = config.file

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.config import Config
+from pipeline.cycle.compose import make_composer, make_renderer, make_signer
 from pipeline.cycle.deliver import Deliverer, DeliverReport, preview_path
 from pipeline.cycle.digest import build_digest
 from pipeline.cycle.plan import (
@@ -30,10 +31,8 @@ from pipeline.domain import Mailer
 from pipeline.ingest.fetch import Fetcher, FetchPolicy
 from pipeline.ingest.run import SourceOutcome, SourceSpec, fetch_papers_by_id, ingest_sources
 from pipeline.mail import MaildirMailer, SmtpMailer, SmtpSettings
-from pipeline.render import Renderer, RenderOptions
 from pipeline.schedule.periods import next_due_period
 from pipeline.store import Delivery, DeliveryItem, Store
-from pipeline.web.tokens import TokenSigner
 
 log = logging.getLogger("paperpost.cycle")
 
@@ -57,16 +56,6 @@ def holder_name() -> str:
 
 def open_store(config: Config) -> Store:
     return Store.open(config.database_url)
-
-
-def make_signer(config: Config) -> TokenSigner:
-    return TokenSigner(config.secrets.link_keys)
-
-
-def make_renderer(config: Config) -> Renderer:
-    return Renderer(
-        config.template_dir, RenderOptions(snippet_chars=config.file.render.snippet_chars)
-    )
 
 
 def make_mailer(config: Config) -> Mailer:
@@ -197,12 +186,12 @@ async def dispatch(
     plan = await asyncio.to_thread(plan_now)
     own_mailer = mailer is None
     mailer = mailer or make_mailer(config)
+    composer = make_composer(config, store)
     deliverer = Deliverer(
         store,
         config,
         mailer,
-        make_renderer(config),
-        make_signer(config),
+        composer,
         {s.email: s.schedule for s in subscribers},
         clock=clock,
         holder=holder or holder_name(),
@@ -213,6 +202,7 @@ async def dispatch(
     try:
         report = await deliverer.run()
     finally:
+        await asyncio.to_thread(composer.close)  # joins worker processes, if any
         if own_mailer:
             await mailer.aclose()
     store.record_run(

@@ -10,26 +10,22 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from pipeline.config import Config
-from pipeline.cycle.digest import build_digest, message_headers
+from pipeline.cycle.compose import Composer, Job, Letter
 from pipeline.cycle.plan import sender_address
 from pipeline.domain import Envelope, Mailer, Schedule
 from pipeline.errors import (
     AmbiguousDeliveryError,
     BatchAbortedError,
-    PaperpostError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from pipeline.mail import build_message
-from pipeline.render import Renderer
-from pipeline.store import Delivery, PaperCache, Store
-from pipeline.web.tokens import TokenSigner
+from pipeline.store import Delivery, Store
 
 log = logging.getLogger("paperpost.deliver")
 
@@ -75,8 +71,7 @@ class Deliverer:
         store: Store,
         config: Config,
         mailer: Mailer,
-        renderer: Renderer,
-        signer: TokenSigner,
+        composer: Composer,
         schedules: Mapping[str, Schedule],
         *,
         clock: Clock,
@@ -86,15 +81,15 @@ class Deliverer:
         self.store = store
         self.config = config
         self.mailer = mailer
-        self.renderer = renderer
-        self.signer = signer
+        self.composer = composer
         self.schedules = schedules
         self.clock = clock
         self.holder = holder
         self.write_previews = write_previews
         self.report = DeliverReport()
         self.stopping = asyncio.Event()
-        self.papers: PaperCache = {}  # built once a run, reused while unchanged
+        self._abort = asyncio.Event()
+        self._held: dict[int, Delivery] = {}  # claimed, not yet taken by a sending task
 
     def recover(self) -> None:
         """Deal with rows a crashed sender left behind (see README: ambiguous deliveries)."""
@@ -106,55 +101,106 @@ class Deliverer:
             self._ambiguous(delivery_id, "sender stopped during the SMTP exchange", now)
 
     async def run(self) -> DeliverReport:
-        """Claim and send batches until nothing is due, a stop is requested, or a batch aborts."""
-        mail = self.config.file.mail
+        """Claim, compose and send until nothing is due, a stop is requested, or the run
+        aborts (the server refused our login, a compose worker died).
+
+        Three stages, each a little ahead of the next: rows are claimed a batch at a time as
+        composing needs them; composing (here, or in worker processes) runs a few letters
+        ahead of the ``concurrency`` sending tasks. Whatever is claimed but not handed to a
+        sending task when the run stops or aborts goes back to the queue untouched.
+        """
         self.recover()
-        while not self.stopping.is_set() and self.report.aborted is None:
-            ids = self.store.claim(limit=mail.batch_size, holder=self.holder, now=self.clock())
-            if not ids:
-                break
-            await self._batch(ids, concurrency=mail.concurrency)
-        return self.report
+        concurrency = self.config.file.mail.concurrency
+        letters = self.composer.letters(
+            self._claimed(), clock=self.clock, keep_html=self.write_previews
+        )
+        queue: asyncio.Queue[Letter | None] = asyncio.Queue()
+        room = asyncio.Semaphore(2 * concurrency)  # each composed letter holds a message
 
-    async def _batch(self, ids: list[int], *, concurrency: int) -> None:
-        # The claimed rows are ours: load them (and their papers) in one go, not per message.
-        deliveries = self.store.load_deliveries(ids, papers=self.papers)
-        queue = list(ids)
-        abort = asyncio.Event()
+        async def compose() -> None:
+            try:
+                async for letter in letters:
+                    await room.acquire()
+                    queue.put_nowait(letter)
+            except Exception as exc:  # a worker died, or a bug: stop, give the rows back
+                self._aborted(f"composing digests failed: {exc!r}")
+                log.exception("delivery aborted: composing digests failed")
+            finally:
+                for _ in range(concurrency):  # also when cancelled: never blocks
+                    queue.put_nowait(None)
 
-        async def worker() -> None:
-            while queue and not abort.is_set() and not self.stopping.is_set():
-                delivery_id = queue.pop(0)
+        async def send() -> None:
+            while (letter := await queue.get()) is not None:
+                room.release()
+                if self._abort.is_set() or self.stopping.is_set():
+                    return
+                delivery = self._held.pop(letter.delivery_id)
                 try:
-                    await self._one(deliveries[delivery_id])
+                    await self._one(delivery, letter)
                 except BatchAbortedError as exc:
-                    self.report.aborted = str(exc)
-                    abort.set()
+                    self._aborted(str(exc))
                     log.error("delivery batch aborted: %s", exc)
 
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(ids)))))
-        if queue:  # aborted or stopping: untouched rows go back, nothing marked
-            self.store.release(queue)
-
-    async def _one(self, delivery: Delivery) -> None:
-        now = self.clock()
-        delivery_id = delivery.id
+        composing = asyncio.create_task(compose())
         try:
-            envelope = self._envelope(delivery, now=now)
-        except PaperpostError as exc:
-            # A hostile name or title that cannot be made safe: this recipient only.
-            self.store.mark_failed(
-                delivery_id, error=f"could not build the message: {exc}", now=now
-            )
+            await asyncio.gather(*(send() for _ in range(concurrency)))
+        finally:
+            composing.cancel()
+            await asyncio.gather(composing, return_exceptions=True)
+            await letters.aclose()
+        if self._held:  # aborted or stopping: untouched rows go back, nothing marked
+            self.store.release(list(self._held))
+            self._held.clear()
+        return self.report
+
+    def _aborted(self, reason: str) -> None:
+        if self.report.aborted is None:
+            self.report.aborted = reason
+        self._abort.set()
+
+    async def _claimed(self) -> AsyncIterator[Job]:
+        """Jobs for the rows this sender claims, batch after batch, as composing asks."""
+        batch_size = self.config.file.mail.batch_size
+        while not self.stopping.is_set() and not self._abort.is_set():
+            ids = self.store.claim(limit=batch_size, holder=self.holder, now=self.clock())
+            if not ids:
+                return
+            # The rows and their readers; the composer reads the papers it needs. A row
+            # that vanished between claim and load has nothing to send or release.
+            heads = self.store.load_deliveries(ids, items=False)
+            for delivery_id in ids:
+                if (delivery := heads.get(delivery_id)) is not None:
+                    self._held[delivery_id] = delivery
+                    yield self._job(delivery)
+
+    def _job(self, delivery: Delivery) -> Job:
+        schedule = self.schedules.get(delivery.email)
+        return delivery.id, schedule or Schedule("daily", self.clock().time(), "UTC")
+
+    async def _one(self, delivery: Delivery, letter: Letter) -> None:
+        delivery_id = delivery.id
+        if letter.data is None:
+            self.store.mark_failed(delivery_id, error=letter.error or "not built", now=self.clock())
             self.report.failed += 1
             log.error(
                 "digest %s for %s not built: %s",
                 delivery.period_key,
                 delivery.email,
-                exc,
+                letter.error,
                 extra=_ids(delivery),
             )
             return
+        if letter.html is not None:
+            path = preview_path(self.config, delivery.email)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(letter.html, encoding="utf-8")
+            self.report.previews[delivery.email] = path
+        envelope = Envelope(
+            sender=sender_address(self.config),
+            recipient=delivery.email,
+            data=letter.data,
+            message_id=delivery.message_id,
+        )
         if not self.store.mark_sending(delivery_id, holder=self.holder, now=self.clock()):
             # Our claim went stale and the row went back to the queue (recover_stale in
             # another sender): whoever holds it now sends it, not us.
@@ -191,28 +237,10 @@ class Deliverer:
                 "sent digest %s to %s (%d papers): %s",
                 delivery.period_key,
                 delivery.email,
-                len(delivery.items),
+                letter.papers,
                 reply,
                 extra=_ids(delivery),
             )
-
-    def _envelope(self, delivery: Delivery, *, now: datetime) -> Envelope:
-        schedule = self.schedules.get(delivery.email) or Schedule("daily", now.time(), "UTC")
-        digest = build_digest(self.config, self.signer, delivery, schedule, now=now)
-        rendered = self.renderer.render(digest)
-        headers = message_headers(self.config, delivery, digest, rendered.subject, now=now)
-        data = build_message(headers, rendered)
-        if self.write_previews:
-            path = preview_path(self.config, delivery.email)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(rendered.html, encoding="utf-8")
-            self.report.previews[delivery.email] = path
-        return Envelope(
-            sender=sender_address(self.config),
-            recipient=delivery.email,
-            data=data,
-            message_id=delivery.message_id,
-        )
 
     def _defer(self, delivery: Delivery, error: str) -> None:
         now = self.clock()

@@ -7,7 +7,8 @@ from uuid import uuid4
 
 from pipeline.config import Config
 from pipeline.config.models import check_address
-from pipeline.cycle import make_mailer, make_renderer, make_signer, open_store
+from pipeline.cycle import make_mailer, open_store
+from pipeline.cycle.compose import make_renderer, make_signer
 from pipeline.cycle.digest import build_digest, message_headers
 from pipeline.cycle.plan import message_domain, sender_address
 from pipeline.domain import Envelope, Schedule

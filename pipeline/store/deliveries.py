@@ -67,10 +67,17 @@ class DeliveryStore(StoreBase):
         return self.load_deliveries([delivery_id])[delivery_id]
 
     def load_deliveries(
-        self, delivery_ids: Sequence[int], *, papers: PaperCache | None = None
+        self,
+        delivery_ids: Sequence[int],
+        *,
+        papers: PaperCache | None = None,
+        items: bool = True,
     ) -> dict[int, Delivery]:
         """The rows among ``delivery_ids`` that exist, by id, each with its reader and its
         items in rank order (an item whose paper is gone is left out).
+
+        ``items=False``: the rows and readers only (``items`` empty), one query per 500
+        rows; what a sender needs when worker processes compose the messages.
 
         ``papers``: the papers earlier calls built, kept by the caller (a sender keeps one
         for its run). One whose row is unchanged since (same ``updated_at``) is reused, not
@@ -81,7 +88,7 @@ class DeliveryStore(StoreBase):
         ids = list(dict.fromkeys(delivery_ids))
         with self.connect() as conn:  # one read transaction: a consistent view
             for i in range(0, len(ids), _CHUNK):
-                out.update(_load_chunk(conn, ids[i : i + _CHUNK], papers))
+                out.update(_load_chunk(conn, ids[i : i + _CHUNK], papers, items=items))
         return out
 
     def outbox_counts(self) -> dict[str, int]:
@@ -111,9 +118,11 @@ class DeliveryStore(StoreBase):
             )
 
 
-def _load_chunk(conn: Connection, ids: list[int], papers: PaperCache) -> dict[int, Delivery]:
+def _load_chunk(
+    conn: Connection, ids: list[int], papers: PaperCache, *, items: bool
+) -> dict[int, Delivery]:
     """Deliveries for ``ids``; ``papers`` is the paper cache, brought up to date as needed."""
-    d, s, it = _deliveries.c, _subscribers.c, _items.c
+    d, s = _deliveries.c, _subscribers.c
     heads = conn.execute(
         select(
             d.id,
@@ -131,6 +140,31 @@ def _load_chunk(conn: Connection, ids: list[int], papers: PaperCache) -> dict[in
         .join_from(_deliveries, _subscribers, s.id == d.subscriber_id)
         .where(d.id.in_(ids))
     ).all()
+    by_delivery = _load_items(conn, ids, papers) if items else {}
+    return {
+        head.id: Delivery(
+            id=head.id,
+            subscriber_id=head.subscriber_id,
+            email=head.email,
+            name=head.name,
+            period_key=head.period_key,
+            status=head.status,
+            attempts=head.attempts,
+            message_id=head.message_id,
+            window_start=head.window_start,
+            window_end=head.window_end,
+            created_at=head.created_at,
+            items=tuple(by_delivery.get(head.id, ())),
+        )
+        for head in heads
+    }
+
+
+def _load_items(
+    conn: Connection, ids: list[int], papers: PaperCache
+) -> dict[int, list[DeliveryItem]]:
+    """The items of the rows ``ids`` in rank order, with their papers from ``papers``."""
+    it = _items.c
     items = conn.execute(
         select(it.delivery_id, it.paper_id, it.score, it.reason, it.trending)
         .where(it.delivery_id.in_(ids))
@@ -157,20 +191,4 @@ def _load_chunk(conn: Connection, ids: list[int], papers: PaperCache) -> dict[in
                     trending=bool(row.trending),
                 )
             )
-    return {
-        head.id: Delivery(
-            id=head.id,
-            subscriber_id=head.subscriber_id,
-            email=head.email,
-            name=head.name,
-            period_key=head.period_key,
-            status=head.status,
-            attempts=head.attempts,
-            message_id=head.message_id,
-            window_start=head.window_start,
-            window_end=head.window_end,
-            created_at=head.created_at,
-            items=tuple(by_delivery.get(head.id, ())),
-        )
-        for head in heads
-    }
+    return by_delivery
