@@ -224,6 +224,11 @@ CASES = [
         "mail.smtp: username is set but password_env (the password's variable) is missing",
     ),
     (
+        "negative-render-processes",
+        lambda t: t.replace("[mail]\n", "[mail]\nrender_processes = -1\n", 1),
+        "mail.render_processes: Input should be greater than or equal to 0, found -1",
+    ),
+    (
         "negative-trending",
         lambda t: t.replace('timezone = "Europe/London"', "trending = -1"),
         "subscribers[0].trending: Input should be greater than or equal to 0, found -1",

@@ -8,9 +8,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 from aiosmtpd.smtp import Envelope
 
 from pipeline.config import load_config
@@ -35,15 +39,37 @@ class SignallingHandler(ScriptedHandler):
             self.second.set()
 
 
-def test_sigkill_mid_batch_then_restart(write_config, smtp_server_factory) -> None:
+def processes_marked(marker: str) -> list[int]:
+    """Pids of live processes whose environment carries ``marker`` (the sender's children)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in environ and (entry / "stat").read_text().split()[2] != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.parametrize("render_processes", [0, 1], ids=["in-sender", "render-worker"])
+def test_sigkill_mid_batch_then_restart(
+    write_config, smtp_server_factory, render_processes: int
+) -> None:
     handler = SignallingHandler()
     server = smtp_server_factory(handler)
     extra = (
-        f'concurrency = 1\n\n[mail.smtp]\nhost = "127.0.0.1"\nport = {server.port}\n'
-        'security = "none"\n'
+        f"concurrency = 1\nrender_processes = {render_processes}\n\n"
+        f'[mail.smtp]\nhost = "127.0.0.1"\nport = {server.port}\nsecurity = "none"\n'
     )
     path = write_config(transport="smtp", mail_extra=extra)
-    env = {**os.environ, "PAPERPOST_TEST_SECRET": "test-secret-0123456789abcdef"}
+    marker = f"PAPERPOST_TEST_RUN={uuid.uuid4().hex}"
+    env = {
+        **os.environ,
+        "PAPERPOST_TEST_SECRET": "test-secret-0123456789abcdef",
+        marker.split("=")[0]: marker.split("=")[1],
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "-c", str(path), "run", "--once"],
         env=env,
@@ -52,6 +78,8 @@ def test_sigkill_mid_batch_then_restart(write_config, smtp_server_factory) -> No
     )
     try:
         assert handler.second.wait(timeout=60), proc.stderr.read() if proc.stderr else ""
+        # The sender, and its compose worker when it has one.
+        assert len(processes_marked(marker)) == 1 + render_processes
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -59,6 +87,11 @@ def test_sigkill_mid_batch_then_restart(write_config, smtp_server_factory) -> No
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
+    # No compose worker outlives its sender: its pipe closed with the kill.
+    deadline = time.monotonic() + 30
+    while (left := processes_marked(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == []
 
     config = load_config(path, env=env)
     store = Store.open(config.database_url)

@@ -17,13 +17,16 @@ papers there cost more than rendering them (bench/SEND.md has the figures).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import itertools
 import logging
 import multiprocessing
 import signal
+import traceback
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import datetime
+from multiprocessing.connection import Connection
 from typing import NamedTuple
 
 from pipeline.config import Config
@@ -122,69 +125,131 @@ class Composer:
         """Nothing to release here (``ComposePool.close`` stops its workers)."""
 
 
+class ComposeWorkerError(PaperpostError):
+    """A compose worker died (killed, out of memory) or failed on a chunk."""
+
+
 class ComposePool(Composer):
     """Composes in ``processes`` worker processes, in order, a few chunks ahead.
 
     Workers start on first use (``spawn``: the daemon has threads, so no ``fork``) with a
     copy of the configuration minus its subscriber and source lists, and open their own
-    database connection. They ignore SIGINT and SIGTERM (the sender decides when they
-    stop) and exit when the sender does, even after a SIGKILL (their task pipe closes).
-    A worker that dies raises ``BrokenProcessPool`` out of ``letters``: the sender aborts
-    the batch and gives its unsent rows back.
+    database connection. Each has its own pipe (not ``ProcessPoolExecutor``, whose shared
+    result pipe hangs the sender for good when a worker is killed halfway through writing
+    a reply); a reader task per worker takes replies as they come, so a worker never waits
+    for the sender to read. Workers ignore SIGINT and SIGTERM (the sender decides when
+    they stop) and exit when the sender does, even after a SIGKILL (their pipe closes).
+    A worker that dies raises ``ComposeWorkerError`` out of ``letters``: the sender aborts
+    the run and gives its unsent rows back.
     """
 
     def __init__(self, config: Config, store: Store, processes: int) -> None:
         super().__init__(config, store)
         self.processes = processes
-        self._executor: ProcessPoolExecutor | None = None
+        self._workers: list[_Worker] = []
 
-    def _pool(self) -> ProcessPoolExecutor:
-        if self._executor is None:
+    def _start(self) -> list[_Worker]:
+        if not self._workers:
             slim = dataclasses.replace(
                 self.config,
                 file=self.config.file.model_copy(update={"subscribers": [], "sources": []}),
             )
-            self._executor = ProcessPoolExecutor(
-                self.processes,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_worker,
-                initargs=(slim,),
-            )
-        return self._executor
+            context = multiprocessing.get_context("spawn")
+            self._workers = [_Worker(context, slim) for _ in range(self.processes)]
+        return self._workers
 
     async def letters(
         self, jobs: AsyncIterator[Job], *, clock: Clock, keep_html: bool = False
     ) -> AsyncGenerator[Letter, None]:
-        pool = self._pool()
-        window = 2 * self.processes
+        workers = self._start()
+        readers = [asyncio.create_task(worker.read_replies()) for worker in workers]
+        window = 2 * len(workers)
         sizes = _chunk_sizes()
-        in_flight: list[Future[list[Letter]]] = []
-        more = True
+        in_flight: list[_Worker] = []  # which worker has each chunk, oldest first
+        turn = 0
+        more, finished = True, False
 
         async def top_up() -> None:
-            # Keep the workers' queue full while this process sends what came back.
-            nonlocal more
+            # Keep the workers' queues full while this process sends what came back.
+            nonlocal more, turn
             while more and len(in_flight) < window:
                 if part := await _take(jobs, next(sizes)):
-                    in_flight.append(pool.submit(_compose_chunk, part, clock(), keep_html))
+                    worker = workers[turn % len(workers)]
+                    worker.submit(part, clock(), keep_html)
+                    in_flight.append(worker)
+                    turn += 1
                 else:
                     more = False
 
         try:
             await top_up()
             while in_flight:
-                done = await asyncio.wrap_future(in_flight.pop(0))
+                done = await in_flight.pop(0).reply()
                 await top_up()
                 for letter in done:
                     yield letter
+            finished = True
         finally:
-            for future in in_flight:  # stopped early: drop what was not asked for
-                future.cancel()
+            for task in readers:
+                task.cancel()
+            if not finished:  # stopped early or a worker died: replies may be left unread
+                self.close()
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.stop()
+
+
+class _Worker:
+    """One compose worker process and its end of the pipe."""
+
+    def __init__(self, context: multiprocessing.context.SpawnContext, config: Config) -> None:
+        self.conn, child = context.Pipe()
+        self.process = context.Process(
+            target=_serve, args=(child, config), name="paperpost-compose", daemon=True
+        )
+        self.process.start()
+        child.close()  # only the worker holds its end: its death is EOF here
+        self.replies: asyncio.Queue[list[Letter] | BaseException] = asyncio.Queue()
+
+    def submit(self, part: list[Job], now: datetime, keep_html: bool) -> None:
+        try:
+            self.conn.send((part, now, keep_html))
+        except OSError as exc:
+            raise self._died() from exc
+
+    async def read_replies(self) -> None:
+        while True:
+            try:
+                reply = await asyncio.to_thread(self.conn.recv)
+            except (EOFError, OSError):
+                self.replies.put_nowait(self._died())
+                return
+            if isinstance(reply, str):  # the worker's traceback
+                self.replies.put_nowait(ComposeWorkerError(f"compose worker failed: {reply}"))
+            else:
+                self.replies.put_nowait(reply)
+
+    async def reply(self) -> list[Letter]:
+        reply = await self.replies.get()
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+    def _died(self) -> ComposeWorkerError:
+        self.process.join(timeout=1)
+        return ComposeWorkerError(
+            f"compose worker {self.process.pid} exited (exit code {self.process.exitcode})"
+        )
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(None)  # finish the chunk in hand, then exit
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
 
 
 def make_composer(config: Config, store: Store) -> Composer:
@@ -219,23 +284,39 @@ async def _take(jobs: AsyncIterator[Job], count: int) -> list[Job]:
 
 
 # -- inside a worker process ----------------------------------------------------------------
-_worker: Composer | None = None
-
-
-def _start_worker(config: Config) -> None:
-    global _worker
+def _serve(conn: Connection, config: Config) -> None:
+    """A worker's life: compose each chunk that arrives, until told to stop or orphaned."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _worker = Composer(config, Store.open(config.database_url, auto_upgrade=False))
-
-
-def _compose_chunk(jobs: list[Job], now: datetime, keep_html: bool) -> list[Letter]:
-    assert _worker is not None, "worker not started"
-    return list(_worker.compose_rows(jobs, clock=lambda: now, keep_html=keep_html))
+    store = Store.open(config.database_url, auto_upgrade=False)
+    composer = Composer(config, store)
+    try:
+        while True:
+            try:
+                task = conn.recv()
+            except EOFError:  # the sender is gone
+                return
+            if task is None:
+                return
+            part, now, keep_html = task
+            clock = itertools.repeat(now).__next__  # one reading for the whole chunk
+            try:
+                reply: list[Letter] | str = list(
+                    composer.compose_rows(part, clock=clock, keep_html=keep_html)
+                )
+            except Exception:
+                reply = traceback.format_exc()
+            try:
+                conn.send(reply)
+            except OSError:
+                return
+    finally:
+        store.close()
 
 
 __all__ = [
     "ComposePool",
+    "ComposeWorkerError",
     "Composer",
     "Job",
     "Letter",

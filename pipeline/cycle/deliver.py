@@ -168,10 +168,10 @@ class Deliverer:
             # The rows and their readers; the composer reads the papers it needs. A row
             # that vanished between claim and load has nothing to send or release.
             heads = self.store.load_deliveries(ids, items=False)
-            for delivery_id in ids:
-                if (delivery := heads.get(delivery_id)) is not None:
-                    self._held[delivery_id] = delivery
-                    yield self._job(delivery)
+            held = [heads[i] for i in ids if i in heads]
+            self._held.update((delivery.id, delivery) for delivery in held)  # all, at once
+            for delivery in held:
+                yield self._job(delivery)
 
     def _job(self, delivery: Delivery) -> Job:
         schedule = self.schedules.get(delivery.email)

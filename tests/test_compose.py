@@ -1,0 +1,179 @@
+"""Composing in worker processes (``[mail] render_processes``): the same bytes as composing
+in the sender, on both databases, and a worker that dies loses nothing and sends nothing
+twice. Real worker processes, a real aiosmtpd on 127.0.0.1."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Config, load_config
+from pipeline.cycle import make_mailer, run_once
+from pipeline.cycle.compose import ComposePool, Composer, make_composer
+from pipeline.domain import Envelope, Mailer
+from pipeline.store import Store
+from tests.smtpd import RunningServer
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+READER = """
+[[subscribers]]
+email = "reader{n}@lab.example"
+name = "Reader {n} Ünïcode"
+timezone = "Europe/London"
+send_at = "00:00"
+[subscribers.interests]
+query = 'abs:RLHF OR ti:"preference optimization" OR abs:"reward model" OR ti:agent*'
+"""
+
+
+def readers(count: int) -> str:
+    return "".join(READER.format(n=n) for n in range(count))
+
+
+def config_with(
+    write_config,  # type: ignore[no-untyped-def]
+    server: RunningServer,
+    *,
+    processes: int,
+    count: int,
+    db_url: str | None = None,
+    name: str = "paperpost.toml",
+    mail: str = "",
+) -> Config:
+    extra = (
+        f"render_processes = {processes}\n{mail}\n"
+        f'[mail.smtp]\nhost = "127.0.0.1"\nport = {server.port}\nsecurity = "none"\n'
+    )
+    path = write_config(
+        db_url=db_url, transport="smtp", mail_extra=extra, subscribers=readers(count), name=name
+    )
+    return load_config(path)
+
+
+async def test_workers_send_byte_for_byte_what_the_sender_would(
+    write_config, smtp_server_factory, tmp_path: Path
+) -> None:
+    inline_server, pool_server = smtp_server_factory(), smtp_server_factory()
+    count = 30  # more than the first chunks, so several chunks cross to the worker
+    inline = config_with(
+        write_config,
+        inline_server,
+        processes=0,
+        count=count,
+        db_url=f"sqlite:///{tmp_path / 'inline.db'}",
+        name="inline.toml",
+    )
+    pooled = config_with(
+        write_config,
+        pool_server,
+        processes=1,
+        count=count,
+        db_url=f"sqlite:///{tmp_path / 'pooled.db'}",
+        name="pooled.toml",
+    )
+    first = await run_once(inline, clock=lambda: NOW)
+    second = await run_once(pooled, clock=lambda: NOW)
+    assert first.deliver.sent == second.deliver.sent == count
+    assert second.deliver.aborted is None
+    # Same outbox keys, clock and secret: the very same messages, bytes and all.
+    assert sorted(data for _, data in pool_server.received) == sorted(
+        data for _, data in inline_server.received
+    )
+    again = await run_once(pooled, clock=lambda: NOW + timedelta(minutes=5))
+    assert again.deliver.sent == 0
+    assert len(pool_server.received) == count
+
+
+async def test_workers_read_postgres_through_the_configured_schema(
+    write_config, pg_url: str, smtp_server: RunningServer
+) -> None:
+    Store.open(pg_url, auto_upgrade=True).close()
+    config = config_with(write_config, smtp_server, processes=2, count=20, db_url=pg_url)
+    report = await run_once(config, clock=lambda: NOW)
+    assert (report.deliver.sent, report.deliver.aborted) == (20, None)
+    recipients = Counter(env.rcpt_tos[0] for env, _ in smtp_server.received)
+    assert recipients == Counter(f"reader{n}@lab.example" for n in range(20))
+
+
+class KillsWorkers:
+    """Hands the first message over, then kills every worker process (as the kernel's
+    OOM killer would), so the composing that is still to come fails. (With
+    ``ProcessPoolExecutor`` this hung the sender for good whenever the kill landed while
+    the worker was writing a reply.)"""
+
+    def __init__(self, inner: Mailer) -> None:
+        self.inner = inner
+        self.killed: list[int] = []
+
+    async def send(self, envelope: Envelope) -> str:
+        reply = await self.inner.send(envelope)
+        if not self.killed:
+            for child in multiprocessing.active_children():
+                assert child.pid is not None
+                os.kill(child.pid, signal.SIGKILL)
+                self.killed.append(child.pid)
+        return reply
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_dead_worker_aborts_the_run_and_loses_nothing(
+    write_config, smtp_server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    count = 40
+    config = config_with(
+        write_config, smtp_server, processes=1, count=count, mail="concurrency = 1"
+    )
+    killer = KillsWorkers(make_mailer(config))
+    with caplog.at_level(logging.ERROR, logger="paperpost.deliver"):
+        first = await run_once(config, clock=lambda: NOW, mailer=killer)
+    await killer.aclose()
+    assert killer.killed, "no worker process was running"
+    assert first.deliver.aborted is not None
+    assert first.deliver.aborted.startswith(
+        "composing digests failed: ComposeWorkerError('compose worker "
+    )
+    assert "exited (exit code -9)" in first.deliver.aborted
+    assert "composing digests failed" in caplog.text
+    assert first.deliver.sent >= 1
+    store = Store.open(config.database_url)
+    try:
+        counts = store.outbox_counts()
+    finally:
+        store.close()
+    # Nothing left claimed or in flight: the unsent rows went straight back to the queue.
+    assert counts == {"sent": first.deliver.sent, "pending": count - first.deliver.sent}
+    second = await run_once(config, clock=lambda: NOW + timedelta(minutes=1))
+    assert (second.deliver.sent, second.deliver.aborted) == (count - first.deliver.sent, None)
+    recipients = Counter(env.rcpt_tos[0] for env, _ in smtp_server.received)
+    assert recipients == Counter(f"reader{n}@lab.example" for n in range(count))
+
+
+def test_in_memory_database_composes_in_the_sender(
+    write_config, smtp_server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = config_with(write_config, smtp_server, processes=2, count=1)
+    store = Store.open(config.database_url)
+    try:
+        assert isinstance(make_composer(config, store), ComposePool)
+        memory = dataclasses.replace(config, database_url="sqlite://")
+        with caplog.at_level(logging.WARNING, logger="paperpost.deliver"):
+            composer = make_composer(memory, store)
+        assert type(composer) is Composer
+        assert "render_processes = 2 ignored: an in-memory database" in caplog.text
+        no_workers = config.file.model_copy(
+            update={"mail": config.file.mail.model_copy(update={"render_processes": 0})}
+        )
+        plain = make_composer(dataclasses.replace(config, file=no_workers), store)
+        assert type(plain) is Composer
+    finally:
+        store.close()
