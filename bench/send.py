@@ -312,6 +312,12 @@ def main() -> None:
         help="the daemon path's database: sqlite (default) or a PostgreSQL URL "
         "(a fresh schema is made there and dropped)",
     )
+    parser.add_argument(
+        "--render-processes",
+        default="0,1",
+        help="[mail] render_processes values for the daemon path rows, comma-separated "
+        "(default 0,1: composing in the sender, then in one worker process)",
+    )
     args = parser.parse_args()
     count, pool, repeats = args.digests, args.pool, args.repeats
 
@@ -399,21 +405,29 @@ def main() -> None:
     for kind in kinds:
         # Rounds of every row, so that load from elsewhere hits all rows alike; medians.
         runs: list[list[Result]] = [[] for _ in rows]
-        daemon_runs: list[Result] = []
+        processes = [int(p) for p in args.render_processes.split(",")]
+        daemon_runs: dict[int, list[Result]] = {p: [] for p in processes}
         for _ in range(args.send_repeats):
             for n, (stage, total, per_connection, produce, _label) in enumerate(rows):
                 runs[n].append(run_send(stage, kind, total, pool, per_connection, produce))
-            if args.daemon:
-                sent, wall, cpu, sink_cpu = run_daemon_path(
-                    kind, args.daemon, pool, papers, sink, process_cpu, args.daemon_db
+            for workers in processes if args.daemon else []:
+                sent, wall, cpu, sink_cpu, workers_cpu = run_daemon_path(
+                    kind, args.daemon, pool, papers, sink, process_cpu, args.daemon_db, workers
                 )
                 outbox = "SQLite" if args.daemon_db == "sqlite" else "PostgreSQL"
-                stage = f"daemon path (Deliverer: {outbox} outbox, signed links)"
-                daemon_runs.append(Result(stage, kind, sent, wall, cpu, sink_cpu))
+                where = (
+                    f"{workers} render process{'es' if workers > 1 else ''} "
+                    f"(+{workers_cpu / sent * 1000:.3f} ms CPU there)"
+                    if workers
+                    else "composed in the sender"
+                )
+                stage = f"daemon path (Deliverer: {outbox} outbox, signed links; {where})"
+                daemon_runs[workers].append(Result(stage, kind, sent, wall, cpu, sink_cpu))
         for n, row in enumerate(rows):
             sends.append((median_result(runs[n]), row[4]))
-        if daemon_runs:
-            sends.append((median_result(daemon_runs), str(pool)))
+        for daemon_results in daemon_runs.values():
+            if daemon_results:
+                sends.append((median_result(daemon_results), str(pool)))
 
     executor.shutdown()
     print(

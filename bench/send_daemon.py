@@ -13,6 +13,7 @@ with the same sink, pool and connection reuse as the sending rows of send.py.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import tempfile
 import time
@@ -48,7 +49,6 @@ transport = "smtp"
 list_name = "Paperpost"
 unsubscribe_mailto = "unsubscribe@lab.example"
 concurrency = {pool}
-batch_size = 500
 render_processes = {render_processes}
 
 [mail.smtp]
@@ -87,13 +87,14 @@ def run_daemon_path(
     process_cpu: Callable[[int], float],
     database: str = "sqlite",
     render_processes: int = 0,
-) -> tuple[int, float, float, float]:
+) -> tuple[int, float, float, float, float]:
     """Plan ``count`` digests of 20 papers, then time ``Deliverer.run`` sending them.
 
     ``database``: "sqlite" (a file in a temporary directory) or a PostgreSQL URL.
     ``render_processes``: ``[mail] render_processes`` (0: compose in this process; else
     worker processes compose, started within the timed run as in a real one).
-    Returns (sent, wall seconds, this process's CPU seconds, the sink's CPU seconds).
+    Returns (sent, wall seconds, this process's CPU seconds, the sink's CPU seconds, the
+    compose workers' CPU seconds).
     """
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -125,13 +126,22 @@ def run_daemon_path(
                 holder="bench",
             )
             sink_cpu, wall, cpu = process_cpu(pid), time.perf_counter(), time.process_time()
-            report = asyncio.run(_run(deliverer))
+            children = _children_cpu()
+            report = asyncio.run(_run(deliverer))  # joins the compose workers, if any
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            workers_cpu = _children_cpu() - children
             sink_cpu = process_cpu(pid) - sink_cpu
         finally:
             store.close()
     assert report.sent == count and report.aborted is None, report
-    return report.sent, wall, cpu, sink_cpu
+    return report.sent, wall, cpu, sink_cpu, workers_cpu
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children (the joined compose workers; the
+    sink is still running, so not counted)."""
+    times = os.times()
+    return times.children_user + times.children_system
 
 
 @contextmanager

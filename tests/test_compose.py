@@ -4,6 +4,7 @@ twice. Real worker processes, a real aiosmtpd on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import multiprocessing
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Config, load_config
-from pipeline.cycle import make_mailer, run_once
+from pipeline.cycle import dispatch, ingest, make_mailer, run_once, sync
 from pipeline.cycle.compose import ComposePool, Composer, make_composer
 from pipeline.domain import Envelope, Mailer
 from pipeline.store import Store
@@ -177,3 +178,47 @@ def test_in_memory_database_composes_in_the_sender(
         assert type(plain) is Composer
     finally:
         store.close()
+
+
+class StopsAfterFirst:
+    """Sets the run's stop event (as SIGTERM does in the daemon) after one message."""
+
+    def __init__(self, inner: Mailer, stopping: asyncio.Event) -> None:
+        self.inner = inner
+        self.stopping = stopping
+
+    async def send(self, envelope: Envelope) -> str:
+        reply = await self.inner.send(envelope)
+        self.stopping.set()
+        return reply
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_stop_mid_run_gives_rows_back_and_stops_the_workers(
+    write_config, smtp_server: RunningServer
+) -> None:
+    count = 40
+    config = config_with(
+        write_config, smtp_server, processes=1, count=count, mail="concurrency = 1"
+    )
+    stopping = asyncio.Event()
+    mailer = StopsAfterFirst(make_mailer(config), stopping)
+    store = Store.open(config.database_url)
+    try:
+        sync(store, config, now=NOW)
+        await ingest(store, config, now=NOW)
+        _plan, report = await dispatch(
+            store, config, clock=lambda: NOW, mailer=mailer, stopping=stopping
+        )
+        await mailer.aclose()
+        assert (report.sent, report.aborted) == (1, None)
+        assert store.outbox_counts() == {"sent": 1, "pending": count - 1}
+        assert multiprocessing.active_children() == []  # the worker was stopped and joined
+        rest = await dispatch(store, config, clock=lambda: NOW + timedelta(minutes=1))
+        assert rest[1].sent == count - 1
+    finally:
+        store.close()
+    recipients = Counter(env.rcpt_tos[0] for env, _ in smtp_server.received)
+    assert recipients == Counter(f"reader{n}@lab.example" for n in range(count))

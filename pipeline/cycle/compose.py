@@ -114,10 +114,9 @@ class Composer:
     async def letters(
         self, jobs: AsyncIterator[Job], *, clock: Clock, keep_html: bool = False
     ) -> AsyncGenerator[Letter, None]:
-        """The letters of ``jobs`` in order, composed as the sender asks for them."""
-        for size in _chunk_sizes():
-            if not (part := await _take(jobs, size)):
-                return
+        """The letters of ``jobs`` in order, each composed as the sender asks for it (rows
+        are read 64 at a time)."""
+        while part := await _take(jobs, _MAX_CHUNK):
             for letter in self.compose_rows(part, clock=clock, keep_html=keep_html):
                 yield letter
 
