@@ -222,3 +222,17 @@ async def test_stop_mid_run_gives_rows_back_and_stops_the_workers(
         store.close()
     recipients = Counter(env.rcpt_tos[0] for env, _ in smtp_server.received)
     assert recipients == Counter(f"reader{n}@lab.example" for n in range(count))
+
+
+async def test_more_workers_than_asyncio_has_default_threads(
+    write_config, smtp_server: RunningServer
+) -> None:
+    # Each worker's replies are read on a thread of the pool's own: asyncio's default pool
+    # has min(32, cores + 4) threads, shared with the rest of the daemon. Every worker gets
+    # chunks, everything is delivered once, and every worker is stopped at the end.
+    processes = min(32, (os.cpu_count() or 1) + 4) + 1
+    count = 260  # chunks of 4, 8, 16, 32, 64, 64, 64 ...: every worker gets one
+    config = config_with(write_config, smtp_server, processes=processes, count=count)
+    report = await asyncio.wait_for(run_once(config, clock=lambda: NOW), timeout=300)
+    assert (report.deliver.sent, report.deliver.aborted) == (count, None)
+    assert multiprocessing.active_children() == []

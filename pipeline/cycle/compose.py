@@ -25,6 +25,7 @@ import multiprocessing
 import signal
 import traceback
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import NamedTuple
@@ -132,20 +133,22 @@ class ComposePool(Composer):
     """Composes in ``processes`` worker processes, in order, a few chunks ahead.
 
     Workers start on first use (``spawn``: the daemon has threads, so no ``fork``) with a
-    copy of the configuration minus its subscriber and source lists, and open their own
-    database connection. Each has its own pipe (not ``ProcessPoolExecutor``, whose shared
-    result pipe hangs the sender for good when a worker is killed halfway through writing
-    a reply); a reader task per worker takes replies as they come, so a worker never waits
-    for the sender to read. Workers ignore SIGINT and SIGTERM (the sender decides when
-    they stop) and exit when the sender does, even after a SIGKILL (their pipe closes).
-    A worker that dies raises ``ComposeWorkerError`` out of ``letters``: the sender aborts
-    the run and gives its unsent rows back.
+    copy of the configuration minus its subscriber and source lists, open their own
+    database connection, and stop at the end of the run (``letters``). Each has its own
+    pipe (not ``ProcessPoolExecutor``, whose shared result pipe hangs the sender for good
+    when a worker is killed halfway through writing a reply); a reader thread per worker
+    takes replies as they come, so a worker never waits for the sender to read. Workers
+    ignore SIGINT and SIGTERM (the sender decides when they stop) and exit when the
+    sender does, even after a SIGKILL (their pipe closes). A worker that dies raises
+    ``ComposeWorkerError`` out of ``letters``: the sender aborts the run and gives its
+    unsent rows back.
     """
 
     def __init__(self, config: Config, store: Store, processes: int) -> None:
         super().__init__(config, store)
         self.processes = processes
         self._workers: list[_Worker] = []
+        self._readers: ThreadPoolExecutor | None = None
 
     def _start(self) -> list[_Worker]:
         if not self._workers:
@@ -154,7 +157,10 @@ class ComposePool(Composer):
                 file=self.config.file.model_copy(update={"subscribers": [], "sources": []}),
             )
             context = multiprocessing.get_context("spawn")
-            self._workers = [_Worker(context, slim) for _ in range(self.processes)]
+            # One thread per worker waits for its replies: not asyncio's default pool, which
+            # has only a few threads (6 on 2 cores) and is shared with everything else.
+            self._readers = ThreadPoolExecutor(self.processes, "paperpost-compose-reader")
+            self._workers = [_Worker(context, slim, self._readers) for _ in range(self.processes)]
         return self._workers
 
     async def letters(
@@ -166,7 +172,7 @@ class ComposePool(Composer):
         sizes = _chunk_sizes()
         in_flight: list[_Worker] = []  # which worker has each chunk, oldest first
         turn = 0
-        more, finished = True, False
+        more = True
 
         async def top_up() -> None:
             # Keep the workers' queues full while this process sends what came back.
@@ -187,23 +193,31 @@ class ComposePool(Composer):
                 await top_up()
                 for letter in done:
                     yield letter
-            finished = True
         finally:
             for task in readers:
                 task.cancel()
-            if not finished:  # stopped early or a worker died: replies may be left unread
-                self.close()
+            # Workers live for one run: stopping them also ends the reader threads (EOF).
+            # Stopped early or after a worker died, replies may be left unread: they go too.
+            self.close()
 
     def close(self) -> None:
         workers, self._workers = self._workers, []
         for worker in workers:
             worker.stop()
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+            self._readers = None
 
 
 class _Worker:
     """One compose worker process and its end of the pipe."""
 
-    def __init__(self, context: multiprocessing.context.SpawnContext, config: Config) -> None:
+    def __init__(
+        self,
+        context: multiprocessing.context.SpawnContext,
+        config: Config,
+        readers: ThreadPoolExecutor,
+    ) -> None:
         self.conn, child = context.Pipe()
         self.process = context.Process(
             target=_serve, args=(child, config), name="paperpost-compose", daemon=True
@@ -211,6 +225,7 @@ class _Worker:
         self.process.start()
         child.close()  # only the worker holds its end: its death is EOF here
         self.replies: asyncio.Queue[list[Letter] | BaseException] = asyncio.Queue()
+        self._readers = readers
 
     def submit(self, part: list[Job], now: datetime, keep_html: bool) -> None:
         try:
@@ -221,7 +236,8 @@ class _Worker:
     async def read_replies(self) -> None:
         while True:
             try:
-                reply = await asyncio.to_thread(self.conn.recv)
+                loop = asyncio.get_running_loop()
+                reply = await loop.run_in_executor(self._readers, self.conn.recv)
             except (EOFError, OSError):
                 self.replies.put_nowait(self._died())
                 return
