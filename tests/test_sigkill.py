@@ -22,7 +22,18 @@ from pipeline.cycle import run_once
 from pipeline.store import Store
 from tests.smtpd import HANG, ScriptedHandler
 
-RECIPIENTS = ("ada@lab.example", "grace@lab.example", "zoe@lab.example")
+# Enough readers that composing is still under way when the sender is killed.
+RECIPIENTS = tuple(f"reader{n}@lab.example" for n in range(20))
+READERS = "".join(
+    f"""
+[[subscribers]]
+email = "{email}"
+send_at = "00:00"
+[subscribers.interests]
+query = 'abs:RLHF OR ti:"preference optimization" OR abs:"reward model" OR ti:agent*'
+"""
+    for email in RECIPIENTS
+)
 
 
 class SignallingHandler(ScriptedHandler):
@@ -70,7 +81,7 @@ def test_sigkill_mid_batch_then_restart(
         f"concurrency = 1\nrender_processes = {render_processes}\n\n"
         f'[mail.smtp]\nhost = "127.0.0.1"\nport = {server.port}\nsecurity = "none"\n'
     )
-    path = write_config(transport="smtp", mail_extra=extra)
+    path = write_config(transport="smtp", mail_extra=extra, subscribers=READERS)
     marker = f"PAPERPOST_TEST_RUN={uuid.uuid4().hex}"
     env = {
         **os.environ,
@@ -104,14 +115,14 @@ def test_sigkill_mid_batch_then_restart(
 
     config = load_config(path, env=env)
     store = Store.open(config.database_url)
-    assert store.outbox_counts() == {"sent": 1, "sending": 1, "claimed": 1}
+    assert store.outbox_counts() == {"sent": 1, "sending": 1, "claimed": len(RECIPIENTS) - 2}
     # The restart happens once the dead sender's claims are stale.
     later = datetime.now(UTC) + timedelta(minutes=15)
     import asyncio
 
     report = asyncio.run(run_once(config, clock=lambda: later, store=store))
-    assert (report.deliver.sent, report.deliver.ambiguous) == (1, 1)
-    assert store.outbox_counts() == {"sent": 2, "ambiguous": 1}
+    assert (report.deliver.sent, report.deliver.ambiguous) == (len(RECIPIENTS) - 2, 1)
+    assert store.outbox_counts() == {"sent": len(RECIPIENTS) - 1, "ambiguous": 1}
     store.close()
     # The server got each digest exactly once: the hung one was accepted before the kill and
     # is not sent again under the default at-most-once policy.
