@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.config import Config, load_config
 from pipeline.cycle import dispatch, ingest, make_mailer, run_once, sync
-from pipeline.cycle.compose import ComposePool, Composer, make_composer
+from pipeline.cycle.compose import ComposePool, Composer, ComposeWorkerError, make_composer
 from pipeline.domain import Envelope, Mailer
 from pipeline.store import Store
 from tests.smtpd import RunningServer
@@ -236,3 +236,26 @@ async def test_more_workers_than_asyncio_has_default_threads(
     report = await asyncio.wait_for(run_once(config, clock=lambda: NOW), timeout=300)
     assert (report.deliver.sent, report.deliver.aborted) == (count, None)
     assert multiprocessing.active_children() == []
+
+
+async def test_a_failure_inside_a_worker_comes_back_with_its_traceback(
+    write_config, tmp_path: Path
+) -> None:
+    config = load_config(write_config(mail_extra="render_processes = 1"))  # Maildir
+    planned = await run_once(config, clock=lambda: NOW)
+    assert planned.deliver.sent == 3
+    store = Store.open(config.database_url)
+    pool = ComposePool(config, store, 1)
+
+    async def jobs():  # type: ignore[no-untyped-def]
+        yield 1, None  # a row that exists, with no schedule: a bug, not a bad digest
+
+    try:
+        with pytest.raises(ComposeWorkerError, match="compose worker failed: Traceback") as err:
+            async for _letter in pool.letters(jobs(), clock=lambda: NOW):
+                pass
+        assert "AttributeError" in str(err.value)
+        assert multiprocessing.active_children() == []  # the run's workers were stopped
+    finally:
+        pool.close()
+        store.close()
