@@ -109,7 +109,7 @@ class MailConfig(_Model):
     batch_size: int = Field(50, ge=1, le=10_000)
     concurrency: int = Field(4, ge=1, le=256)
     # Worker processes that sign, render and build digests while this one sends (0: render
-    # here). Worth 1 on a machine with a spare core and runs of hundreds of digests.
+    # here). Worth 1 on a machine with a spare core and runs of thousands of digests.
     render_processes: int = Field(0, ge=0, le=64)
     retry_max_age_hours: float = Field(48.0, gt=0)
     ambiguous_policy: Literal["at-most-once", "at-least-once"] = "at-most-once"
