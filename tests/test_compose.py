@@ -238,14 +238,11 @@ async def test_more_workers_than_asyncio_has_default_threads(
     assert multiprocessing.active_children() == []
 
 
-async def test_a_failure_inside_a_worker_comes_back_with_its_traceback(
-    write_config, tmp_path: Path
-) -> None:
+async def test_a_failure_inside_a_worker_comes_back_with_its_traceback(write_config) -> None:
     config = load_config(write_config(mail_extra="render_processes = 1"))  # Maildir
     planned = await run_once(config, clock=lambda: NOW)
     assert planned.deliver.sent == 3
-    store = Store.open(config.database_url)
-    pool = ComposePool(config, store, 1)
+    pool = ComposePool(config, 1)
 
     async def jobs():  # type: ignore[no-untyped-def]
         yield 1, None  # a row that exists, with no schedule: a bug, not a bad digest
@@ -258,4 +255,3 @@ async def test_a_failure_inside_a_worker_comes_back_with_its_traceback(
         assert multiprocessing.active_children() == []  # the run's workers were stopped
     finally:
         pool.close()
-        store.close()

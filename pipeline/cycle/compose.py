@@ -28,7 +28,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, S
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from multiprocessing.connection import Connection
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from pipeline.config import Config
 from pipeline.cycle.digest import build_digest, message_headers
@@ -71,6 +71,17 @@ class Letter(NamedTuple):
     error: str | None = None  # why the message could not be built (data is None)
     html: str | None = None  # the HTML part, kept only when previews are written
     papers: int = 0  # how many papers it carries, for the log
+
+
+class Composing(Protocol):
+    """What the sender needs: the letters of the rows it claims, in order, and a way to
+    release what composing holds (worker processes) at the end of the run."""
+
+    def letters(
+        self, jobs: AsyncIterator[Job], *, clock: Clock, keep_html: bool = False
+    ) -> AsyncGenerator[Letter, None]: ...
+
+    def close(self) -> None: ...
 
 
 class Composer:
@@ -129,7 +140,7 @@ class ComposeWorkerError(PaperpostError):
     """A compose worker died (killed, out of memory) or failed on a chunk."""
 
 
-class ComposePool(Composer):
+class ComposePool:
     """Composes in ``processes`` worker processes, in order, a few chunks ahead.
 
     Workers start on first use (``spawn``: the daemon has threads, so no ``fork``) with a
@@ -144,8 +155,8 @@ class ComposePool(Composer):
     unsent rows back.
     """
 
-    def __init__(self, config: Config, store: Store, processes: int) -> None:
-        super().__init__(config, store)
+    def __init__(self, config: Config, processes: int) -> None:
+        self.config = config
         self.processes = processes
         self._workers: list[_Worker] = []
         self._readers: ThreadPoolExecutor | None = None
@@ -267,7 +278,7 @@ class _Worker:
             self.process.join()
 
 
-def make_composer(config: Config, store: Store) -> Composer:
+def make_composer(config: Config, store: Store) -> Composing:
     """Composing as ``[mail] render_processes`` says: here (0) or in that many workers."""
     processes = config.file.mail.render_processes
     if processes and is_in_memory(config.database_url):
@@ -277,7 +288,7 @@ def make_composer(config: Config, store: Store) -> Composer:
             processes,
         )
         processes = 0
-    return ComposePool(config, store, processes) if processes else Composer(config, store)
+    return ComposePool(config, processes) if processes else Composer(config, store)
 
 
 def _chunk_sizes() -> Iterator[int]:
@@ -333,6 +344,7 @@ __all__ = [
     "ComposePool",
     "ComposeWorkerError",
     "Composer",
+    "Composing",
     "Job",
     "Letter",
     "make_composer",

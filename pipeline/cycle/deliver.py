@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from pipeline.config import Config
-from pipeline.cycle.compose import Composer, Job, Letter
+from pipeline.cycle.compose import Composing, Job, Letter
 from pipeline.cycle.plan import sender_address
 from pipeline.domain import Envelope, Mailer, Schedule
 from pipeline.errors import (
@@ -71,7 +71,7 @@ class Deliverer:
         store: Store,
         config: Config,
         mailer: Mailer,
-        composer: Composer,
+        composer: Composing,
         schedules: Mapping[str, Schedule],
         *,
         clock: Clock,
