@@ -25,8 +25,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, select, text
 
+from pipeline.app import App
 from pipeline.config import Config, load_config
-from pipeline.cycle import make_mailer, sync
 from pipeline.cycle.compose import make_composer
 from pipeline.cycle.deliver import Deliverer, DeliverReport
 from pipeline.cycle.plan import outbox_key
@@ -119,9 +119,8 @@ def run_daemon_path(
             deliverer = Deliverer(
                 store,
                 config,
-                make_mailer(config),
+                App(config, store=store).mailer(),
                 make_composer(config, store),
-                {},
                 clock=lambda: WHEN,
                 holder="bench",
             )
@@ -171,7 +170,7 @@ async def _run(deliverer: Deliverer) -> DeliverReport:
 
 
 def _plan(store: Store, config: Config, count: int, papers: list[Paper]) -> None:
-    sync(store, config, now=WHEN)
+    App(config, store=store).sync(now=WHEN)
     store.save_papers(papers, now=WHEN)
     with store.read() as s:
         rows = s.execute(select(SubscriberRow.email, SubscriberRow.id)).tuples().all()
@@ -188,7 +187,9 @@ def _plan(store: Store, config: Config, count: int, papers: list[Paper]) -> None
             period_key="2025-11-24",
             window_start=WHEN - timedelta(days=1),
             window_end=WHEN,
-            message_id=make_message_id(outbox_key(subscriber, "2025-11-24"), "lab.example"),
+            message_id=make_message_id(
+                outbox_key("bench", subscriber, "2025-11-24"), "lab.example"
+            ),
             items=items,
             now=WHEN,
         )

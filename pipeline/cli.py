@@ -16,10 +16,22 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
+from pipeline.app import App
 from pipeline.config import Config, load_config
 from pipeline.errors import PaperpostError
 
 DEFAULT_CONFIG = "config/paperpost.toml"
+STATES = (
+    "pending",
+    "claimed",
+    "sending",
+    "sent",
+    "deferred",
+    "failed",
+    "ambiguous",
+    "skipped",
+    "cancelled",
+)
 
 
 def _config_path(args: argparse.Namespace) -> str:
@@ -48,11 +60,15 @@ def _table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
 
 
 # -- commands ----------------------------------------------------------------------------------
+def _app(args: argparse.Namespace, *, read_only: bool = False) -> App:
+    """The application over the config; read-only commands need none of the secrets."""
+    return App(load_config(_config_path(args), secrets=not read_only))
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
-    from pipeline.cycle.compose import make_renderer
-
-    make_renderer(config).check()
+    with App(config) as app:
+        checks = app.check()
     f = config.file
     print(f"{config.path}: OK")
     print(f"database: {config.database_url}")
@@ -66,9 +82,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     print(f"mail: {transport} -> {where}, from {f.mail.from_}")
     print(f"web: {f.web.base_url}")
-    from pipeline.cycle.plan import check_embedding_model
-
-    print(f"match: {check_embedding_model(config)}")
+    for line in checks:
+        print(line)
     print()
     print(
         _table(
@@ -97,20 +112,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from pipeline.store import Store, migrate
-
-    config = _load(args)
-    store = Store.open(config.database_url, auto_upgrade=True)
-    print(f"database at revision {migrate.current_revision(store.engine)} (head)")
-    store.close()
+    with _app(args, read_only=True) as app:
+        print(f"database at revision {app.upgrade_database()} (head)")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.cycle import run_once
-
     config = _load(args)
-    report = asyncio.run(run_once(config, write_previews=args.previews))
+    with App(config) as app:
+        report = asyncio.run(app.run_once(write_previews=args.previews))
     failed = [o for o in report.sources if not o.ok]
     print(
         f"ingested {len(report.sources)} sources"
@@ -150,16 +160,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from pipeline.cycle import ingest, open_store, sync, utc_now
-
-    config = _load(args)
-    store = open_store(config)
-    try:
-        now = utc_now()
-        sync(store, config, now=now)
-        outcomes = asyncio.run(ingest(store, config, now=now))
-    finally:
-        store.close()
+    with _app(args) as app:
+        app.sync()
+        outcomes = asyncio.run(app.ingest())
     print(
         _table(
             [
@@ -173,17 +176,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from pipeline.cycle import open_store, preview, utc_now
-
-    config = _load(args)
-    store = open_store(config)
-    try:
-        path = preview(config, store, args.email, now=utc_now())
-    except KeyError:
-        print(f"no subscriber {args.email!r} in {config.path}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
+    with _app(args) as app:
+        app.sync()
+        path = app.preview(args.email)
     print(path)
     if args.open:
         import webbrowser
@@ -193,14 +188,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_resubscribe(args: argparse.Namespace) -> int:
-    from pipeline.cycle import open_store, utc_now
-
-    config = _load(args)
-    store = open_store(config)
-    try:
-        changed = store.resubscribe(args.email.strip().lower(), now=utc_now())
-    finally:
-        store.close()
+    with _app(args, read_only=True) as app:
+        changed = app.resubscribe(args.email)
     print(
         f"{args.email}: " + ("resubscribed" if changed else "was not unsubscribed; nothing changed")
     )
@@ -208,15 +197,10 @@ def cmd_resubscribe(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.cycle import open_store, utc_now
-    from pipeline.schedule.periods import next_due_period
-
-    config = _load(args)
-    store = open_store(config)
-    now = utc_now()
-    try:
+    with _app(args, read_only=True) as app:
+        config = app.config
         alert = config.file.ingest.alert_after_failures
-        states = {s.name: s for s in store.source_states()}
+        states = {s.name: s for s in app.source_states()}
         rows = []
         for src in config.sources:
             st = states.get(src.name)
@@ -235,34 +219,20 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
         print(_table(rows, ("source", "kind", "last success", "failures", "entries", "last error")))
         print()
-        subs = store.subscriber_states()
-        upcoming = sorted(
-            (
-                next_due_period(s.schedule, now).due_at,
-                s.email,
-                subs[s.email].status if s.email in subs else "new",
-            )
-            for s in config.subscribers()
-        )
         print(
             _table(
-                [
-                    (due.isoformat(timespec="minutes"), email, status)
-                    for due, email, status in upcoming[:20]
-                ],
-                ("next due (UTC)", "subscriber", "status"),
+                [(due.isoformat(timespec="minutes"), email) for due, email in app.next_due()],
+                ("next due (UTC)", "subscriber"),
             )
         )
         print()
-        counts = store.outbox_counts()
+        counts = app.outbox_counts()
         print("outbox: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "empty"))
-        for run in store.last_runs(4):
+        for run in app.last_runs(4):
             print(
                 f"{run.kind} at {run.started_at.isoformat(timespec='seconds')}: "
                 f"{_run_summary(run.kind, run.summary)}"
             )
-    finally:
-        store.close()
     return 0
 
 
@@ -276,45 +246,103 @@ def _run_summary(kind: str, summary: dict[str, Any]) -> str:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from pipeline.cycle import open_store, utc_now
-    from pipeline.cycle.plan import fit_matcher, profile_with_feedback
+    with _app(args, read_only=True) as app:
+        print(app.explain(args.email, args.paper))
+    return 0
 
-    config = _load(args)
-    email = args.email.strip().lower()
-    sub = next((s for s in config.subscribers() if s.email == email), None)
-    if sub is None:
-        print(f"no subscriber {args.email!r} in {config.path}", file=sys.stderr)
-        return 1
-    store = open_store(config)
-    try:
-        paper_id = args.paper.removeprefix("arXiv:")
-        papers = store.papers_by_id([paper_id])
-        if paper_id not in papers:
-            print(
-                f"paper {args.paper!r} is not in the database (run `paperpost ingest`)",
-                file=sys.stderr,
-            )
-            return 1
-        state = store.subscriber_state(email)
-        profile = sub.profile
-        if state is not None:
-            profile = profile_with_feedback(profile, *store.feedback([state.id])[state.id])
-        now = utc_now()
-        matcher = fit_matcher(store, config, now=now, fallback=list(papers.values()))
-        liked = store.papers_by_id([*profile.like, *profile.dislike])
-        print(matcher.explain(profile, papers[paper_id], liked=liked))
-        if paper_id in store.sent_paper_ids(email):
-            print("note: this paper was already sent to this subscriber; it will not be sent again")
-    finally:
-        store.close()
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    with _app(args, read_only=True) as app:
+        entries = app.outbox(
+            statuses=args.status or None,
+            email=args.subscriber,
+            period_key=args.period,
+            limit=args.limit,
+        )
+    print(
+        _table(
+            [
+                (
+                    e.id,
+                    e.email,
+                    e.period_key,
+                    e.status,
+                    e.attempts,
+                    e.item_count,
+                    (e.sent_at or e.next_attempt_at).isoformat(timespec="minutes"),
+                    (e.last_error or "")[:60],
+                )
+                for e in entries
+            ],
+            ("id", "subscriber", "period", "status", "tries", "papers", "sent/next", "last error"),
+        )
+    )
+    if len(entries) == args.limit:
+        print(f"(the newest {args.limit}; --limit N shows more)")
+    return 0
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    if not (args.ids or args.subscriber or args.all):
+        raise PaperpostError(
+            "requeue: name the digests (outbox ids), --subscriber EMAIL, or --all; "
+            "see `paperpost outbox --status failed --status ambiguous`"
+        )
+    with _app(args, read_only=True) as app:
+        moved = app.requeue(
+            ids=args.ids or None,
+            statuses=args.status or ("failed", "ambiguous"),
+            email=args.subscriber,
+        )
+    print(f"{moved} digest(s) back in the queue; the next dispatch tick or run sends them")
+    return 0
+
+
+def cmd_subscribers_list(args: argparse.Namespace) -> int:
+    with _app(args, read_only=True) as app:
+        readers = app.readers(statuses=args.status or None, origin=args.origin)
+    print(
+        _table(
+            [
+                (
+                    r.email,
+                    r.status,
+                    r.origin,
+                    r.version,
+                    r.subscriber.schedule.timezone,
+                    r.subscriber.schedule.frequency,
+                    r.subscriber.schedule.send_at.strftime("%H:%M"),
+                )
+                for r in readers
+            ],
+            ("subscriber", "status", "origin", "version", "timezone", "frequency", "send_at"),
+        )
+    )
+    return 0
+
+
+def cmd_subscribers_import(args: argparse.Namespace) -> int:
+    with _app(args, read_only=True) as app:
+        stats = app.import_subscribers(args.file)
+    print(
+        f"{args.file}: {stats.added} added, {stats.updated} updated, "
+        f"{stats.skipped} skipped (the config file owns them), "
+        f"{stats.suppressed} unsubscribed (kept so)"
+    )
+    return 0
+
+
+def cmd_subscribers_unsubscribe(args: argparse.Namespace) -> int:
+    with _app(args, read_only=True) as app:
+        app.reader(args.email)  # an unknown address is an error, not a new suppression
+        changed = app.unsubscribe(args.email, reason="operator")
+    print(f"{args.email}: " + ("unsubscribed" if changed else "was not active; nothing changed"))
     return 0
 
 
 def cmd_send_test(args: argparse.Namespace) -> int:
-    from pipeline.cycle.sendtest import send_test
-
-    config = _load(args)
-    reply = asyncio.run(send_test(config, args.email))
+    with _app(args) as app:
+        reply = asyncio.run(app.send_test(args.email))
     print(f"server answered: {reply}")
     return 0
 
@@ -380,6 +408,44 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("email")
     resub = add("resubscribe", cmd_resubscribe, "lift EMAIL's unsubscribe (explicit operator act)")
     resub.add_argument("email")
+    outbox = add("outbox", cmd_outbox, "list digests in the outbox by state, subscriber, period")
+    outbox.add_argument(
+        "--status",
+        action="append",
+        choices=STATES,
+        help="only this state (repeatable)",
+    )
+    outbox.add_argument("--subscriber", metavar="EMAIL", help="only this reader's digests")
+    outbox.add_argument("--period", metavar="KEY", help="only this period, e.g. 2026-12-02")
+    outbox.add_argument("--limit", type=int, default=100, help="at most N rows (default 100)")
+    requeue = add(
+        "requeue",
+        cmd_requeue,
+        "put failed or ambiguous digests back in the queue (an ambiguous one may arrive twice)",
+    )
+    requeue.add_argument("ids", nargs="*", type=int, help="outbox ids (see `paperpost outbox`)")
+    requeue.add_argument("--subscriber", metavar="EMAIL", help="this reader's digests")
+    requeue.add_argument(
+        "--status",
+        action="append",
+        choices=("failed", "ambiguous"),
+        help="only this state (repeatable; default both)",
+    )
+    requeue.add_argument("--all", action="store_true", help="every failed and ambiguous digest")
+    subs = add("subscribers", lambda _a: 0, "list, import or unsubscribe readers")
+    subs_sub = subs.add_subparsers(dest="subscribers_command", required=True, metavar="ACTION")
+    listing = subs_sub.add_parser("list", help="readers in the database, with status and origin")
+    listing.add_argument("--status", action="append", choices=("active", "unsubscribed", "removed"))
+    listing.add_argument("--origin", choices=("config", "import", "self-service"))
+    listing.set_defaults(func=cmd_subscribers_list)
+    bulk = subs_sub.add_parser(
+        "import", help="add or update readers from a CSV or JSON Lines file (docs/operating.md)"
+    )
+    bulk.add_argument("file", type=Path)
+    bulk.set_defaults(func=cmd_subscribers_import)
+    off = subs_sub.add_parser("unsubscribe", help="unsubscribe EMAIL as the operator")
+    off.add_argument("email")
+    off.set_defaults(func=cmd_subscribers_unsubscribe)
     add("daemon", cmd_daemon, "run the scheduler and web endpoints until stopped")
     add("reload", cmd_reload, "tell the running daemon to reload its config (SIGHUP)")
     db = add("db", lambda _a: 0, "database commands")

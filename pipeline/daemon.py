@@ -33,12 +33,11 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
 
-from pipeline import cycle
+from pipeline.app import App, UnknownReaderError, holder_name, utc_now
 from pipeline.config import Config, load_config
 from pipeline.errors import ConfigError, PaperpostError
 from pipeline.schedule.due import sources_due
 from pipeline.schedule.scheduler import PeriodicJob, Scheduler
-from pipeline.store import Store
 from pipeline.web.app import create_app
 from pipeline.web.metrics import exposition, pipeline_metrics
 from pipeline.web.tokens import TokenSigner
@@ -93,9 +92,10 @@ class Daemon:
     ) -> None:
         self.config = config
         self.options = options
-        self.clock: Clock = clock or cycle.utc_now
-        self.store: Store = cycle.open_store(config)
-        self.holder = cycle.holder_name()
+        self.clock: Clock = clock or utc_now
+        self.holder = holder_name()
+        self.core = App(config, clock=self.clock, holder=self.holder)
+        self.store = self.core.store
         self.stats = Stats()
         self.stopping = asyncio.Event()
         self._stop_requested = asyncio.Event()
@@ -141,16 +141,12 @@ class Daemon:
             for s in config.sources
             if s.enabled
         }
-        states = await asyncio.to_thread(self.store.source_states)
+        states = await asyncio.to_thread(self.core.source_states)
         last = {st.name: st.last_attempt for st in states}
         due = set(sources_due(intervals, last, tick=self._ingest_tick(config), now=now))
         if not due:
             return
-        subset = [s for s in config.file.sources if s.name in due]
-        only_due = dataclasses.replace(
-            config, file=config.file.model_copy(update={"sources": subset})
-        )
-        outcomes = await cycle.ingest(self.store, only_due, now=now)
+        outcomes = await self.core.ingest(now=now, sources=due)
         self.stats.papers_ingested += sum(o.new for o in outcomes)
         self.stats.source_failures += sum(1 for o in outcomes if not o.ok)
 
@@ -158,9 +154,7 @@ class Daemon:
         if self.stopping.is_set():
             return
         began = time.monotonic()
-        plan, report = await cycle.dispatch(
-            self.store, self.config, clock=self.clock, holder=self.holder, stopping=self.stopping
-        )
+        plan, report = await self.core.dispatch(stopping=self.stopping)
         self.stats.dispatch_runs += 1
         self.stats.dispatch_seconds += time.monotonic() - began
         self.stats.digests_sent += report.sent
@@ -179,7 +173,7 @@ class Daemon:
 
     async def _maintenance(self) -> None:
         alert = self.config.file.ingest.alert_after_failures
-        for state in await asyncio.to_thread(self.store.source_states):
+        for state in await asyncio.to_thread(self.core.source_states):
             if state.consecutive_failures >= alert:
                 log.error(
                     "source %s has failed %d times in a row; last error: %s",
@@ -225,9 +219,12 @@ class Daemon:
         web_old, web_new = self.config.file.web, new.file.web
         if (web_old.listen_host, web_old.listen_port) != (web_new.listen_host, web_new.listen_port):
             log.warning("the new web listen address takes effect on restart")
+        old = self.config
         try:
-            await asyncio.to_thread(cycle.sync, self.store, new, now=self.clock())
+            self.core.reconfigure(new)
+            await asyncio.to_thread(self.core.sync)
         except PaperpostError as exc:
+            self.core.reconfigure(old)
             log.error("reload rejected: could not store the new subscribers: %s", exc)
             return False
         self.config = new
@@ -265,7 +262,7 @@ class Daemon:
                 timeout_graceful_shutdown=max(1, int(self.options.grace_seconds)),
             )
         )
-        await asyncio.to_thread(cycle.sync, self.store, self.config, now=self.clock())
+        await asyncio.to_thread(self.core.sync)
         await self.scheduler.start()
         serving = asyncio.create_task(server.serve(sockets=[listener]))
         stop_wait = asyncio.create_task(self._stop_requested.wait())
@@ -289,7 +286,7 @@ class Daemon:
         stop_wait.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        await asyncio.to_thread(self.store.close)
+        await asyncio.to_thread(self.core.close)
         log.warning(
             "daemon %s stopped (%s)",
             self.holder,
@@ -315,23 +312,22 @@ class DaemonWebBackend:
         self._daemon = daemon
 
     def unsubscribe(self, email: str, *, now: datetime) -> bool:
-        return self._daemon.store.unsubscribe(email, now=now)
+        return self._daemon.core.unsubscribe(email, now=now)
 
     def record_feedback(self, email: str, paper_id: str, signal: str, *, now: datetime) -> bool:
-        return self._daemon.store.record_feedback(email, paper_id, signal, now=now)
+        return self._daemon.core.record_feedback(email, paper_id, signal, now=now)
 
     def render_preview(self, email: str) -> str | None:
-        d = self._daemon
         try:
-            path = cycle.preview(d.config, d.store, email, now=d.clock())
-        except KeyError:
+            path = self._daemon.core.preview(email)
+        except UnknownReaderError:
             return None
         return path.read_text(encoding="utf-8")
 
     def health(self) -> Mapping[str, object]:
         d = self._daemon
         try:
-            outbox = d.store.outbox_counts()
+            outbox = d.core.outbox_counts()
         except Exception as exc:  # health reports, never raises
             return {"ok": False, "database": type(exc).__name__}
         return {
@@ -348,9 +344,9 @@ class DaemonWebBackend:
         d = self._daemon
         return exposition(
             pipeline_metrics(
-                papers=d.store.count_papers(),
-                outbox=d.store.outbox_counts(),
-                source_failures={s.name: s.consecutive_failures for s in d.store.source_states()},
+                papers=d.core.paper_count(),
+                outbox=d.core.outbox_counts(),
+                source_failures={s.name: s.consecutive_failures for s in d.core.source_states()},
                 lease_held=d.scheduler.holds_lease,
                 counters=dataclasses.asdict(d.stats),
             )
@@ -411,13 +407,13 @@ def run_daemon(config_path: str | Path, *, options: DaemonOptions | None = None)
 
 def signal_reload(config_path: str | Path, *, pid_file: Path | None = None) -> int:
     """Send SIGHUP to the daemon running with this config (found by its pid file)."""
+    # The daemon would reject an invalid config and keep the running one; say so here, with
+    # every problem, and exit non-zero, so a deploy script stops instead of trusting a reload.
+    # (ConfigError goes to the CLI's catch-all.) Secrets are not required here: the daemon's
+    # environment (a systemd EnvironmentFile) is not the operator's shell.
+    config = load_config(config_path, secrets=False)
     if pid_file is None:
-        # The daemon's config names its pid file; an unreadable config falls back to the default
-        # (reloading is exactly how an operator applies a fixed config).
-        try:
-            pid_file = options_from_config(load_config(config_path)).pid_file
-        except PaperpostError:
-            pid_file = None
+        pid_file = options_from_config(config).pid_file
     path = pid_file or default_pid_file(config_path)
     try:
         pid = int(path.read_text(encoding="utf-8").strip())

@@ -7,9 +7,10 @@ datetimes are timezone-aware UTC unless a field says otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, time
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeAlias
 
 AnnounceType = Literal["new", "cross", "replace", "replace-cross"]
 
@@ -92,6 +93,27 @@ class Subscriber:
 
 
 @dataclass(frozen=True, slots=True)
+class Reader:
+    """A subscriber as the database holds it, the source of truth for every use case.
+
+    ``version`` goes up with every change of the settings in ``subscriber``; an outbox row
+    records the version it was planned under. ``origin`` says who may change them:
+    ``config`` (the operator's file, through its sync), ``import`` (``paperpost subscribers
+    import``) or ``self-service`` (the reader, on the web pages).
+    """
+
+    id: int
+    version: int
+    origin: str
+    status: str  # active | unsubscribed | removed
+    subscriber: Subscriber
+
+    @property
+    def email(self) -> str:
+        return self.subscriber.email
+
+
+@dataclass(frozen=True, slots=True)
 class MatchItem:
     """One ranked paper for one subscriber, with the one-line reason."""
 
@@ -159,13 +181,26 @@ class Envelope:
     message_id: str
 
 
+# Called by a transport once per message, just before the point of no return; True means
+# "go ahead". The outbox commits the row's ``sending`` mark here (see ``Mailer.send``).
+Commit: TypeAlias = Callable[[], Awaitable[bool]]
+
+
 class Mailer(Protocol):
     """A transport. ``send`` returns the server's reply text (or a Maildir path).
 
     It raises ``TransientDeliveryError``, ``PermanentDeliveryError``,
     ``BatchAbortedError`` or ``AmbiguousDeliveryError`` (see ``pipeline.errors``).
+
+    ``commit``, when given, is awaited exactly once per send, immediately before the
+    bytes that may deliver the message are written (SMTP: the message and its final
+    "." after the 354 reply to DATA; Maildir: the link into ``new/``), and never again
+    on a retry inside the same send. Everything before it (waiting for a connection,
+    the pacer, EHLO, MAIL, RCPT) cannot have delivered anything. If it returns False
+    the transport delivers nothing and raises ``ClaimLostError``. A
+    ``BatchAbortedError`` always means that nothing of this message was accepted.
     """
 
-    async def send(self, envelope: Envelope) -> str: ...
+    async def send(self, envelope: Envelope, *, commit: Commit | None = None) -> str: ...
 
     async def aclose(self) -> None: ...

@@ -70,5 +70,10 @@ class AmbiguousDeliveryError(TransportError):
     """The connection broke after the final '.': the server may have accepted the message."""
 
 
+class ClaimLostError(PaperpostError):
+    """The outbox row is no longer this sender's claim (the commit before the final '.'
+    said no): the message was not delivered, and whoever holds the row now sends it."""
+
+
 class EmbeddingError(PaperpostError):
     """The configured sentence-embedding model cannot be found or loaded (never downloaded)."""

@@ -160,9 +160,11 @@ class SmtpServerThread:
         starttls: ssl.SSLContext | None = None,
         authenticator: Callable[..., AuthResult] | None = None,
         auth_require_tls: bool = True,
+        smtp_class: type[SMTP] = SMTP,
     ) -> None:
         self.handler = handler
         self._implicit_tls = implicit_tls
+        self._smtp_class = smtp_class
         self._smtp_kwargs: dict[str, Any] = {
             "hostname": "smtp.test",
             "tls_context": starttls,
@@ -184,7 +186,7 @@ class SmtpServerThread:
 
     async def _start(self) -> int:
         self._server = await self._loop.create_server(
-            lambda: SMTP(self.handler, **self._smtp_kwargs),
+            lambda: self._smtp_class(self.handler, **self._smtp_kwargs),
             host="127.0.0.1",
             port=0,
             ssl=self._implicit_tls,

@@ -114,3 +114,61 @@ def test_json_logs_carry_subscriber_and_outbox_ids(write_config, capsys) -> None
     assert all(isinstance(e["delivery"], int) and "@" in e["subscriber"] for e in sent)
     assert {e["source"] for e in events if "source" in e} >= {"hf-daily", "daily-papers-001"}
     assert "test-secret" not in err
+
+
+def test_subscribers_list_import_and_unsubscribe(write_config, tmp_path: Path, capsys) -> None:
+    path = write_config()
+    run(capsys, "-c", str(path), "ingest")  # syncs the config's three readers
+    bulk = tmp_path / "readers.csv"
+    bulk.write_text(
+        "email,timezone,categories\n"
+        "bulk1@lab.example,Europe/Paris,cs.LG\n"
+        "ada@lab.example,UTC,cs.CV\n",
+        encoding="utf-8",
+    )
+    code, out, _ = run(capsys, "-c", str(path), "subscribers", "import", str(bulk))
+    assert code == 0
+    assert "1 added, 0 updated, 1 skipped (the config file owns them)" in out
+    code, out, _ = run(capsys, "-c", str(path), "subscribers", "list", "--origin", "import")
+    assert code == 0
+    assert re.search(r"^bulk1@lab\.example +active +import +1 +Europe/Paris", out, re.M)
+    assert "ada@lab.example" not in out
+    code, out, _ = run(capsys, "-c", str(path), "subscribers", "unsubscribe", "bulk1@lab.example")
+    assert (code, out.strip()) == (0, "bulk1@lab.example: unsubscribed")
+    code, _, err = run(capsys, "-c", str(path), "subscribers", "unsubscribe", "who@lab.example")
+    assert code == 1 and "no subscriber 'who@lab.example'" in err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"email": "x@lab.example", "timezone": "Mars/Base"}\n', encoding="utf-8")
+    code, _, err = run(capsys, "-c", str(path), "subscribers", "import", str(bad))
+    assert code == 1
+    assert f"{bad}:1: timezone: expected an IANA time zone" in err
+    assert "Traceback" not in err
+
+
+def test_outbox_and_requeue_commands(write_config, capsys) -> None:
+    path = write_config()
+    run(capsys, "-c", str(path), "run", "--once")
+    code, out, _ = run(capsys, "-c", str(path), "outbox", "--status", "sent")
+    assert code == 0
+    assert len(re.findall(r"@lab\.example +\S+ +sent ", out)) == 3
+    code, out, _ = run(capsys, "-c", str(path), "outbox", "--subscriber", "zoe@lab.example")
+    assert "zoe@lab.example" in out and "ada@lab.example" not in out
+    code, _, err = run(capsys, "-c", str(path), "requeue")
+    assert code == 1 and "name the digests" in err
+    code, out, _ = run(capsys, "-c", str(path), "requeue", "--all")
+    assert (code, out.split()[0]) == (0, "0")  # nothing failed or ambiguous
+    code, _, err = run(capsys, "-c", str(path), "outbox", "--subscriber", "nobody@lab.example")
+    assert code == 1 and "no subscriber 'nobody@lab.example'" in err
+
+
+def test_read_only_commands_run_without_secrets(write_config, monkeypatch, capsys) -> None:
+    path = write_config()
+    run(capsys, "-c", str(path), "run", "--once")
+    monkeypatch.delenv("PAPERPOST_TEST_SECRET")
+    for argv in (["status"], ["outbox"], ["subscribers", "list"]):
+        code, _, err = run(capsys, "-c", str(path), *argv)
+        assert code == 0, (argv, err)
+    code, _, err = run(capsys, "-c", str(path), "explain", "zoe@lab.example", "2607.27958")
+    assert code == 0, err
+    code, _, err = run(capsys, "-c", str(path), "preview", "zoe@lab.example")
+    assert code == 1 and "PAPERPOST_TEST_SECRET is not set" in err

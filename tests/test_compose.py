@@ -15,11 +15,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
+from pipeline.app import App, run_once
 from pipeline.config import Config, load_config
-from pipeline.cycle import dispatch, ingest, make_mailer, run_once, sync
 from pipeline.cycle.compose import ComposePool, Composer, ComposeWorkerError, make_composer
-from pipeline.domain import Envelope, Mailer
+from pipeline.domain import Commit, Envelope, Mailer
 from pipeline.store import Store
 from tests.smtpd import RunningServer
 
@@ -81,6 +82,17 @@ async def test_workers_send_byte_for_byte_what_the_sender_would(
         name="pooled.toml",
     )
     first = await run_once(inline, clock=lambda: NOW)
+    # Message-IDs carry the installation's id: give the second database the first's, so
+    # the two runs must produce the very same bytes.
+    inline_store = Store.open(inline.database_url)
+    installation = inline_store.installation_id()
+    inline_store.close()
+    Store.open(pooled.database_url, auto_upgrade=True).close()
+    with create_engine(pooled.database_url).begin() as conn:
+        conn.execute(
+            text("INSERT INTO meta (key, value) VALUES ('installation_id', :v)"),
+            {"v": installation},
+        )
     second = await run_once(pooled, clock=lambda: NOW)
     assert first.deliver.sent == second.deliver.sent == count
     assert second.deliver.aborted is None
@@ -114,8 +126,8 @@ class KillsWorkers:
         self.inner = inner
         self.killed: list[int] = []
 
-    async def send(self, envelope: Envelope) -> str:
-        reply = await self.inner.send(envelope)
+    async def send(self, envelope: Envelope, *, commit: Commit | None = None) -> str:
+        reply = await self.inner.send(envelope, commit=commit)
         if not self.killed:
             for child in multiprocessing.active_children():
                 assert child.pid is not None
@@ -134,7 +146,7 @@ async def test_a_dead_worker_aborts_the_run_and_loses_nothing(
     config = config_with(
         write_config, smtp_server, processes=1, count=count, mail="concurrency = 1"
     )
-    killer = KillsWorkers(make_mailer(config))
+    killer = KillsWorkers(App(config).mailer())
     with caplog.at_level(logging.ERROR, logger="paperpost.deliver"):
         first = await run_once(config, clock=lambda: NOW, mailer=killer)
     await killer.aclose()
@@ -187,8 +199,8 @@ class StopsAfterFirst:
         self.inner = inner
         self.stopping = stopping
 
-    async def send(self, envelope: Envelope) -> str:
-        reply = await self.inner.send(envelope)
+    async def send(self, envelope: Envelope, *, commit: Commit | None = None) -> str:
+        reply = await self.inner.send(envelope, commit=commit)
         self.stopping.set()
         return reply
 
@@ -204,19 +216,19 @@ async def test_stop_mid_run_gives_rows_back_and_stops_the_workers(
         write_config, smtp_server, processes=1, count=count, mail="concurrency = 1"
     )
     stopping = asyncio.Event()
-    mailer = StopsAfterFirst(make_mailer(config), stopping)
+    mailer = StopsAfterFirst(App(config).mailer(), stopping)
     store = Store.open(config.database_url)
     try:
-        sync(store, config, now=NOW)
-        await ingest(store, config, now=NOW)
-        _plan, report = await dispatch(
-            store, config, clock=lambda: NOW, mailer=mailer, stopping=stopping
-        )
+        app = App(config, store=store, clock=lambda: NOW)
+        app.sync()
+        await app.ingest()
+        _plan, report = await app.dispatch(mailer=mailer, stopping=stopping)
         await mailer.aclose()
         assert (report.sent, report.aborted) == (1, None)
         assert store.outbox_counts() == {"sent": 1, "pending": count - 1}
         assert multiprocessing.active_children() == []  # the worker was stopped and joined
-        rest = await dispatch(store, config, clock=lambda: NOW + timedelta(minutes=1))
+        later = App(config, store=store, clock=lambda: NOW + timedelta(minutes=1))
+        rest = await later.dispatch()
         assert rest[1].sent == count - 1
     finally:
         store.close()

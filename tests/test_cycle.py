@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.app import run_once
 from pipeline.config import load_config
-from pipeline.cycle import run_once
-from pipeline.domain import Envelope, Mailer
+from pipeline.domain import Commit, Envelope, Mailer
 from pipeline.errors import BatchAbortedError
 from pipeline.store import Store
 from tests.smtpd import RunningServer
@@ -130,11 +130,11 @@ class FailingAfter:
     def __init__(self, inner: Mailer, n: int) -> None:
         self.inner, self.n, self.sent = inner, n, 0
 
-    async def send(self, envelope: Envelope) -> str:
+    async def send(self, envelope: Envelope, *, commit: Commit | None = None) -> str:
         if self.sent >= self.n:
             raise BatchAbortedError("connection refused by 127.0.0.1")
         self.sent += 1
-        return await self.inner.send(envelope)
+        return await self.inner.send(envelope, commit=commit)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -143,10 +143,10 @@ class FailingAfter:
 async def test_interrupted_run_delivers_the_rest_exactly_once(
     write_config, smtp_server: RunningServer
 ) -> None:
-    from pipeline.cycle import make_mailer
+    from pipeline.app import App
 
     config = load_config(write_config(transport="smtp", mail_extra=smtp_extra(smtp_server)))
-    broken = FailingAfter(make_mailer(config), 1)
+    broken = FailingAfter(App(config).mailer(), 1)
     first = await run_once(config, clock=clock(), mailer=broken)
     await broken.aclose()
     assert first.deliver.sent == 1
@@ -163,37 +163,41 @@ class SimulatedCrash(BaseException):
 
 
 class CrashAfter(FailingAfter):
-    """The process dies (not a transport error) while handing over message ``n + 1``."""
+    """The process dies (not a transport error) as message ``n + 1`` goes out: right after
+    the commit before its final ".", so the server may have it."""
 
-    async def send(self, envelope: Envelope) -> str:
+    async def send(self, envelope: Envelope, *, commit: Commit | None = None) -> str:
         if self.sent >= self.n:
+            assert commit is not None and await commit()
             raise SimulatedCrash
-        return await super().send(envelope)
+        return await super().send(envelope, commit=commit)
 
 
 async def test_crash_mid_batch_recovers_without_resending(
     write_config, smtp_server: RunningServer
 ) -> None:
-    from pipeline.cycle import make_mailer
+    from pipeline.app import App
 
     one_at_a_time = "concurrency = 1\n" + smtp_extra(smtp_server)
     config = load_config(write_config(transport="smtp", mail_extra=one_at_a_time))
-    crashing = CrashAfter(make_mailer(config), 1)
+    crashing = CrashAfter(App(config).mailer(), 1)
     with pytest.raises(SimulatedCrash):
         await run_once(config, clock=clock(), mailer=crashing)
     await crashing.aclose()
     store = Store.open(config.database_url)
     counts = store.outbox_counts()
     store.close()
-    # One sent; the one in hand is "sending" (ambiguous); the rest still only claimed.
-    assert counts.get("sent") == 1 and counts.get("sending") == 1
-    # A restart soon after leaves the crashed sender's rows alone (they might be live)...
+    # One sent; the one in hand is "sending" (it may have left); the rest, never committed,
+    # went back to the queue on the way out (a process killed outright cannot do that:
+    # tests/test_kill_sending.py).
+    assert counts == {"sent": 1, "sending": 1, "pending": len(SUBSCRIBERS) - 2}
+    # A restart soon after sends the rest and leaves the "sending" row alone: its holder
+    # (this process) is alive and its claim is not stale...
     soon = await run_once(config, clock=clock(NOW + timedelta(minutes=2)))
-    assert soon.deliver.sent == 0
-    # ...and once they are stale, claimed rows are resent, the "sending" one is ambiguous.
+    assert (soon.deliver.sent, soon.deliver.ambiguous) == (len(SUBSCRIBERS) - 2, 0)
+    # ...and once it is stale, the "sending" one is ambiguous, not resent.
     later = await run_once(config, clock=clock(NOW + timedelta(minutes=15)))
-    assert later.deliver.ambiguous == 1
-    assert later.deliver.sent == len(SUBSCRIBERS) - 2
+    assert (later.deliver.sent, later.deliver.ambiguous) == (0, 1)
     recipients = Counter(env.rcpt_tos[0] for env, _ in smtp_server.received)
     assert max(recipients.values()) == 1
     assert sum(recipients.values()) == len(SUBSCRIBERS) - 1

@@ -14,7 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pipeline.cli import main
 from pipeline.daemon import default_pid_file, signal_reload
+from pipeline.errors import ConfigError
 from pipeline.store import Store
 from pipeline.web.tokens import TokenSigner
 from tests.conftest import SAMPLE_SOURCES
@@ -172,6 +174,53 @@ def test_two_daemons_on_one_database_send_each_digest_once(
         store.close()
 
 
+def test_two_daemons_started_together_on_a_fresh_postgres_schema_both_stay_up(
+    tmp_path: Path,
+    pg_url: str,
+    smtp_server_factory: Callable[..., object],
+    start_daemon: StartDaemon,
+) -> None:
+    """Both sync the config into an empty schema at the same moment. Before, one of them
+    died with UniqueViolation uq_subscribers_email (the sync had no conflict handling)."""
+    Store.open(pg_url, auto_upgrade=True).close()
+    handler = CountingHandler()
+    server = smtp_server_factory(handler)
+    many = SUBSCRIBERS + "".join(
+        f'\n[[subscribers]]\nemail = "reader{n}@lab.example"\nsend_at = "00:00"\n'
+        'on_empty = "send"\n'
+        for n in range(60)
+    )
+    recipients = [*RECIPIENTS, *(f"reader{n}@lab.example" for n in range(60))]
+    configs = [
+        write_daemon_config(
+            tmp_path / name,
+            db_url=pg_url,
+            smtp_port=server.port,  # type: ignore[attr-defined]
+            sources=SAMPLE_SOURCES,
+            subscribers=many,
+        )[0]
+        for name in ("first", "second")
+    ]
+    daemons = [start_daemon(c) for c in configs]  # no wait in between
+    for daemon in daemons:
+        daemon.wait_for("daemon ")  # "daemon <holder> started: ..."
+    assert handler.wait_for(len(recipients)), daemons[0].log() + daemons[1].log()
+    holder = next(d for d in daemons if "holding the scheduler lease" in d.log())
+    holder.wait_for(" sent, ")
+    assert all(d.proc.poll() is None for d in daemons), [d.log() for d in daemons]
+    for daemon in daemons:
+        daemon.send(signal.SIGTERM)
+    assert [d.wait() for d in daemons] == [0, 0]
+    assert not any("UniqueViolation" in d.log() or "Traceback" in d.log() for d in daemons)
+    assert Counter(e.rcpt_tos[0] for e, _ in handler.received) == Counter(recipients)
+    store = Store.open(pg_url)
+    try:
+        assert store.outbox_counts() == {"sent": len(recipients)}
+        assert {r.version for r in store.list_readers()} == {1}
+    finally:
+        store.close()
+
+
 def test_sigterm_mid_batch_finishes_the_send_in_flight_and_exits_0(
     tmp_path: Path, smtp_server_factory: Callable[..., object], start_daemon: StartDaemon
 ) -> None:
@@ -214,12 +263,16 @@ def test_a_send_outliving_the_grace_period_is_cancelled_and_the_daemon_still_exi
         counts = store.outbox_counts()
     finally:
         store.close()
-    # The cancelled send stays "sending": the next run treats it as ambiguous (README).
-    assert counts.get("sent") == 1 and counts.get("sending") == 1
+    # The cancelled send stays "sending" (its final "." went out): the next run treats it as
+    # ambiguous (README). The digest not yet handed over went back to the queue on the way out.
+    assert counts == {"sent": 1, "sending": 1, "pending": 1}
 
 
 def test_sighup_rejects_an_invalid_config_and_applies_a_valid_one(
-    tmp_path: Path, smtp_server_factory: Callable[..., object], start_daemon: StartDaemon
+    tmp_path: Path,
+    smtp_server_factory: Callable[..., object],
+    start_daemon: StartDaemon,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     handler = CountingHandler()
     server = smtp_server_factory(handler)
@@ -234,7 +287,13 @@ def test_sighup_rejects_an_invalid_config_and_applies_a_valid_one(
 
         mark = daemon.mark()
         config.write_text(original.replace('send_at = "00:00"', 'frequency = "fortnightly"', 1))
-        assert signal_reload(config) == 0
+        # `paperpost reload` checks first: an invalid config exits 1 and signals nothing ...
+        assert main(["-c", str(config), "reload"]) == 1
+        assert "fortnightly" in capsys.readouterr().err
+        with pytest.raises(ConfigError, match="fortnightly"):
+            signal_reload(config)
+        # ... and a SIGHUP sent anyway is rejected by the daemon, which keeps its config.
+        daemon.send(signal.SIGHUP)
         rejected = daemon.wait_for("reload rejected", after=mark)
         assert "fortnightly" in daemon.log()
         assert "running config stays in force" in rejected
@@ -267,9 +326,9 @@ def test_sighup_rejects_an_invalid_config_and_applies_a_valid_one(
 
 
 def test_reload_without_a_running_daemon_says_so(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = tmp_path / "paperpost.toml"
+    config = write_config()
     assert signal_reload(config) == 1
     assert "no running daemon found" in capsys.readouterr().err
     pid_file = default_pid_file(config)

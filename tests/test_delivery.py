@@ -11,9 +11,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
+from pipeline.app import run_once
 from pipeline.config import Config, load_config
-from pipeline.cycle import run_once
-from pipeline.domain import Envelope
+from pipeline.domain import Commit, Envelope
+from pipeline.errors import ClaimLostError
 from pipeline.store import Store
 from pipeline.store.rows import DeliveryRow
 from tests.smtpd import DROP, RunningServer, ScriptedHandler, password_authenticator
@@ -183,22 +184,34 @@ async def test_421_mid_session_is_retried_on_a_new_connection(
     assert [s for _k, s, _n in outbox(config)] == ["sent"]
 
 
+@pytest.mark.parametrize("stall", ["after-commit", "before-commit"])
 async def test_a_row_taken_over_by_another_sender_is_not_sent_by_the_stalled_one(
     write_config,  # type: ignore[no-untyped-def]
+    stall: str,
 ) -> None:
     # This sender stalls inside its first hand-off for longer than the stale-claim limit;
-    # meanwhile another sender's recovery returns our other claimed row to the queue and
-    # claims it. When this sender gets to that row it must skip it: the other one sends it.
+    # meanwhile another sender's recovery returns our claimed rows to the queue and claims
+    # them. "after-commit": the stall comes once the first row is "sending" (waiting for
+    # the reply to the final "."), so that row is ours to finish; "before-commit": while
+    # connecting (the row still only claimed), so even that row is the other sender's.
+    # Whatever the other sender took, this one must skip: the other one sends it.
     config = load_config(write_config(mail_extra="batch_size = 10\nconcurrency = 1"))
     store = Store.open(config.database_url, auto_upgrade=True)
     later = NOW + timedelta(minutes=11)
     sent: list[str] = []
+    stalled: list[bool] = []
 
     class StallingMailer:
-        async def send(self, envelope: Envelope) -> str:
-            if not sent:  # the other sender's recovery and claim, while this one stalls
+        async def send(self, envelope: Envelope, *, commit: Commit | None = None) -> str:
+            assert commit is not None
+            if stall == "after-commit" and not await commit():
+                raise ClaimLostError("taken over")
+            if not stalled:  # the other sender's recovery and claim, while this one stalls
+                stalled.append(True)
                 store.recover_stale(now=later, older_than=timedelta(minutes=10))
                 assert store.claim(limit=10, holder="other", now=later)
+            if stall == "before-commit" and not await commit():
+                raise ClaimLostError("taken over")
             sent.append(envelope.recipient)
             return "250 2.0.0 queued"
 
@@ -208,17 +221,17 @@ async def test_a_row_taken_over_by_another_sender_is_not_sent_by_the_stalled_one
     try:
         report = await run_once(config, clock=at(NOW), mailer=StallingMailer(), store=store)
         planned = report.plan.planned
+        ours = 1 if stall == "after-commit" else 0
         assert planned >= 2
-        assert len(sent) == 1
-        assert report.deliver.sent == 1
-        assert report.deliver.lost_claims == planned - 1
+        assert len(sent) == report.deliver.sent == ours
+        assert report.deliver.lost_claims == planned - ours
         # The rows we did not send are the other sender's claims, untouched by us.
         with store.read() as s:
             states = Counter(
                 (status, holder)
                 for status, holder in s.execute(select(DeliveryRow.status, DeliveryRow.claimed_by))
             )
-        assert states[("claimed", "other")] == planned - 1
-        assert sum(n for (status, _), n in states.items() if status == "sent") == 1
+        assert states[("claimed", "other")] == planned - ours
+        assert sum(n for (status, _), n in states.items() if status == "sent") == ours
     finally:
         store.close()

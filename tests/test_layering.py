@@ -122,3 +122,32 @@ def test_only_config_and_cli_read_the_environment() -> None:
         for r in set(readers)
         if r.startswith("config/") or r in ("cli.py", "daemon.py", "match/embedding.py")
     ), sorted(set(readers))
+
+
+# The entry points reach the stages only through the application layer (pipeline/app.py).
+ENTRY_POINTS = {
+    "cli.py": {"app", "config", "errors", "logs", "daemon"},
+    # the daemon wires the clock (schedule) and the web app (web) around the application
+    "daemon.py": {"app", "config", "errors", "schedule", "web"},
+}
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_entry_points_call_only_the_application_layer(entry: str) -> None:
+    tree = dict(modules())[entry]
+    reached = {
+        name.split(".")[1]
+        for name in imported(tree)
+        if name.startswith("pipeline.") and len(name.split(".")) > 1
+    }
+    assert reached <= ENTRY_POINTS[entry], sorted(reached - ENTRY_POINTS[entry])
+
+
+def test_the_application_layer_is_not_imported_by_the_stages_it_drives() -> None:
+    offenders = [
+        rel
+        for rel, tree in modules()
+        if rel not in ("app.py", *ENTRY_POINTS)
+        and any(n == "pipeline.app" or n.startswith("pipeline.app.") for n in imported(tree))
+    ]
+    assert offenders == []

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.domain import Envelope
-from pipeline.errors import BatchAbortedError, TransientDeliveryError
+from pipeline.errors import BatchAbortedError, ClaimLostError, TransientDeliveryError
 from pipeline.mail import MaildirMailer
 
 MESSAGE = (
@@ -69,3 +69,55 @@ async def test_a_full_disk_is_transient(tmp_path: Path, monkeypatch: pytest.Monk
         await MaildirMailer(root).send(envelope())
     assert list((root / "new").iterdir()) == []
     assert list((root / "tmp").iterdir()) == []  # no half-written leftovers
+
+
+async def test_commit_comes_with_the_message_in_tmp_and_before_new(tmp_path: Path) -> None:
+    root = tmp_path / "Maildir"
+    seen: list[tuple[int, int]] = []
+
+    async def commit() -> bool:
+        seen.append((len(list((root / "tmp").iterdir())), len(list((root / "new").iterdir()))))
+        return True
+
+    path = Path(await MaildirMailer(root).send(envelope(), commit=commit))
+    assert seen == [(1, 0)]  # once: written and synced in tmp/, not yet visible in new/
+    assert path.parent == root / "new"
+    assert list((root / "tmp").iterdir()) == []
+
+
+async def test_a_refused_commit_delivers_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "Maildir"
+    calls: list[int] = []
+
+    async def refuse() -> bool:
+        calls.append(1)
+        return False
+
+    with pytest.raises(ClaimLostError, match="no longer claimed by this sender; not delivered"):
+        await MaildirMailer(root).send(envelope(), commit=refuse)
+    assert calls == [1]
+    assert list((root / "new").iterdir()) == []
+    assert list((root / "tmp").iterdir()) == []
+
+
+async def test_a_message_delivered_before_is_committed_too(tmp_path: Path) -> None:
+    # A retry after a crash finds the message in new/: the outbox row must still be
+    # committed ("sending") before it is recorded as sent, and a lost claim is reported.
+    root = tmp_path / "Maildir"
+    mailer = MaildirMailer(root)
+    first = await mailer.send(envelope())
+    calls: list[bool] = []
+
+    async def commit() -> bool:
+        calls.append(True)
+        return True
+
+    async def refuse() -> bool:
+        calls.append(False)
+        return False
+
+    assert await mailer.send(envelope(), commit=commit) == first
+    with pytest.raises(ClaimLostError, match="no longer claimed"):
+        await mailer.send(envelope(), commit=refuse)
+    assert calls == [True, False]
+    assert len(list((root / "new").iterdir())) == 1

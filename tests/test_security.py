@@ -2,7 +2,7 @@
 
 Hostile data enters as real listings (an RSS 2.0 file, an Atom file and a Hugging Face
 Daily Papers JSON file written into ``tmp_path``, configured as sources), goes through
-``pipeline.cycle.run_once`` (ingest -> store -> match -> render -> build -> SMTP), and the
+``pipeline.app.run_once`` (ingest -> store -> match -> render -> build -> SMTP), and the
 exact bytes the aiosmtpd server received are parsed back with both ``email`` policies
 (``default`` and ``compat32``). The reader-facing web app is the daemon's own
 (``Daemon(config).app``, its ``DaemonWebBackend`` over the same store), driven with httpx.
@@ -33,8 +33,8 @@ import httpx
 import pytest
 from itsdangerous import URLSafeSerializer
 
+from pipeline.app import CycleReport, run_once
 from pipeline.config import Config, load_config
-from pipeline.cycle import CycleReport, run_once
 from pipeline.daemon import Daemon
 from pipeline.errors import ConfigError
 from pipeline.store import Store

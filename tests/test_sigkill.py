@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from aiosmtpd.smtp import Envelope
 
+from pipeline.app import run_once
 from pipeline.config import load_config
-from pipeline.cycle import run_once
 from pipeline.store import Store
 from tests.smtpd import HANG, ScriptedHandler
 

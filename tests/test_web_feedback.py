@@ -17,7 +17,6 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from pipeline import cycle
 from pipeline.config import load_config
 from pipeline.daemon import Daemon
 from pipeline.store import Store
@@ -64,7 +63,7 @@ async def site(db_url: str, write_config: ConfigFactory) -> AsyncIterator[Site]:
     clock = FakeClock(NOW)
     daemon = Daemon(config, clock=clock)
     try:
-        cycle.sync(daemon.store, config, now=NOW)
+        daemon.core.sync(now=NOW)
         transport = httpx.ASGITransport(app=daemon.app)
         async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
             yield Site(client, daemon.store, clock, TokenSigner([SECRET]))

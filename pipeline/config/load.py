@@ -6,10 +6,10 @@ import os
 import re
 import secrets as secrets_module
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -177,7 +177,7 @@ def _merge_includes(
     return merged, origins, problems
 
 
-def _pydantic_message(err: Mapping[str, Any]) -> str:
+def pydantic_message(err: Mapping[str, Any]) -> str:
     kind = err["type"]
     found = err.get("input")
     if kind == "missing":
@@ -190,17 +190,17 @@ def _pydantic_message(err: Mapping[str, Any]) -> str:
     return message
 
 
-Validator = Callable[[str], object]
+class Problems(Protocol):
+    items: list[str]
+
+    def add(self, path: KeyPath, message: str) -> None: ...
 
 
-def _semantic_checks(
-    data: Mapping[str, Any],
-    problems: _Problems,
-    *,
-    validate_frequency: Validator,
-    validate_query: Validator,
-) -> None:
+def semantic_checks(data: Mapping[str, Any], problems: Problems) -> None:
     """Checks across entries that field validators cannot make on their own."""
+    from pipeline.match.query import validate_query
+    from pipeline.schedule.periods import parse_frequency as validate_frequency
+
     seen_sources: dict[str, int] = {}
     for i, src in enumerate(data.get("sources") or []):
         if isinstance(src, dict) and isinstance(src.get("name"), str):
@@ -252,36 +252,43 @@ def _semantic_checks(
 
 
 def _env_secret(
-    problems: _Problems, path: KeyPath, name: str, env: Mapping[str, str]
+    problems: _Problems, path: KeyPath, name: str, env: Mapping[str, str], *, required: bool
 ) -> str | None:
     value = env.get(name)
     if not value:
-        problems.add(path, f"environment variable {name} is not set (it holds a secret)")
+        if required:
+            problems.add(path, f"environment variable {name} is not set (it holds a secret)")
         return None
     return value
 
 
 def _read_secrets(
-    cfg: ConfigFile, base: Path, problems: _Problems, env: Mapping[str, str]
+    cfg: ConfigFile, base: Path, problems: _Problems, env: Mapping[str, str], *, required: bool
 ) -> Secrets:
     smtp_password = None
     if cfg.mail.transport == "smtp" and cfg.mail.smtp and cfg.mail.smtp.password_env:
         smtp_password = _env_secret(
-            problems, ("mail", "smtp", "password_env"), cfg.mail.smtp.password_env, env
+            problems,
+            ("mail", "smtp", "password_env"),
+            cfg.mail.smtp.password_env,
+            env,
+            required=required,
         )
     keys: list[str] = []
     names = cfg.web.secret_env
     for name in [names] if isinstance(names, str) else (names or []):
-        value = _env_secret(problems, ("web", "secret_env"), name, env)
+        value = _env_secret(problems, ("web", "secret_env"), name, env, required=required)
         if value:
             if len(value) < 16:
                 problems.add(("web", "secret_env"), f"{name} is shorter than 16 characters")
             keys.append(value)
-    if not keys and cfg.web.secret_file:
+    if not keys and cfg.web.secret_file and (required or (base / cfg.web.secret_file).exists()):
         keys.append(_file_secret(base / cfg.web.secret_file))
     admin = None
     if cfg.web.admin_token_env:
-        admin = _env_secret(problems, ("web", "admin_token_env"), cfg.web.admin_token_env, env)
+        admin = _env_secret(
+            problems, ("web", "admin_token_env"), cfg.web.admin_token_env, env, required=required
+        )
     return Secrets(smtp_password=smtp_password, link_keys=tuple(keys), admin_token=admin)
 
 
@@ -302,11 +309,15 @@ def _resolve_db_url(url: str, base: Path) -> str:
     return url
 
 
-def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
-    """Load and validate ``path``; raise ConfigError listing every problem found."""
-    from pipeline.match.query import validate_query
-    from pipeline.schedule.periods import parse_frequency
+def load_config(
+    path: str | Path, *, env: Mapping[str, str] | None = None, secrets: bool = True
+) -> Config:
+    """Load and validate ``path``; raise ConfigError listing every problem found.
 
+    ``secrets=False`` is for read-only commands (``status``, ``outbox``, ``explain``,
+    ``subscribers list``): secrets that are not set are left out instead of being errors,
+    so an operator can look without the SMTP password or the link-signing key.
+    """
     main = Path(path).resolve()
     env = os.environ if env is None else env
     data = _read_toml(main)
@@ -319,22 +330,20 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
         cfg = ConfigFile.model_validate(merged)
     except ValidationError as exc:
         for err in exc.errors():
-            problems.add(tuple(err["loc"]), _pydantic_message(err))
-    _semantic_checks(
-        merged, problems, validate_frequency=parse_frequency, validate_query=validate_query
-    )
+            problems.add(tuple(err["loc"]), pydantic_message(err))
+    semantic_checks(merged, problems)
     if cfg is None or problems.items:
         raise ConfigError(str(main), problems.items)
 
     base = main.parent
-    secrets = _read_secrets(cfg, base, problems, env)
+    read = _read_secrets(cfg, base, problems, env, required=secrets)
     embedding_model = _embedding_model(cfg.match.embedding_model, base, problems)
     if problems.items:
         raise ConfigError(str(main), problems.items)
     return Config(
         path=main,
         file=cfg,
-        secrets=secrets,
+        secrets=read,
         database_url=_resolve_db_url(cfg.database.url, base),
         maildir=(base / cfg.mail.maildir.path).resolve(),
         preview_dir=(base / cfg.render.preview_dir).resolve(),

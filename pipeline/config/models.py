@@ -113,6 +113,9 @@ class MailConfig(_Model):
     render_processes: int = Field(0, ge=0, le=64)
     retry_max_age_hours: float = Field(48.0, gt=0)
     ambiguous_policy: Literal["at-most-once", "at-least-once"] = "at-most-once"
+    # A claim older than this (a sender on another host, or one that hangs) is taken back
+    # by the next sender to start; claims of a process of this host that is gone, at once.
+    stale_claim_minutes: int = Field(10, ge=1)
     smtp: SmtpConfig | None = None
     maildir: MaildirConfig = MaildirConfig()
 

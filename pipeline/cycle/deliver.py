@@ -1,27 +1,35 @@
 """Delivery: claim outbox rows, render, build, send, and record the outcome of each.
 
 No database transaction is open while a message is on the wire: claim commits,
-``mark_sending`` commits just before the hand-off, and the outcome commits after.
+``mark_sending`` commits when the transport calls back just before it writes the bytes
+that end with DATA's final "." (the ``commit`` of ``Mailer.send``), and the outcome
+commits after. Until then the row stays ``claimed``: a sender that dies or stops while
+connecting or waiting for the server leaves nothing ambiguous. Every store call runs on
+a thread (:func:`_db`), never on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from pipeline.config import Config
 from pipeline.cycle.compose import Composing, Job, Letter
 from pipeline.cycle.plan import sender_address
-from pipeline.domain import Envelope, Mailer, Schedule
+from pipeline.domain import Envelope, Mailer
 from pipeline.errors import (
     AmbiguousDeliveryError,
     BatchAbortedError,
+    ClaimLostError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
@@ -30,7 +38,35 @@ from pipeline.store import Delivery, Store
 log = logging.getLogger("paperpost.deliver")
 
 Clock = Callable[[], datetime]
-STALE_CLAIM = timedelta(minutes=10)
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+async def _db(call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """A store call on a thread: the event loop (the other sending tasks, the daemon's
+    web server) never waits for the database."""
+    return await asyncio.to_thread(call, *args, **kwargs)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs on this host (this process always does). A
+    zombie, dead but not yet reaped by its parent, counts as dead; a process of another
+    user as alive. A pid reused by an unrelated process also looks alive: its claims wait
+    for the stale-claim limit."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # none, or no pid can be that large
+        return False
+    except OSError:  # PermissionError: it exists
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return True  # no /proc (not Linux), or it exited a moment ago: assume alive
+    fields = stat.rpartition(")")[2].split()
+    return not fields or fields[0] != "Z"
 
 
 @dataclass
@@ -72,7 +108,6 @@ class Deliverer:
         config: Config,
         mailer: Mailer,
         composer: Composing,
-        schedules: Mapping[str, Schedule],
         *,
         clock: Clock,
         holder: str,
@@ -82,23 +117,36 @@ class Deliverer:
         self.config = config
         self.mailer = mailer
         self.composer = composer
-        self.schedules = schedules
         self.clock = clock
         self.holder = holder
         self.write_previews = write_previews
         self.report = DeliverReport()
         self.stopping = asyncio.Event()
         self._abort = asyncio.Event()
-        self._held: dict[int, Delivery] = {}  # claimed, not yet taken by a sending task
+        # Rows this run claimed and has not yet committed (``sending``) or settled: the
+        # run gives back what is left when it ends, however it ends. None: not yet loaded.
+        self._held: dict[int, Delivery | None] = {}
 
-    def recover(self) -> None:
-        """Deal with rows a crashed sender left behind (see README: ambiguous deliveries)."""
+    async def recover(self) -> None:
+        """Deal with rows a stopped sender left behind (see README: delivery guarantees):
+        at once for processes of this host that are gone, after ``[mail]
+        stale_claim_minutes`` for any other. Their ``claimed`` rows go back to the queue;
+        their ``sending`` rows follow the ambiguous-delivery policy."""
         now = self.clock()
-        reclaimed, stuck = self.store.recover_stale(now=now, older_than=STALE_CLAIM)
-        if reclaimed:
-            log.warning("returned %d stale claimed digests to the queue", reclaimed)
-        for delivery_id in stuck:
-            self._ambiguous(delivery_id, "sender stopped during the SMTP exchange", now)
+        host = socket.gethostname()
+        dead, dead_stuck = await _db(
+            self.store.recover_dead, host=host, alive=process_alive, now=now
+        )
+        if dead:
+            log.warning(
+                "returned %d digests claimed by stopped processes on %s to the queue", dead, host
+            )
+        stale_after = timedelta(minutes=self.config.file.mail.stale_claim_minutes)
+        stale, stale_stuck = await _db(self.store.recover_stale, now=now, older_than=stale_after)
+        if stale:
+            log.warning("returned %d stale claimed digests to the queue", stale)
+        for delivery_id in dict.fromkeys([*dead_stuck, *stale_stuck]):
+            await self._ambiguous(delivery_id, "sender stopped during the SMTP exchange", now)
 
     async def run(self) -> DeliverReport:
         """Claim, compose and send until nothing is due, a stop is requested, or the run
@@ -106,10 +154,11 @@ class Deliverer:
 
         Three stages, each a little ahead of the next: rows are claimed a batch at a time as
         composing needs them; composing (here, or in worker processes) runs a few letters
-        ahead of the ``concurrency`` sending tasks. Whatever is claimed but not handed to a
-        sending task when the run stops or aborts goes back to the queue untouched.
+        ahead of the ``concurrency`` sending tasks. Whatever is still only claimed when the
+        run ends, stops, aborts or is cancelled (not yet committed by the transport just
+        before DATA's final ".") goes back to the queue untouched.
         """
-        self.recover()
+        await self.recover()
         concurrency = self.config.file.mail.concurrency
         letters = self.composer.letters(
             self._claimed(), clock=self.clock, keep_html=self.write_previews
@@ -134,7 +183,8 @@ class Deliverer:
                 room.release()
                 if self._abort.is_set() or self.stopping.is_set():
                     return
-                delivery = self._held.pop(letter.delivery_id)
+                delivery = self._held[letter.delivery_id]
+                assert delivery is not None  # loaded before its job was composed
                 try:
                     await self._one(delivery, letter)
                 except BatchAbortedError as exc:
@@ -142,16 +192,30 @@ class Deliverer:
                     log.error("delivery batch aborted: %s", exc)
 
         composing = asyncio.create_task(compose())
+        senders = [asyncio.create_task(send()) for _ in range(concurrency)]
         try:
-            await asyncio.gather(*(send() for _ in range(concurrency)))
+            await asyncio.gather(*senders)
         finally:
-            composing.cancel()
-            await asyncio.gather(composing, return_exceptions=True)
-            await letters.aclose()
-        if self._held:  # aborted or stopping: untouched rows go back, nothing marked
-            self.store.release(list(self._held))
-            self._held.clear()
+            try:
+                for task in (*senders, composing):
+                    task.cancel()  # only those still running: a failed or cancelled run
+                await asyncio.gather(*senders, composing, return_exceptions=True)
+                await letters.aclose()
+            finally:
+                await self._give_back()  # also when cancelled (SIGTERM's grace ran out)
         return self.report
+
+    async def _give_back(self) -> None:
+        """Return every row this run still holds ``claimed`` to the queue, untouched. The
+        store call is shielded: a cancellation while it runs does not stop it."""
+        ids, self._held = list(self._held), {}
+        if not ids:
+            return
+        released = await asyncio.shield(
+            asyncio.ensure_future(_db(self.store.release, ids, holder=self.holder))
+        )
+        if released:
+            log.info("gave %d claimed digests back to the queue", released)
 
     def _aborted(self, reason: str) -> None:
         if self.report.aborted is None:
@@ -162,33 +226,31 @@ class Deliverer:
         """Jobs for the rows this sender claims, batch after batch, as composing asks."""
         batch_size = self.config.file.mail.batch_size
         while not self.stopping.is_set() and not self._abort.is_set():
-            ids = self.store.claim(limit=batch_size, holder=self.holder, now=self.clock())
+            ids = await _db(
+                self.store.claim, limit=batch_size, holder=self.holder, now=self.clock()
+            )
             if not ids:
                 return
+            self._held.update(dict.fromkeys(ids))  # all, at once: given back if we stop
             # The rows and their readers; the composer reads the papers it needs. A row
             # that vanished between claim and load has nothing to send or release.
-            heads = self.store.load_deliveries(ids, items=False)
+            heads = await _db(self.store.load_deliveries, ids, items=False)
             held = [heads[i] for i in ids if i in heads]
-            self._held.update((delivery.id, delivery) for delivery in held)  # all, at once
+            for delivery_id in ids:
+                if delivery_id not in heads:
+                    del self._held[delivery_id]
+            self._held.update((delivery.id, delivery) for delivery in held)
             for delivery in held:
                 yield self._job(delivery)
 
     def _job(self, delivery: Delivery) -> Job:
-        schedule = self.schedules.get(delivery.email)
-        return delivery.id, schedule or Schedule("daily", self.clock().time(), "UTC")
+        # The reader's schedule as the database holds it now (the period label, footer).
+        return delivery.id, delivery.schedule
 
     async def _one(self, delivery: Delivery, letter: Letter) -> None:
         delivery_id = delivery.id
         if letter.data is None:
-            self.store.mark_failed(delivery_id, error=letter.error or "not built", now=self.clock())
-            self.report.failed += 1
-            log.error(
-                "digest %s for %s not built: %s",
-                delivery.period_key,
-                delivery.email,
-                letter.error,
-                extra=_ids(delivery),
-            )
+            await self._fail(delivery, letter.error or "not built", what="not built")
             return
         if letter.html is not None:
             path = preview_path(self.config, delivery.email)
@@ -201,36 +263,53 @@ class Deliverer:
             data=letter.data,
             message_id=delivery.message_id,
         )
-        if not self.store.mark_sending(delivery_id, holder=self.holder, now=self.clock()):
-            # Our claim went stale and the row went back to the queue (recover_stale in
-            # another sender): whoever holds it now sends it, not us.
-            self.report.lost_claims += 1
-            log.warning(
-                "digest %s for %s: no longer claimed by this sender, not sent",
-                delivery.period_key,
-                delivery.email,
-                extra=_ids(delivery),
-            )
-            return
+        committed = False
+
+        async def commit() -> bool:
+            """The transport is about to write the bytes that end with the final ".": from
+            here on the server may have the message, so the row is ``sending`` and no
+            longer ours to give back. False: our claim was taken over; do not send."""
+            nonlocal committed
+            now = self.clock()
+            if not await _db(self.store.mark_sending, delivery_id, holder=self.holder, now=now):
+                return False
+            committed = True
+            self._held.pop(delivery_id, None)
+            return True
+
         began = time.monotonic()
         try:
-            reply = await self.mailer.send(envelope)
-        except BatchAbortedError:
-            self.store.release([delivery_id])
-            raise
+            reply = await self.mailer.send(envelope, commit=commit)
+        except ClaimLostError:
+            self._lost(delivery)
+        except BatchAbortedError as exc:
+            if committed:
+                # Nothing of this message was accepted (the Mailer contract), but the row
+                # is "sending" and cannot be given back: due again at once instead.
+                now = self.clock()
+                await _db(
+                    self.store.mark_deferred,
+                    delivery_id,
+                    error=f"batch aborted: {exc}",
+                    retry_at=now,
+                    now=now,
+                    holder=self.holder,
+                )
+            raise  # uncommitted, it is still claimed: the run gives it back with the rest
         except TransientDeliveryError as exc:
-            self._defer(delivery, str(exc))
+            await self._defer(delivery, str(exc))
         except PermanentDeliveryError as exc:
-            self.store.mark_failed(delivery_id, error=str(exc), now=self.clock())
-            self.report.failed += 1
-            log.error(
-                "digest for %s failed permanently: %s", delivery.email, exc, extra=_ids(delivery)
-            )
+            await self._fail(delivery, str(exc), what="failed permanently")
         except AmbiguousDeliveryError as exc:
-            self._ambiguous(delivery_id, str(exc), self.clock())
+            await self._ambiguous(delivery_id, str(exc), self.clock(), holder=self.holder)
         else:
             self.report.send_seconds += time.monotonic() - began
-            self.store.mark_sent(delivery_id, reply=reply, now=self.clock())
+            if not committed:  # a transport that ignores ``commit``: record it late
+                log.error("the transport did not call commit for digest %d", delivery_id)
+                if not await commit():
+                    self._lost(delivery)
+                    return
+            await _db(self.store.mark_sent, delivery_id, reply=reply, now=self.clock())
             self.report.sent += 1
             self.report.delivered[delivery.email] = reply
             log.info(
@@ -242,22 +321,56 @@ class Deliverer:
                 extra=_ids(delivery),
             )
 
-    def _defer(self, delivery: Delivery, error: str) -> None:
+    def _lost(self, delivery: Delivery) -> None:
+        """Our claim went stale and the row went back to the queue (the recovery of another
+        sender): whoever holds it now sends it, not us."""
+        self._held.pop(delivery.id, None)
+        self.report.lost_claims += 1
+        log.warning(
+            "digest %s for %s: no longer claimed by this sender, not sent",
+            delivery.period_key,
+            delivery.email,
+            extra=_ids(delivery),
+        )
+
+    async def _fail(self, delivery: Delivery, error: str, *, what: str) -> None:
+        now = self.clock()
+        if not await _db(
+            self.store.mark_failed, delivery.id, error=error, now=now, holder=self.holder
+        ):
+            self._lost(delivery)
+            return
+        self._held.pop(delivery.id, None)
+        self.report.failed += 1
+        log.error(
+            "digest %s for %s %s: %s",
+            delivery.period_key,
+            delivery.email,
+            what,
+            error,
+            extra=_ids(delivery),
+        )
+
+    async def _defer(self, delivery: Delivery, error: str) -> None:
         now = self.clock()
         max_age = timedelta(hours=self.config.file.mail.retry_max_age_hours)
         if now - delivery.created_at >= max_age:
-            self.store.mark_failed(delivery.id, error=f"gave up after {max_age}: {error}", now=now)
-            self.report.failed += 1
-            log.error(
-                "digest for %s failed: still deferred after %s: %s",
-                delivery.email,
-                max_age,
-                error,
-                extra=_ids(delivery),
+            await self._fail(
+                delivery, f"gave up after {max_age}: {error}", what="failed: still deferred"
             )
             return
         retry_at = now + retry_delay(delivery.attempts + 1)
-        self.store.mark_deferred(delivery.id, error=error, retry_at=retry_at, now=now)
+        if not await _db(
+            self.store.mark_deferred,
+            delivery.id,
+            error=error,
+            retry_at=retry_at,
+            now=now,
+            holder=self.holder,
+        ):
+            self._lost(delivery)
+            return
+        self._held.pop(delivery.id, None)
         self.report.deferred += 1
         log.warning(
             "digest for %s deferred until %s: %s",
@@ -267,20 +380,28 @@ class Deliverer:
             extra=_ids(delivery),
         )
 
-    def _ambiguous(self, delivery_id: int, error: str, now: datetime) -> None:
-        """The server may have accepted the message. Policy from [mail] ambiguous_policy."""
-        self.report.ambiguous += 1
+    async def _ambiguous(
+        self, delivery_id: int, error: str, now: datetime, *, holder: str | None = None
+    ) -> None:
+        """The server may have accepted the message. Policy from [mail] ambiguous_policy.
+        ``holder``: only if the row is still that sender's (None: a stopped sender's row)."""
         if self.config.file.mail.ambiguous_policy == "at-least-once":
-            self.store.mark_deferred(
-                delivery_id, error=f"ambiguous, resending: {error}", retry_at=now, now=now
-            )
-            log.warning(
-                "digest %d: delivery ambiguous (%s); resending with the same Message-ID",
+            if await _db(
+                self.store.mark_deferred,
                 delivery_id,
-                error,
-            )
-        else:
-            self.store.mark_ambiguous(delivery_id, error=error, now=now)
+                error=f"ambiguous, resending: {error}",
+                retry_at=now,
+                now=now,
+                holder=holder,
+            ):
+                self.report.ambiguous += 1
+                log.warning(
+                    "digest %d: delivery ambiguous (%s); resending with the same Message-ID",
+                    delivery_id,
+                    error,
+                )
+        elif await _db(self.store.mark_ambiguous, delivery_id, error=error, now=now):
+            self.report.ambiguous += 1
             log.warning(
                 "digest %d: delivery ambiguous (%s); not resent (at-most-once)", delivery_id, error
             )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from pipeline.config import Config, config_error
-from pipeline.domain import MatchItem, Paper, Period, Profile, Subscriber
+from pipeline.domain import MatchItem, Paper, Period, Profile, Reader
 from pipeline.errors import EmbeddingError
 from pipeline.mail import make_message_id
 from pipeline.match import Matcher, MatchResult, MatchSettings
@@ -27,9 +27,12 @@ log = logging.getLogger("paperpost.plan")
 
 @dataclass(frozen=True)
 class Due:
-    subscriber: Subscriber
-    subscriber_id: int
+    reader: Reader
     period: Period
+
+    @property
+    def subscriber_id(self) -> int:
+        return self.reader.id
 
 
 @dataclass
@@ -51,27 +54,45 @@ def message_domain(config: Config) -> str:
     return sender_address(config).rsplit("@", 1)[-1]
 
 
-def window_start(config: Config, last_end: datetime | None, *, now: datetime) -> datetime:
+@dataclass(frozen=True, slots=True)
+class PlanSettings:
+    """What planning needs from the configuration, built once (:func:`plan_settings`)."""
+
+    first_digest_days: int  # how far back a reader's first digest looks
+    max_window_days: int  # the longest window one digest covers (after an outage)
+    corpus_days: int  # the stored papers the text model is fitted on
+    match: MatchSettings
+    message_domain: str  # the right side of Message-IDs
+
+
+def plan_settings(config: Config) -> PlanSettings:
+    sched = config.file.schedule
+    return PlanSettings(
+        first_digest_days=sched.first_digest_days,
+        max_window_days=sched.max_window_days,
+        corpus_days=config.file.match.window_days,
+        match=match_settings(config),
+        message_domain=message_domain(config),
+    )
+
+
+def window_start(settings: PlanSettings, last_end: datetime | None, *, now: datetime) -> datetime:
     """Where a subscriber's next digest starts: the end of their last covered window (or
     ``first_digest_days`` back for a first digest), never more than ``max_window_days``."""
-    sched = config.file.schedule
-    start = last_end or now - timedelta(days=sched.first_digest_days)
-    return max(start, now - timedelta(days=sched.max_window_days))
+    start = last_end or now - timedelta(days=settings.first_digest_days)
+    return max(start, now - timedelta(days=settings.max_window_days))
 
 
 def fit_matcher(
-    store: Store, config: Config, *, now: datetime, fallback: Sequence[Paper]
+    store: Store, settings: PlanSettings, *, now: datetime, fallback: Sequence[Paper]
 ) -> Matcher:
     """The similarity model fitted on the rolling window of stored papers.
 
-    A configured embedding model that cannot be loaded is a configuration error
-    (``ConfigError`` naming ``match.embedding_model``): the run stops, as for any bad key.
+    Raises ``EmbeddingError`` when a configured embedding model cannot be loaded (the
+    application layer reports it as a configuration error naming the key).
     """
-    corpus = store.papers_seen_between(now - timedelta(days=config.file.match.window_days), now)
-    try:
-        return Matcher.fit(corpus or list(fallback), match_settings(config))
-    except EmbeddingError as exc:
-        raise config_error(config, ("match", "embedding_model"), str(exc)) from exc
+    corpus = store.papers_seen_between(now - timedelta(days=settings.corpus_days), now)
+    return Matcher.fit(corpus or list(fallback), settings.match)
 
 
 def check_embedding_model(config: Config) -> str:
@@ -94,23 +115,23 @@ def check_embedding_model(config: Config) -> str:
     )
 
 
-def outbox_key(subscriber_id: int, period_key: str) -> str:
-    return f"{subscriber_id}:{period_key}"
+def outbox_key(installation: str, subscriber_id: int, period_key: str) -> str:
+    """What a digest's Message-ID is made from: unique across installations (a random id
+    stored once per database), stable across the retries of one digest."""
+    return f"{installation}:{subscriber_id}:{period_key}"
 
 
-def due_subscribers(store: Store, subscribers: Sequence[Subscriber], *, now: datetime) -> list[Due]:
-    """Active subscribers whose latest due period has no outbox row yet."""
-    states = store.subscriber_states()
-    candidates: list[Due] = []
-    for sub in subscribers:
-        state = states.get(sub.email)
-        if state is None or state.status != "active":
-            continue
-        period = latest_due_period(sub.schedule, now)
+def due_subscribers(store: Store, *, now: datetime) -> list[Due]:
+    """Active readers (from the database) whose latest due period has no outbox row yet."""
+    candidates: dict[int, Period] = {}
+    for reader_id, schedule in store.active_schedules().items():
+        period = latest_due_period(schedule, now)
         if period is not None:
-            candidates.append(Due(sub, state.id, period))
-    present = store.periods_present({(d.subscriber_id, d.period.key) for d in candidates})
-    return [d for d in candidates if (d.subscriber_id, d.period.key) not in present]
+            candidates[reader_id] = period
+    present = store.periods_present({(i, p.key) for i, p in candidates.items()})
+    due = {i: p for i, p in candidates.items() if (i, p.key) not in present}
+    readers = store.readers(due)
+    return [Due(readers[i], p) for i, p in sorted(due.items()) if i in readers]
 
 
 def profile_with_feedback(
@@ -136,9 +157,54 @@ def match_settings(config: Config) -> MatchSettings:
     return replace(settings, similarity_threshold=match.similarity_threshold)
 
 
+@dataclass(frozen=True)
+class MatchInputs:
+    """Everything matching needs for some readers at ``now``: each one's window start, the
+    papers since the earliest, each profile with its feedback, the papers each reader was
+    already sent, the liked papers, and the fitted matcher. Planning, preview and explain
+    all match from these, built by :func:`match_inputs` alone."""
+
+    starts: dict[int, datetime]
+    papers: list[Paper]
+    profiles: dict[int, Profile]
+    reserved: dict[int, set[str]]
+    liked: dict[str, Paper]
+    matcher: Matcher
+
+    def window(self, reader_id: int) -> list[Paper]:
+        """The papers of one reader's window: first seen after its start."""
+        start = self.starts[reader_id]
+        return [p for p in self.papers if _first_seen(p) > start]
+
+
+def match_inputs(
+    store: Store,
+    settings: PlanSettings,
+    readers: Sequence[Reader],
+    *,
+    now: datetime,
+    matcher: Matcher | None = None,
+) -> MatchInputs:
+    ids = [r.id for r in readers]
+    last_ends = store.last_window_ends(ids)
+    starts = {i: window_start(settings, last_ends.get(i), now=now) for i in ids}
+    papers = store.papers_seen_between(min(starts.values()), now) if starts else []
+    feedback = store.feedback(ids)
+    profiles = {r.id: profile_with_feedback(r.subscriber.profile, *feedback[r.id]) for r in readers}
+    liked_ids = {pid for p in profiles.values() for pid in (*p.like, *p.dislike)}
+    return MatchInputs(
+        starts=starts,
+        papers=papers,
+        profiles=profiles,
+        reserved=store.reserved_papers(ids, [p.id for p in papers]),
+        liked=store.papers_by_id(liked_ids),
+        matcher=matcher or fit_matcher(store, settings, now=now, fallback=papers),
+    )
+
+
 def plan_due(
     store: Store,
-    config: Config,
+    settings: PlanSettings,
     due: Sequence[Due],
     *,
     now: datetime,
@@ -149,24 +215,15 @@ def plan_due(
     report = PlanReport(due=len(due))
     if not due:
         return report
-    ids = [d.subscriber_id for d in due]
-    last_ends = store.last_window_ends(ids)
-    starts = {i: window_start(config, last_ends.get(i), now=now) for i in ids}
-    papers = store.papers_seen_between(min(starts.values()), now)
-    matcher = matcher or fit_matcher(store, config, now=now, fallback=papers)
-    feedback = store.feedback(ids)
-    reserved = store.reserved_papers(ids, [p.id for p in papers])
-    profiles = {
-        d.subscriber_id: profile_with_feedback(d.subscriber.profile, *feedback[d.subscriber_id])
-        for d in due
-    }
-    liked_ids = {pid for p in profiles.values() for pid in (*p.like, *p.dislike)}
-    liked = store.papers_by_id(liked_ids)
+    inputs = match_inputs(store, settings, [d.reader for d in due], now=now, matcher=matcher)
+    starts, papers, profiles = inputs.starts, inputs.papers, inputs.profiles
+    matcher, reserved, liked = inputs.matcher, inputs.reserved, inputs.liked
 
     groups: dict[datetime, list[Due]] = defaultdict(list)
     for d in due:
         groups[starts[d.subscriber_id]].append(d)
-    domain = message_domain(config)
+    domain = settings.message_domain
+    installation = store.installation_id()
     for start in sorted(groups):
         members = groups[start]
         window = [p for p in papers if _first_seen(p) > start]
@@ -188,22 +245,23 @@ def plan_due(
                 period_key=d.period.key,
                 window_start=start,
                 window_end=now,
-                message_id=make_message_id(outbox_key(d.subscriber_id, d.period.key), domain),
+                message_id=make_message_id(
+                    outbox_key(installation, d.subscriber_id, d.period.key), domain
+                ),
                 items=planned,
                 now=now,
-                skip_if_empty=d.subscriber.on_empty == "skip",
+                skip_if_empty=d.reader.subscriber.on_empty == "skip",
+                subscriber_version=d.reader.version,
             )
             if row_id is None:
                 report.already_planned += 1
                 continue
-            if not planned and d.subscriber.on_empty == "skip":
+            if not planned and d.reader.subscriber.on_empty == "skip":
                 report.skipped_empty += 1
-                log.info(
-                    "nothing new for %s in period %s: skipped", d.subscriber.email, d.period.key
-                )
+                log.info("nothing new for %s in period %s: skipped", d.reader.email, d.period.key)
             else:
                 report.planned += 1
-            report.items[d.subscriber.email] = len(planned)
+            report.items[d.reader.email] = len(planned)
     return report
 
 

@@ -2,36 +2,33 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from uuid import uuid4
 
 from pipeline.config import Config
 from pipeline.config.models import check_address
-from pipeline.cycle import make_mailer, open_store
 from pipeline.cycle.compose import make_renderer, make_signer
 from pipeline.cycle.digest import build_digest, message_headers
 from pipeline.cycle.plan import message_domain, sender_address
-from pipeline.domain import Envelope, Schedule
+from pipeline.domain import Envelope, Mailer, Paper, Schedule
 from pipeline.errors import PaperpostError, TransportError
 from pipeline.mail import build_message, make_message_id
 from pipeline.store import Delivery, DeliveryItem
 
 
-async def send_test(config: Config, email: str, *, now: datetime | None = None) -> str:
-    """Send a digest of the five most recent papers to ``email``; return the server's reply.
+async def send_test(
+    config: Config, email: str, recent: Sequence[Paper], mailer: Mailer, *, now: datetime
+) -> str:
+    """Send a digest of ``recent`` papers to ``email`` through ``mailer``; return the
+    server's reply.
 
     Nothing is recorded in the outbox: a test message is not a digest of any period.
     """
-    now = now or datetime.now(UTC)
     try:
         address = check_address(email)
     except ValueError as exc:
         raise PaperpostError(f"send-test: {email!r} is {exc}") from exc
-    store = open_store(config)
-    try:
-        recent = store.papers_seen_between(now - timedelta(days=30), now)[-5:]
-    finally:
-        store.close()
     delivery = Delivery(
         id=0,
         subscriber_id=0,
@@ -48,8 +45,9 @@ async def send_test(config: Config, email: str, *, now: datetime | None = None) 
             DeliveryItem(p, 1.0, "test message: most recent papers", False)
             for p in reversed(recent)
         ),
+        schedule=Schedule("daily", now.time().replace(second=0, microsecond=0), "UTC"),
     )
-    schedule = Schedule("daily", now.time().replace(second=0, microsecond=0), "UTC")
+    schedule = delivery.schedule
     digest = build_digest(config, make_signer(config), delivery, schedule, now=now)
     rendered = make_renderer(config).render(digest)
     headers = message_headers(config, delivery, digest, f"[test] {rendered.subject}", now=now)
@@ -59,10 +57,7 @@ async def send_test(config: Config, email: str, *, now: datetime | None = None) 
         data=build_message(headers, rendered),
         message_id=delivery.message_id,
     )
-    mailer = make_mailer(config)
     try:
         return await mailer.send(envelope)
     except TransportError as exc:
         raise PaperpostError(f"send-test to {address}: the server refused: {exc}") from exc
-    finally:
-        await mailer.aclose()

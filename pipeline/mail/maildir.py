@@ -13,6 +13,11 @@ at-least-once case of the outbox) finds the file already in ``new/`` or
 
 Like a real delivery agent it prepends ``Return-Path`` and ``Delivered-To``,
 and stores LF line endings, the Maildir convention.
+
+The ``commit`` callback of :meth:`MaildirMailer.send` is awaited after the
+message is in ``tmp/`` (invisible to mail clients) and before it is linked
+into ``new/`` (or, for a message already there, before its path is returned);
+if it returns False the tmp file is removed and :class:`ClaimLostError` raised.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ import errno
 import hashlib
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.domain import Envelope
-from pipeline.errors import BatchAbortedError, TransientDeliveryError
+from pipeline.domain import Commit, Envelope
+from pipeline.errors import BatchAbortedError, ClaimLostError, TransientDeliveryError
 from pipeline.mail.headers import envelope_addresses
 
 __all__ = ["MaildirMailer"]
@@ -42,37 +49,67 @@ class MaildirMailer:
         self._path = path
         self._closed = False
 
-    async def send(self, envelope: Envelope) -> str:
-        """Deliver one message; return the path of the delivered file."""
+    async def send(self, envelope: Envelope, *, commit: Commit | None = None) -> str:
+        """Deliver one message; return the path of the delivered file.
+
+        ``commit`` is awaited once, with the message written to ``tmp/`` and not yet
+        linked into ``new/``; False removes it and raises :class:`ClaimLostError`.
+        """
         if self._closed:
             raise BatchAbortedError(f"Maildir mailer for {self._path} is closed")
         envelope_addresses(envelope)  # a bad address fails this message only
-        return await asyncio.to_thread(self._deliver, envelope)
+        name = hashlib.sha256(envelope.message_id.encode("utf-8")).hexdigest()[:40] + ".paperpost"
+        target, tmp = await asyncio.to_thread(self._prepare, envelope, name)
+        try:
+            if commit is not None and not await commit():
+                raise ClaimLostError(
+                    f"message {envelope.message_id} to {envelope.recipient}: no longer claimed "
+                    f"by this sender; not delivered"
+                )
+        except BaseException:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            raise
+        if tmp is None:  # delivered before (a retry after a crash): not written again
+            return str(target)
+        return await asyncio.to_thread(self._link, envelope, tmp, target)
 
     async def aclose(self) -> None:
         self._closed = True
 
-    def _deliver(self, envelope: Envelope) -> str:
+    def _prepare(self, envelope: Envelope, name: str) -> tuple[Path, Path | None]:
+        """The message written and synced in ``tmp/``: (its place in ``new/``, the tmp
+        file), or (the file already delivered, None)."""
         sender, recipient = envelope_addresses(envelope)
-        name = hashlib.sha256(envelope.message_id.encode("utf-8")).hexdigest()[:40] + ".paperpost"
-        try:
+        with self._errors(envelope):
             tmp_dir, new_dir, cur_dir = self._ensure_dirs()
             existing = _already_delivered(name, new_dir, cur_dir)
             if existing is not None:
-                return str(existing)
+                return existing, None
             content = f"Return-Path: <{sender}>\nDelivered-To: {recipient}\n".encode(
                 "ascii"
             ) + envelope.data.replace(b"\r\n", b"\n")
             tmp = tmp_dir / f"{name}.{os.getpid()}.{uuid.uuid4().hex}"
             _write_synced(tmp, content)
-            target = new_dir / name
+        return new_dir / name, tmp
+
+    def _link(self, envelope: Envelope, tmp: Path, target: Path) -> str:
+        """Make the message visible: link it into ``new/`` and sync the directory."""
+        with self._errors(envelope):
             try:
                 os.link(tmp, target)
             except FileExistsError:
                 pass  # a concurrent delivery of the same message won the race
             finally:
                 tmp.unlink(missing_ok=True)
-            _fsync_dir(new_dir)
+            _fsync_dir(target.parent)
+        return str(target)
+
+    @contextmanager
+    def _errors(self, envelope: Envelope) -> Iterator[None]:
+        """OSError -> TransientDeliveryError (space, quota, I/O) or BatchAbortedError."""
+        try:
+            yield
         except OSError as exc:
             where = f"Maildir {self._path} ({exc.strerror or exc})"
             if exc.errno in _TRANSIENT_ERRNOS:
@@ -83,7 +120,6 @@ class MaildirMailer:
             raise BatchAbortedError(
                 f"cannot deliver into {where}; check the path and its permissions"
             ) from exc
-        return str(target)
 
     def _ensure_dirs(self) -> tuple[Path, Path, Path]:
         dirs = (self._path / "tmp", self._path / "new", self._path / "cur")

@@ -17,6 +17,14 @@ Delivery semantics (what each outcome means to the outbox):
 - Disconnect or timeout after the final ``.`` was written ->
   :class:`AmbiguousDeliveryError`: the server may have accepted the message.
 
+The ``commit`` callback of :meth:`SmtpMailer.send` (the outbox's ``sending``
+mark) is awaited after the 354 reply to DATA, just before the message and its
+final ``.`` are written: everything before (a pool slot, the pacer, connecting,
+EHLO, MAIL, RCPT) cannot deliver anything. If it returns False the connection
+is closed without the final ``.`` (the server discards the unfinished message)
+and :class:`ClaimLostError` is raised. The reconnect-and-retry path does not
+call it again.
+
 The DATA command is driven step by step (rather than with aiosmtplib's
 ``data()``) precisely so that a failure before the terminating ``.`` can be
 told apart from one after it. The wait for the reply to the ``.`` uses its own
@@ -45,10 +53,11 @@ from typing import Literal, NoReturn
 import aiosmtplib
 import numpy as np
 
-from pipeline.domain import Envelope
+from pipeline.domain import Commit, Envelope
 from pipeline.errors import (
     AmbiguousDeliveryError,
     BatchAbortedError,
+    ClaimLostError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
@@ -126,6 +135,20 @@ class _Reconnect(Exception):
     """421 or a dropped connection before the final '.': safe to retry on a new connection."""
 
 
+class _Once:
+    """The caller's commit callback, awaited at most once per send (not again on a retry)."""
+
+    def __init__(self, commit: Commit | None) -> None:
+        self._commit = commit
+        self.done = commit is None
+
+    async def __call__(self) -> bool:
+        if self.done or self._commit is None:
+            return True
+        self.done = True
+        return await self._commit()
+
+
 class SmtpMailer:
     """A :class:`pipeline.domain.Mailer` that sends through one SMTP server."""
 
@@ -137,13 +160,19 @@ class SmtpMailer:
         self._closed = False
         self.stats = SmtpStats()
 
-    async def send(self, envelope: Envelope) -> str:
-        """Send one message; return the server's reply to the final '.'."""
+    async def send(self, envelope: Envelope, *, commit: Commit | None = None) -> str:
+        """Send one message; return the server's reply to the final '.'.
+
+        ``commit`` is awaited once, after the 354 reply to DATA and before the message is
+        written (see the module docstring); False closes the connection and raises
+        :class:`ClaimLostError`.
+        """
         if self._closed:
             raise BatchAbortedError(f"SMTP mailer for {self._settings.server} is closed")
         # A bad address fails this message only, before any I/O.
         addresses = envelope_addresses(envelope)
         payload = data_payload(envelope.data)
+        once = _Once(commit)
         async with self._slots:
             delay = self._pacer.reserve()
             if delay > 0:
@@ -153,7 +182,7 @@ class SmtpMailer:
                 if conn is None:
                     conn = await self._connect(retrying=attempt > 1)
                 try:
-                    reply = await self._transaction(conn, envelope, addresses, payload)
+                    reply = await self._transaction(conn, envelope, addresses, payload, once)
                 except _Reconnect as exc:
                     self._discard(conn)
                     conn = None
@@ -239,7 +268,12 @@ class SmtpMailer:
         return _Connection(client)
 
     async def _transaction(
-        self, conn: _Connection, envelope: Envelope, addresses: tuple[str, str], payload: bytes
+        self,
+        conn: _Connection,
+        envelope: Envelope,
+        addresses: tuple[str, str],
+        payload: bytes,
+        commit: _Once,
     ) -> str:
         client = conn.client
         who = _who(envelope)
@@ -269,6 +303,15 @@ class SmtpMailer:
         protocol = client.protocol
         if protocol is None:
             raise _Reconnect(f"{who}: connection to SMTP {self._settings.server} lost")
+        try:
+            go_ahead = await commit()
+        except BaseException:
+            client.close()  # never leave a connection in DATA mode behind
+            raise
+        if not go_ahead:
+            # Past 354: closing without the final "." makes the server discard the message.
+            client.close()
+            raise ClaimLostError(f"{who}: no longer claimed by this sender; not sent")
         try:
             protocol.write(payload)
         except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:

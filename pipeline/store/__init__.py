@@ -17,11 +17,14 @@ from pipeline.store.engine import make_engine
 from pipeline.store.ops import OpsStore, Run
 from pipeline.store.outbox import OutboxStore, PlannedItem
 from pipeline.store.papers import PaperStore, SaveStats, SourceState
+from pipeline.store.port import Outbox, OutboxEntry
 from pipeline.store.subscribers import SubscriberState, SubscriberStore, SyncStats
 
 __all__ = [
     "Delivery",
     "DeliveryItem",
+    "Outbox",
+    "OutboxEntry",
     "PaperCache",
     "PlannedItem",
     "Run",
@@ -74,3 +77,6 @@ class Store(PaperStore, SubscriberStore, OutboxStore, DeliveryStore, OpsStore):
 
     def upgrade(self) -> None:
         migrate.upgrade(self.engine)
+
+    def revision(self) -> str | None:
+        return migrate.current_revision(self.engine)

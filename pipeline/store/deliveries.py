@@ -17,7 +17,7 @@ from typing import cast
 
 from sqlalchemy import Connection, Table, func, select
 
-from pipeline.domain import Paper
+from pipeline.domain import Paper, Schedule
 from pipeline.store.base import StoreBase
 from pipeline.store.papers import paper_from_row
 from pipeline.store.rows import (
@@ -27,6 +27,7 @@ from pipeline.store.rows import (
     SentItemRow,
     SubscriberRow,
 )
+from pipeline.store.subscribers import reader_schedule
 
 _CHUNK = 500
 # Paper id -> (its row's updated_at, the Paper built from it).
@@ -59,6 +60,8 @@ class Delivery:
     window_end: datetime
     created_at: datetime
     items: tuple[DeliveryItem, ...]
+    schedule: Schedule  # the reader's schedule now (period label, footer)
+    subscriber_version: int = 0  # the version of the reader's settings it was planned under
 
 
 class DeliveryStore(StoreBase):
@@ -136,6 +139,10 @@ def _load_chunk(
             d.window_start,
             d.window_end,
             d.created_at,
+            d.subscriber_version,
+            s.frequency,
+            s.send_at,
+            s.timezone,
         )
         .join_from(_deliveries, _subscribers, s.id == d.subscriber_id)
         .where(d.id.in_(ids))
@@ -155,6 +162,8 @@ def _load_chunk(
             window_end=head.window_end,
             created_at=head.created_at,
             items=tuple(by_delivery.get(head.id, ())),
+            schedule=reader_schedule(head.frequency, head.send_at, head.timezone),
+            subscriber_version=head.subscriber_version,
         )
         for head in heads
     }

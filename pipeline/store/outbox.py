@@ -1,26 +1,43 @@
 """The outbox: the delivery ledger behind "nothing lost, nothing twice".
 
 Life of a row: ``pending`` (planned, items frozen) -> ``claimed`` (owned by one sender,
-nothing handed to a transport yet) -> ``sending`` (committed just before the hand-off)
--> ``sent`` | ``deferred`` (4xx, retried later with the same Message-ID) | ``failed``
-(5xx or too old) | ``ambiguous`` (the connection broke after the final "."). Also
-``skipped`` (an empty period under the skip policy) and ``cancelled`` (unsubscribed
-before the claim). A crash leaves rows ``claimed`` (safe to resend: nothing left the
-process) or ``sending`` (handled by the ambiguous-delivery policy).
+which may be connecting, waiting for the server or past MAIL and RCPT: nothing that can
+deliver the message has been written) -> ``sending`` (committed by the transport just
+before it writes the bytes that end with DATA's final ".") -> ``sent`` | ``deferred``
+(4xx, retried later with the same Message-ID) | ``failed`` (5xx or too old) |
+``ambiguous`` (the connection broke after the final "."). ``claimed`` rows may also go
+straight to ``deferred`` or ``failed`` (a 4xx or 5xx before DATA). Also ``skipped`` (an
+empty period under the skip policy) and ``cancelled`` (unsubscribed before the claim).
+A crash leaves rows ``claimed`` (safe to resend: no server can have the message) or
+``sending`` (handled by the ambiguous-delivery policy). ``claimed_by`` names the holder,
+``host:pid`` for the cycle's senders: see :meth:`OutboxStore.recover_dead`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Connection, Table, Update, bindparam, delete, func, select, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    Update,
+    bindparam,
+    case,
+    delete,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pipeline.store.base import StoreBase
+from pipeline.store.port import REQUEUEABLE, OutboxEntry
 from pipeline.store.rows import (
     DeliveryItemRow,
     DeliveryRow,
@@ -45,6 +62,7 @@ class PlannedItem:
 _deliveries = cast("Table", DeliveryRow.__table__)
 _subscribers = cast("Table", SubscriberRow.__table__)
 _sent_items = cast("Table", SentItemRow.__table__)
+_items = cast("Table", DeliveryItemRow.__table__)
 
 
 class OutboxStore(StoreBase):
@@ -114,6 +132,7 @@ class OutboxStore(StoreBase):
         items: Sequence[PlannedItem],
         now: datetime,
         skip_if_empty: bool = True,
+        subscriber_version: int = 0,
     ) -> int | None:
         """Write the outbox row and its items, reserving each paper for this subscriber.
 
@@ -150,6 +169,7 @@ class OutboxStore(StoreBase):
                 message_id=message_id,
                 created_at=now,
                 item_count=len(fresh),
+                subscriber_version=subscriber_version,
             )
             try:
                 with s.begin_nested():
@@ -177,7 +197,7 @@ class OutboxStore(StoreBase):
 
     # -- claiming and marking --------------------------------------------------------------------
     # Plain connections and Core statements: a sender makes two of these writes per message
-    # (``sending`` before the hand-off, the outcome after), and an ORM session for each
+    # (``sending`` at the transport's commit, the outcome after), and an ORM session for each
     # cost five times the statement.
     def claim(self, *, limit: int, holder: str, now: datetime) -> list[int]:
         """Atomically take up to ``limit`` due rows for this sender.
@@ -187,6 +207,12 @@ class OutboxStore(StoreBase):
         take disjoint rows without waiting for each other. The subscription is re-checked
         here: rows of readers who unsubscribed since planning are cancelled, not sent.
         """
+        while True:  # a batch that was all cancelled is not the end of the queue
+            active, examined = self._claim_batch(limit=limit, holder=holder, now=now)
+            if active or not examined:
+                return active
+
+    def _claim_batch(self, *, limit: int, holder: str, now: datetime) -> tuple[list[int], int]:
         d, subscriber = _deliveries.c, _subscribers.c
         with self.begin() as conn:
             query = (
@@ -214,10 +240,11 @@ class OutboxStore(StoreBase):
                     .values(status="cancelled", last_error="unsubscribed before sending")
                 )
                 _release_items(conn, gone)
-            return active
+            return active, len(rows)
 
     def mark_sending(self, delivery_id: int, *, holder: str, now: datetime) -> bool:
-        """``claimed`` by ``holder`` -> ``sending``, committed: call just before the hand-off.
+        """``claimed`` by ``holder`` -> ``sending``, committed: the transport's commit, just
+        before it writes the bytes that may deliver the message.
 
         False when the row is no longer this sender's claim (a stale claim that another
         sender's recovery returned to the queue and someone claimed again): then the
@@ -230,38 +257,109 @@ class OutboxStore(StoreBase):
         return self._move(_TO_SENT, delivery_id=delivery_id, now=now, reply=reply[:1000])
 
     def mark_deferred(
-        self, delivery_id: int, *, error: str, retry_at: datetime, now: datetime
+        self,
+        delivery_id: int,
+        *,
+        error: str,
+        retry_at: datetime,
+        now: datetime,
+        holder: str | None = None,
     ) -> bool:
-        return self._move(
-            _TO_DEFERRED, delivery_id=delivery_id, retry_at=retry_at, error=error[:2000]
-        )
+        """``claimed`` or ``sending`` -> ``deferred`` until ``retry_at``. From ``claimed``
+        (a 4xx before DATA) it counts an attempt, as ``mark_sending`` does otherwise.
 
-    def mark_failed(self, delivery_id: int, *, error: str, now: datetime) -> None:
-        """Permanent failure: its papers are released so a later digest may carry them."""
+        With ``holder``, only that sender's row moves (False when its claim was lost);
+        without, any (recovery of a dead or stale sender's rows).
+        """
+        params: dict[str, object] = {"retry_at": retry_at, "error": error[:2000]}
+        if holder is None:
+            return self._move(_TO_DEFERRED, delivery_id=delivery_id, **params)
+        return self._move(_TO_DEFERRED_HELD, delivery_id=delivery_id, holder=holder, **params)
+
+    def mark_failed(
+        self, delivery_id: int, *, error: str, now: datetime, holder: str | None = None
+    ) -> bool:
+        """``claimed`` or ``sending`` -> ``failed``: its papers are released so a later
+        digest may carry them. ``holder`` as for :meth:`mark_deferred`."""
+        params: dict[str, object] = {"delivery_id": delivery_id, "error": error[:2000]}
+        transition = _TO_FAILED
+        if holder is not None:
+            transition, params["holder"] = _TO_FAILED_HELD, holder
         with self.begin() as conn:
-            conn.execute(
-                update(_deliveries)
-                .where(_deliveries.c.id == delivery_id)
-                .values(status="failed", last_error=error[:2000], claimed_by=None)
-            )
+            if not conn.execute(transition, params).rowcount:
+                return False
             _release_items(conn, [delivery_id])
+            return True
 
     def mark_ambiguous(self, delivery_id: int, *, error: str, now: datetime) -> bool:
         return self._move(_TO_AMBIGUOUS, delivery_id=delivery_id, error=error[:2000])
 
-    def release(self, delivery_ids: Sequence[int]) -> None:
-        """Give claimed rows back untouched (the batch was aborted before they left)."""
+    def release(self, delivery_ids: Sequence[int], *, holder: str) -> int:
+        """Give this holder's ``claimed`` rows back untouched (the run stopped or aborted
+        before they reached the transport's point of no return); returns how many.
+
+        ``sending`` rows are never released: the server may have the message, and putting
+        them back in the queue would risk a duplicate.
+        """
         if not delivery_ids:
-            return
+            return 0
+        d = _deliveries.c
+        released = 0
         with self.begin() as conn:
-            conn.execute(
-                update(_deliveries)
-                .where(
-                    _deliveries.c.id.in_(delivery_ids),
-                    _deliveries.c.status.in_(("claimed", "sending")),
+            for i in range(0, len(delivery_ids), 500):
+                result = conn.execute(
+                    update(_deliveries)
+                    .where(
+                        d.id.in_(delivery_ids[i : i + 500]),
+                        d.status == "claimed",
+                        d.claimed_by == holder,
+                    )
+                    .values(status="pending", claimed_by=None, claimed_at=None)
                 )
+                released += int(getattr(result, "rowcount", 0) or 0)
+        return released
+
+    def recover_dead(
+        self, *, host: str, alive: Callable[[int], bool], now: datetime
+    ) -> tuple[int, list[int]]:
+        """Rows held by processes of ``host`` that are gone (``alive(pid)`` is False):
+        their ``claimed`` rows go back to pending at once (nothing left the process);
+        their ``sending`` rows are returned for the ambiguous-delivery policy, as
+        :meth:`recover_stale` does. Holders are ``f"{host}:{pid}"``; others are left
+        alone. Returns (rows returned to the queue, ids of stuck ``sending`` rows).
+        """
+        d = _deliveries.c
+        prefix = f"{host}:"
+        with self.connect() as conn:
+            held = list(
+                conn.execute(
+                    select(d.id, d.status, d.claimed_by).where(
+                        d.status.in_(("claimed", "sending")), d.claimed_by.is_not(None)
+                    )
+                )
+            )
+        dead: dict[str, bool] = {}
+        for _, _, holder in held:
+            if holder in dead or not holder.startswith(prefix):
+                continue
+            pid = holder[len(prefix) :]
+            if pid.isdigit() and int(pid) > 0:
+                dead[holder] = not alive(int(pid))
+        gone = sorted(holder for holder, is_dead in dead.items() if is_dead)
+        if not gone:
+            return 0, []
+        stuck = sorted(
+            rid for rid, status, holder in held if status == "sending" and dead.get(holder)
+        )
+        with self.begin() as conn:
+            # A dead holder claims nothing new, so guarding on the holder is enough.
+            result = conn.execute(
+                update(_deliveries)
+                .where(d.status == "claimed", d.claimed_by.in_(gone))
                 .values(status="pending", claimed_by=None, claimed_at=None)
             )
+            reclaimed = int(getattr(result, "rowcount", 0) or 0)
+        return reclaimed, stuck
 
     def recover_stale(self, *, now: datetime, older_than: timedelta) -> tuple[int, list[int]]:
         """After a crash: stale ``claimed`` rows go back to pending (nothing left the process);
@@ -288,6 +386,158 @@ class OutboxStore(StoreBase):
         from (nothing is written then)."""
         with self.begin() as conn:
             return bool(conn.execute(transition, params).rowcount)
+
+    # -- operator acts and listing (the Outbox port: pipeline.store.port) -----------------------
+    def requeue(
+        self,
+        *,
+        ids: Sequence[int] | None = None,
+        statuses: Collection[str] = REQUEUEABLE,
+        subscriber_id: int | None = None,
+        now: datetime,
+    ) -> int:
+        """``failed`` / ``ambiguous`` rows back to ``pending``, due at ``now``, on an
+        operator's word; see ``Outbox.requeue``.
+
+        One write transaction: the rows are picked (locked on PostgreSQL, so a concurrent
+        requeue waits and then finds them moved), their papers reserved again with
+        INSERT ... ON CONFLICT DO NOTHING (a paper another row of the reader holds, also one
+        a concurrent plan is inserting, stays that row's), the items that lost their paper
+        deleted, and ``item_count`` recounted from what is left.
+        """
+        wanted = sorted(set(statuses))
+        if others := [state for state in wanted if state not in REQUEUEABLE]:
+            raise ValueError(f"requeue moves only failed and ambiguous rows, not {others}")
+        if not wanted or (ids is not None and not ids):
+            return 0
+        d, it, si = _deliveries.c, _items.c, _sent_items.c
+        insert = postgresql_insert if self.dialect == "postgresql" else sqlite_insert
+        reserve = insert(_sent_items).on_conflict_do_nothing(
+            index_elements=[si.subscriber_id, si.paper_id]
+        )
+        drop = delete(_items).where(
+            it.delivery_id == bindparam("did"), it.rank == bindparam("drank")
+        )
+        moved = 0
+        with self.begin() as conn:
+            query = select(d.id, d.subscriber_id).where(d.status.in_(wanted)).order_by(d.id)
+            if ids is not None:
+                query = query.where(d.id.in_(list(dict.fromkeys(ids))))
+            if subscriber_id is not None:
+                query = query.where(d.subscriber_id == subscriber_id)
+            if self.dialect == "postgresql":
+                query = query.with_for_update(of=_deliveries)
+            rows = conn.execute(query).all()
+            reader = {row.id: row.subscriber_id for row in rows}
+            picked = list(reader)
+            for i in range(0, len(picked), 500):
+                chunk = picked[i : i + 500]
+                # Oldest row first: when two requeued rows of one reader carry the same paper,
+                # the older keeps it.
+                items = conn.execute(
+                    select(it.delivery_id, it.rank, it.paper_id)
+                    .where(it.delivery_id.in_(chunk))
+                    .order_by(it.delivery_id, it.rank)
+                ).all()
+                if items:
+                    conn.execute(
+                        reserve,
+                        [
+                            {
+                                "subscriber_id": reader[item.delivery_id],
+                                "paper_id": item.paper_id,
+                                "delivery_id": item.delivery_id,
+                            }
+                            for item in items
+                        ],
+                    )
+                    held = {
+                        (row.delivery_id, row.paper_id)
+                        for row in conn.execute(
+                            select(si.delivery_id, si.paper_id).where(si.delivery_id.in_(chunk))
+                        )
+                    }
+                    lost = [
+                        {"did": item.delivery_id, "drank": item.rank}
+                        for item in items
+                        if (item.delivery_id, item.paper_id) not in held
+                    ]
+                    if lost:
+                        conn.execute(drop, lost)
+                remaining = (
+                    select(func.count())
+                    .select_from(_items)
+                    .where(it.delivery_id == d.id)
+                    .scalar_subquery()
+                )
+                result = conn.execute(
+                    update(_deliveries)
+                    .where(d.id.in_(chunk), d.status.in_(wanted))
+                    .values(
+                        status="pending",
+                        next_attempt_at=now,
+                        claimed_by=None,
+                        claimed_at=None,
+                        item_count=remaining,
+                    )
+                )
+                moved += int(result.rowcount or 0)
+        return moved
+
+    def list_deliveries(
+        self,
+        *,
+        statuses: Collection[str] | None = None,
+        subscriber_id: int | None = None,
+        period_key: str | None = None,
+        limit: int = 100,
+    ) -> list[OutboxEntry]:
+        """Outbox rows matching every filter given, newest first; see
+        ``Outbox.list_deliveries``."""
+        d, s = _deliveries.c, _subscribers.c
+        query = (
+            select(
+                d.id,
+                d.subscriber_id,
+                s.email,
+                d.period_key,
+                d.status,
+                d.attempts,
+                d.next_attempt_at,
+                d.created_at,
+                d.sent_at,
+                d.message_id,
+                d.last_error,
+                d.item_count,
+            )
+            .join_from(_deliveries, _subscribers, s.id == d.subscriber_id)
+            .order_by(d.created_at.desc(), d.id.desc())
+            .limit(limit)
+        )
+        if statuses is not None:
+            query = query.where(d.status.in_(sorted(set(statuses))))
+        if subscriber_id is not None:
+            query = query.where(d.subscriber_id == subscriber_id)
+        if period_key is not None:
+            query = query.where(d.period_key == period_key)
+        with self.connect() as conn:
+            return [
+                OutboxEntry(
+                    id=row.id,
+                    subscriber_id=row.subscriber_id,
+                    email=row.email,
+                    period_key=row.period_key,
+                    status=row.status,
+                    attempts=row.attempts,
+                    next_attempt_at=row.next_attempt_at,
+                    created_at=row.created_at,
+                    sent_at=row.sent_at,
+                    message_id=row.message_id,
+                    last_error=row.last_error,
+                    item_count=row.item_count,
+                )
+                for row in conn.execute(query)
+            ]
 
 
 def _transition(from_states: tuple[str, ...], **values: object) -> Update:
@@ -325,7 +575,14 @@ _TO_DEFERRED = _transition(
     next_attempt_at=bindparam("retry_at"),
     last_error=bindparam("error"),
     claimed_by=None,
+    # SET reads the row as it was: an attempt that ended before "sending" counts too.
+    attempts=_deliveries.c.attempts + case((_deliveries.c.status == "claimed", 1), else_=0),
 )
+_TO_DEFERRED_HELD = _TO_DEFERRED.where(_deliveries.c.claimed_by == bindparam("holder"))
+_TO_FAILED = _transition(
+    ("sending", "claimed"), status="failed", last_error=bindparam("error"), claimed_by=None
+)
+_TO_FAILED_HELD = _TO_FAILED.where(_deliveries.c.claimed_by == bindparam("holder"))
 _TO_AMBIGUOUS = _transition(
     ("sending",), status="ambiguous", last_error=bindparam("error"), claimed_by=None
 )

@@ -118,6 +118,20 @@ class SubscriberRow(Base):
     status_changed_at: Mapped[datetime | None]
     status_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
+    # The reader's settings: the source of truth for planning, delivery, preview and explain.
+    # config (the operator's file; its sync is the one writer) | import (paperpost subscribers
+    # import) | self-service (the subscribe page)
+    origin: Mapped[str] = mapped_column(String(16), default="config")
+    version: Mapped[int] = mapped_column(Integer, default=1)  # bumped by every change below
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    frequency: Mapped[str] = mapped_column(String(128), default="daily")
+    send_at: Mapped[str] = mapped_column(String(5), default="08:00")  # local HH:MM
+    on_empty: Mapped[str] = mapped_column(String(8), default="skip")
+    # query, categories, authors, about, like, exclude, max_items, min_score, trending
+    profile: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # sha256 of the settings above: a sync writes (and bumps the version) only on a change
+    fingerprint: Mapped[str] = mapped_column(String(64), default="")
+    updated_at: Mapped[datetime | None]
 
 
 class FeedbackRow(Base):
@@ -157,6 +171,7 @@ class DeliveryRow(Base):
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
     item_count: Mapped[int] = mapped_column(Integer, default=0)
+    subscriber_version: Mapped[int] = mapped_column(Integer, default=0)  # planned under it
 
 
 class DeliveryItemRow(Base):
@@ -186,6 +201,15 @@ class SentItemRow(Base):
     delivery_id: Mapped[int] = mapped_column(
         ForeignKey("deliveries.id", ondelete="CASCADE"), index=True
     )
+
+
+class MetaRow(Base):
+    """Facts about this installation, written once (the random installation id)."""
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 class LeaseRow(Base):

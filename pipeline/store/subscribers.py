@@ -1,18 +1,31 @@
-"""Subscribers (synced from the config), the suppression list and reader feedback."""
+"""Readers: their settings (the source of truth), the suppression list and their feedback.
+
+The config file's subscribers reach the database through one writer, ``sync_subscribers``:
+an idempotent upsert keyed on the address, safe when several processes sync at once (the
+database settles a conflict, not the code). Every change of a reader's settings bumps its
+``version``; an unsubscribe by link wins over the config until ``resubscribe``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, time
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, case, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Row
 
-from pipeline.domain import Subscriber
+from pipeline.domain import Profile, Reader, Schedule, Subscriber
 from pipeline.store.base import StoreBase
-from pipeline.store.rows import FeedbackRow, SubscriberRow
+from pipeline.store.rows import FeedbackRow, MetaRow, SubscriberRow
+
+_subscribers = cast("Table", SubscriberRow.__table__)
+_CHUNK = 500  # rows per multi-row INSERT (SQLite allows 32,766 bound values)
 
 
 @dataclass(frozen=True)
@@ -30,36 +43,191 @@ class SyncStats:
     updated: int
     removed: int
     suppressed: int  # in the config but unsubscribed by link
+    skipped: int = 0  # an import left alone: the address belongs to another origin
 
 
 class SubscriberStore(StoreBase):
     def sync_subscribers(self, subscribers: Sequence[Subscriber], *, now: datetime) -> SyncStats:
-        """Make the table match the config. An unsubscribe by link wins over the config."""
-        added = updated = removed = suppressed = 0
+        """Make the config's readers in the table match ``subscribers``.
+
+        New addresses are added, changed settings are written (version + 1), readers gone
+        from the config are marked ``removed`` (only those the config owns). An unsubscribe
+        by link wins over the config. Safe to run in several processes at once.
+        """
+        return self._upsert(subscribers, origin="config", now=now, remove_missing=True)
+
+    def import_subscribers(self, subscribers: Sequence[Subscriber], *, now: datetime) -> SyncStats:
+        """Add or update readers from a bulk file (``paperpost subscribers import``).
+
+        Addresses the config file owns are skipped (the file is their one writer) and
+        counted; nobody is removed.
+        """
+        return self._upsert(subscribers, origin="import", now=now, remove_missing=False)
+
+    def _upsert(
+        self,
+        subscribers: Sequence[Subscriber],
+        *,
+        origin: str,
+        now: datetime,
+        remove_missing: bool,
+    ) -> SyncStats:
         wanted = {s.email: s for s in subscribers}
-        with self.write() as s:
-            rows = {r.email: r for r in s.scalars(select(SubscriberRow))}
-            for email, sub in wanted.items():
-                row = rows.get(email)
-                if row is None:
-                    s.add(
-                        SubscriberRow(email=email, name=sub.name, status="active", created_at=now)
+        records = {email: _record(sub) for email, sub in wanted.items()}
+        c = _subscribers.c
+        with self.begin() as conn:
+            present = {
+                r.email: r
+                for r in conn.execute(select(c.id, c.email, c.status, c.origin, c.fingerprint))
+            }
+            skipped = (
+                {e for e in wanted if e in present and present[e].origin not in (origin, "import")}
+                if origin == "import"
+                else set()
+            )
+            changed = sorted(
+                e
+                for e, rec in records.items()
+                if e not in skipped
+                and (
+                    e not in present
+                    or present[e].fingerprint != rec["fingerprint"]
+                    or present[e].origin != origin
+                    or present[e].status == "removed"
+                )
+            )
+            # In address order, so two processes syncing at once lock rows in the same
+            # order (no deadlock): the second waits for the first and then finds no change.
+            for i in range(0, len(changed), _CHUNK):
+                chunk = changed[i : i + _CHUNK]
+                conn.execute(self._upsert_statement(origin, now), [records[e] for e in chunk])
+            removed = 0
+            if remove_missing:
+                gone = [
+                    r.id
+                    for e, r in present.items()
+                    if e not in wanted and r.origin == origin and r.status == "active"
+                ]
+                for i in range(0, len(gone), _CHUNK):
+                    result = conn.execute(
+                        update(_subscribers)
+                        .where(c.id.in_(gone[i : i + _CHUNK]), c.status == "active")
+                        .values(status="removed", status_changed_at=now, status_reason=origin)
                     )
-                    added += 1
-                    continue
-                if row.name != sub.name:
-                    row.name = sub.name
-                    updated += 1
-                if row.status == "removed":
-                    row.status, row.status_changed_at, row.status_reason = "active", now, "config"
-                    updated += 1
-                elif row.status == "unsubscribed":
-                    suppressed += 1
-            for email, row in rows.items():
-                if email not in wanted and row.status == "active":
-                    row.status, row.status_changed_at, row.status_reason = "removed", now, "config"
-                    removed += 1
-        return SyncStats(added=added, updated=updated, removed=removed, suppressed=suppressed)
+                    removed += int(result.rowcount or 0)
+        added = sum(1 for e in changed if e not in present)
+        return SyncStats(
+            added=added,
+            updated=len(changed) - added,
+            removed=removed,
+            suppressed=sum(
+                1 for e in wanted if e in present and present[e].status == "unsubscribed"
+            ),
+            skipped=len(skipped),
+        )
+
+    def _upsert_statement(self, origin: str, now: datetime) -> Any:
+        insert = postgresql_insert if self.dialect == "postgresql" else sqlite_insert
+        stmt = insert(_subscribers).values(
+            origin=origin,
+            status="active",
+            status_changed_at=now,
+            status_reason=origin,
+            created_at=now,
+            updated_at=now,
+            version=1,
+        )
+        c, new = _subscribers.c, stmt.excluded
+        settings_changed = c.fingerprint != new.fingerprint
+        return stmt.on_conflict_do_update(
+            index_elements=[c.email],
+            set_={
+                "name": new.name,
+                "timezone": new.timezone,
+                "frequency": new.frequency,
+                "send_at": new.send_at,
+                "on_empty": new.on_empty,
+                "profile": new.profile,
+                "fingerprint": new.fingerprint,
+                "origin": origin,
+                "version": case((settings_changed, c.version + 1), else_=c.version),
+                "updated_at": case((settings_changed, now), else_=c.updated_at),
+                # Back from "removed"; an unsubscribe (a reader's own act) stays.
+                "status": case((c.status == "removed", "active"), else_=c.status),
+                "status_changed_at": case((c.status == "removed", now), else_=c.status_changed_at),
+            },
+        )
+
+    # -- reading readers -----------------------------------------------------------------------
+    def active_schedules(self) -> dict[int, Schedule]:
+        """{reader id: schedule} of every active reader: what the dispatch tick needs to
+        find who is due, without reading profiles."""
+        c = _subscribers.c
+        with self.connect() as conn:
+            rows = conn.execute(
+                select(c.id, c.frequency, c.send_at, c.timezone).where(c.status == "active")
+            )
+            return {r.id: reader_schedule(r.frequency, r.send_at, r.timezone) for r in rows}
+
+    def readers(self, ids: Collection[int]) -> dict[int, Reader]:
+        """The readers among ``ids`` that exist, with their settings, by id."""
+        out: dict[int, Reader] = {}
+        wanted = sorted(set(ids))
+        with self.connect() as conn:
+            for i in range(0, len(wanted), _CHUNK):
+                query = select(_subscribers).where(_subscribers.c.id.in_(wanted[i : i + _CHUNK]))
+                out.update((r.id, _reader(r)) for r in conn.execute(query))
+        return out
+
+    def reader_by_email(self, email: str) -> Reader | None:
+        with self.connect() as conn:
+            row = conn.execute(
+                select(_subscribers).where(_subscribers.c.email == email.strip().lower())
+            ).first()
+            if row is None:
+                row = conn.execute(
+                    select(_subscribers).where(_subscribers.c.email == email.strip())
+                ).first()
+            return _reader(row) if row is not None else None
+
+    def list_readers(
+        self, *, statuses: Collection[str] | None = None, origin: str | None = None
+    ) -> Iterator[Reader]:
+        """Readers in address order, optionally of some statuses and one origin."""
+        c = _subscribers.c
+        query = select(_subscribers).order_by(c.email)
+        if statuses:
+            query = query.where(c.status.in_(list(statuses)))
+        if origin:
+            query = query.where(c.origin == origin)
+        with self.connect() as conn:
+            rows = conn.execute(query).all()
+        return (_reader(r) for r in rows)
+
+    def liked_paper_ids(self) -> set[str]:
+        """The papers active readers list under ``like`` (their metadata is fetched when the
+        database lacks it)."""
+        c = _subscribers.c
+        with self.connect() as conn:
+            rows = conn.execute(select(c.profile).where(c.status == "active"))
+            return {pid for (profile,) in rows for pid in (profile or {}).get("like") or ()}
+
+    def installation_id(self) -> str:
+        """A random id created once per database: it makes Message-IDs unique across
+        installations. Safe when several processes ask first at the same time."""
+        import secrets
+
+        insert = postgresql_insert if self.dialect == "postgresql" else sqlite_insert
+        meta = cast("Table", MetaRow.__table__)
+        with self.begin() as conn:
+            conn.execute(
+                insert(meta)
+                .values(key="installation_id", value=secrets.token_hex(16))
+                .on_conflict_do_nothing(index_elements=[meta.c.key])
+            )
+            value = conn.scalar(select(meta.c.value).where(meta.c.key == "installation_id"))
+        assert value is not None
+        return str(value)
 
     def subscriber_states(self) -> dict[str, SubscriberState]:
         with self.read() as s:
@@ -144,4 +312,62 @@ def _state(row: SubscriberRow) -> SubscriberState:
         name=row.name,
         status=row.status,
         status_changed_at=row.status_changed_at,
+    )
+
+
+def _record(sub: Subscriber) -> dict[str, Any]:
+    """A reader's settings as the table's columns, with their fingerprint."""
+    sched, prof = sub.schedule, sub.profile
+    profile = {
+        "query": prof.query,
+        "categories": list(prof.categories),
+        "authors": list(prof.authors),
+        "about": prof.about,
+        "like": list(prof.like),
+        "exclude": prof.exclude,
+        "max_items": prof.max_items,
+        "min_score": prof.min_score,
+        "trending": prof.trending,
+    }
+    record: dict[str, Any] = {
+        "email": sub.email,
+        "name": sub.name,
+        "timezone": sched.timezone,
+        "frequency": sched.frequency,
+        "send_at": sched.send_at.strftime("%H:%M"),
+        "on_empty": sub.on_empty,
+        "profile": profile,
+    }
+    canonical = json.dumps(record, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    record["fingerprint"] = hashlib.sha256(canonical.encode("ascii")).hexdigest()
+    return record
+
+
+def reader_schedule(frequency: str, send_at: str, timezone: str) -> Schedule:
+    hh, mm = send_at.split(":")
+    return Schedule(frequency=frequency, send_at=time(int(hh), int(mm)), timezone=timezone)
+
+
+def _reader(row: Row[Any]) -> Reader:
+    p: dict[str, Any] = row.profile or {}
+    profile = Profile(
+        query=p.get("query"),
+        categories=tuple(p.get("categories") or ()),
+        authors=tuple(p.get("authors") or ()),
+        about=p.get("about"),
+        like=tuple(p.get("like") or ()),
+        exclude=p.get("exclude"),
+        max_items=int(p.get("max_items", 15)),
+        min_score=float(p.get("min_score", 0.0)),
+        trending=int(p.get("trending", 0)),
+    )
+    subscriber = Subscriber(
+        email=row.email,
+        name=row.name,
+        schedule=reader_schedule(row.frequency, row.send_at, row.timezone),
+        profile=profile,
+        on_empty="send" if row.on_empty == "send" else "skip",
+    )
+    return Reader(
+        id=row.id, version=row.version, origin=row.origin, status=row.status, subscriber=subscriber
     )
