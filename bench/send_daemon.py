@@ -28,7 +28,7 @@ from sqlalchemy import create_engine, select, text
 from pipeline.app import App
 from pipeline.config import Config, load_config
 from pipeline.cycle.compose import make_composer
-from pipeline.cycle.deliver import Deliverer, DeliverReport
+from pipeline.cycle.deliver import Deliverer, DeliverReport, deliver_settings
 from pipeline.cycle.plan import outbox_key
 from pipeline.domain import Paper
 from pipeline.mail import make_message_id
@@ -118,7 +118,7 @@ def run_daemon_path(
             _plan(store, config, count, papers)
             deliverer = Deliverer(
                 store,
-                config,
+                deliver_settings(config),
                 App(config, store=store).mailer(),
                 make_composer(config, store),
                 clock=lambda: WHEN,

@@ -24,7 +24,7 @@ from pipeline import __version__
 from pipeline.config import Config, config_error
 from pipeline.config.readers import read_subscribers
 from pipeline.cycle.compose import make_composer, make_renderer, make_signer
-from pipeline.cycle.deliver import Deliverer, DeliverReport, preview_path
+from pipeline.cycle.deliver import Deliverer, DeliverReport, deliver_settings, preview_path
 from pipeline.cycle.digest import build_digest
 from pipeline.cycle.plan import (
     PlanReport,
@@ -96,6 +96,8 @@ class App:
     ) -> None:
         self.config = config
         self.planning = plan_settings(config)
+        self.delivering = deliver_settings(config)
+        self.delivering = deliver_settings(config)
         self.clock = clock
         self.holder = holder or holder_name()
         self._store = store
@@ -300,7 +302,7 @@ class App:
         composer = make_composer(self.config, self.store)
         deliverer = Deliverer(
             self.store,
-            self.config,
+            self.delivering,
             mailer,
             composer,
             clock=self.clock,
@@ -400,7 +402,7 @@ class App:
         )
         digest = build_digest(self.config, self.signer(), delivery, subscriber.schedule, now=now)
         rendered = self.renderer().render(digest)
-        path = preview_path(self.config, subscriber.email)
+        path = preview_path(self.config.preview_dir, subscriber.email)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(rendered.html, encoding="utf-8")
         return path

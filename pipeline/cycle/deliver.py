@@ -94,9 +94,35 @@ def retry_delay(attempts: int, *, rng: random.Random | None = None) -> timedelta
     return timedelta(minutes=ceiling * factor)
 
 
-def preview_path(config: Config, email: str) -> Path:
+def preview_path(preview_dir: Path, email: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in email)
-    return config.preview_dir / f"{safe}.html"
+    return preview_dir / f"{safe}.html"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverSettings:
+    """What delivery needs from the configuration, built once (:func:`deliver_settings`)."""
+
+    sender: str  # the envelope sender (the bare address of [mail] from)
+    concurrency: int  # messages in flight at once
+    batch_size: int  # rows claimed at a time
+    retry_max_age: timedelta  # a deferred digest older than this fails
+    stale_claim: timedelta  # a claim older than this is returned by recovery
+    at_least_once: bool  # [mail] ambiguous_policy
+    preview_dir: Path
+
+
+def deliver_settings(config: Config) -> DeliverSettings:
+    mail = config.file.mail
+    return DeliverSettings(
+        sender=sender_address(config),
+        concurrency=mail.concurrency,
+        batch_size=mail.batch_size,
+        retry_max_age=timedelta(hours=mail.retry_max_age_hours),
+        stale_claim=timedelta(minutes=mail.stale_claim_minutes),
+        at_least_once=mail.ambiguous_policy == "at-least-once",
+        preview_dir=config.preview_dir,
+    )
 
 
 class Deliverer:
@@ -105,7 +131,7 @@ class Deliverer:
     def __init__(
         self,
         store: Store,
-        config: Config,
+        settings: DeliverSettings,
         mailer: Mailer,
         composer: Composing,
         *,
@@ -114,7 +140,7 @@ class Deliverer:
         write_previews: bool = False,
     ) -> None:
         self.store = store
-        self.config = config
+        self.settings = settings
         self.mailer = mailer
         self.composer = composer
         self.clock = clock
@@ -141,7 +167,7 @@ class Deliverer:
             log.warning(
                 "returned %d digests claimed by stopped processes on %s to the queue", dead, host
             )
-        stale_after = timedelta(minutes=self.config.file.mail.stale_claim_minutes)
+        stale_after = self.settings.stale_claim
         stale, stale_stuck = await _db(self.store.recover_stale, now=now, older_than=stale_after)
         if stale:
             log.warning("returned %d stale claimed digests to the queue", stale)
@@ -159,7 +185,7 @@ class Deliverer:
         before DATA's final ".") goes back to the queue untouched.
         """
         await self.recover()
-        concurrency = self.config.file.mail.concurrency
+        concurrency = self.settings.concurrency
         letters = self.composer.letters(
             self._claimed(), clock=self.clock, keep_html=self.write_previews
         )
@@ -224,7 +250,7 @@ class Deliverer:
 
     async def _claimed(self) -> AsyncIterator[Job]:
         """Jobs for the rows this sender claims, batch after batch, as composing asks."""
-        batch_size = self.config.file.mail.batch_size
+        batch_size = self.settings.batch_size
         while not self.stopping.is_set() and not self._abort.is_set():
             ids = await _db(
                 self.store.claim, limit=batch_size, holder=self.holder, now=self.clock()
@@ -253,12 +279,12 @@ class Deliverer:
             await self._fail(delivery, letter.error or "not built", what="not built")
             return
         if letter.html is not None:
-            path = preview_path(self.config, delivery.email)
+            path = preview_path(self.settings.preview_dir, delivery.email)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(letter.html, encoding="utf-8")
             self.report.previews[delivery.email] = path
         envelope = Envelope(
-            sender=sender_address(self.config),
+            sender=self.settings.sender,
             recipient=delivery.email,
             data=letter.data,
             message_id=delivery.message_id,
@@ -353,7 +379,7 @@ class Deliverer:
 
     async def _defer(self, delivery: Delivery, error: str) -> None:
         now = self.clock()
-        max_age = timedelta(hours=self.config.file.mail.retry_max_age_hours)
+        max_age = self.settings.retry_max_age
         if now - delivery.created_at >= max_age:
             await self._fail(
                 delivery, f"gave up after {max_age}: {error}", what="failed: still deferred"
@@ -385,7 +411,7 @@ class Deliverer:
     ) -> None:
         """The server may have accepted the message. Policy from [mail] ambiguous_policy.
         ``holder``: only if the row is still that sender's (None: a stopped sender's row)."""
-        if self.config.file.mail.ambiguous_policy == "at-least-once":
+        if self.settings.at_least_once:
             if await _db(
                 self.store.mark_deferred,
                 delivery_id,
