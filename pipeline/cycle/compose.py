@@ -24,7 +24,14 @@ import logging
 import multiprocessing
 import signal
 import traceback
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from multiprocessing.connection import Connection
@@ -109,12 +116,22 @@ class Composer:
             return Letter(delivery.id, None, error=f"could not build the message: {exc}")
         return Letter(delivery.id, data, html=rendered.html, papers=len(delivery.items))
 
+    def load(self, jobs: Sequence[Job]) -> dict[int, Delivery]:
+        """The rows of ``jobs`` with their papers, read in one go (blocking)."""
+        return self.store.load_deliveries([i for i, _ in jobs], papers=self.papers)
+
     def compose_rows(
-        self, jobs: Sequence[Job], *, clock: Clock, keep_html: bool = False
+        self,
+        jobs: Sequence[Job],
+        *,
+        clock: Clock,
+        keep_html: bool = False,
+        deliveries: Mapping[int, Delivery] | None = None,
     ) -> Iterator[Letter]:
         """The letters of ``jobs``, in order, each composed when asked for; the rows are
-        read in one go first."""
-        deliveries = self.store.load_deliveries([i for i, _ in jobs], papers=self.papers)
+        read in one go first, unless ``deliveries`` brings them."""
+        if deliveries is None:
+            deliveries = self.load(jobs)
         for delivery_id, schedule in jobs:
             delivery = deliveries.get(delivery_id)
             if delivery is None:
@@ -129,7 +146,10 @@ class Composer:
         """The letters of ``jobs`` in order, each composed as the sender asks for it (rows
         are read 64 at a time)."""
         while part := await _take(jobs, _MAX_CHUNK):
-            for letter in self.compose_rows(part, clock=clock, keep_html=keep_html):
+            rows = await asyncio.to_thread(self.load, part)  # no database read on the loop
+            for letter in self.compose_rows(
+                part, clock=clock, keep_html=keep_html, deliveries=rows
+            ):
                 yield letter
 
     def close(self) -> None:
@@ -209,7 +229,8 @@ class ComposePool:
                 task.cancel()
             # Workers live for one run: stopping them also ends the reader threads (EOF).
             # Stopped early or after a worker died, replies may be left unread: they go too.
-            self.close()
+            # Joining them blocks, so not on the event loop (shielded: also when cancelled).
+            await asyncio.shield(asyncio.to_thread(self.close))
 
     def close(self) -> None:
         workers, self._workers = self._workers, []

@@ -5,6 +5,10 @@ that source and never stops the others. The conditional-GET validators (ETag,
 Last-Modified) are advanced only after the papers are saved, so a crash between fetch and
 save re-fetches next time instead of silently losing a listing. Database errors are not
 caught: they stop the run (see STYLE.md).
+
+Store calls, parsing and merging run on threads, never on the event loop (the daemon's
+web endpoints share it). The read-merge-save of one listing runs one source at a time, so
+two sources listing the same paper still merge one after the other.
 """
 
 from __future__ import annotations
@@ -139,16 +143,24 @@ async def ingest_sources(
     Returns one outcome per spec, in order. A source failing ``failure_alert`` times in a
     row is logged at ERROR level on every further failure.
     """
+    saving = asyncio.Lock()  # one source's read-merge-save at a time
     tasks = [
-        _ingest_one(store, spec, fetcher, now=now, failure_alert=failure_alert) for spec in specs
+        _ingest_one(store, spec, fetcher, saving, now=now, failure_alert=failure_alert)
+        for spec in specs
     ]
     return list(await asyncio.gather(*tasks))
 
 
 async def _ingest_one(
-    store: PaperStore, spec: SourceSpec, fetcher: Fetcher, *, now: datetime, failure_alert: int
+    store: PaperStore,
+    spec: SourceSpec,
+    fetcher: Fetcher,
+    saving: asyncio.Lock,
+    *,
+    now: datetime,
+    failure_alert: int,
 ) -> SourceOutcome:
-    state = store.source_state(spec.name)
+    state = await asyncio.to_thread(store.source_state, spec.name)
     try:
         try:
             listing = await _fetch_listing(spec, fetcher, state, now=now)
@@ -161,17 +173,19 @@ async def _ingest_one(
             ) from exc
     except SourceError as exc:
         message = reason(exc)
-        store.record_source_failure(spec.name, error=message, now=now)
-        failures = store.source_state(spec.name).consecutive_failures
+        failures = await asyncio.to_thread(_record_failure, store, spec.name, message, now=now)
         level = logging.ERROR if failures >= failure_alert else logging.WARNING
         log.log(level, "source %s failed (%d in a row): %s", spec.name, failures, message)
         return SourceOutcome(name=spec.name, ok=False, error=message, consecutive_failures=failures)
     new = updated = 0
     if listing.papers:
-        stored = store.papers_by_id([p.id for p in listing.papers])
-        stats = store.save_papers(merge_batch(stored, listing.papers, source=spec.name), now=now)
+        async with saving:
+            stats = await asyncio.to_thread(
+                _merge_and_save, store, listing.papers, source=spec.name, now=now
+            )
         new, updated = stats.new, stats.updated
-    store.record_source_success(
+    await asyncio.to_thread(
+        store.record_source_success,
         spec.name,
         etag=listing.etag,
         last_modified=listing.last_modified,
@@ -201,6 +215,20 @@ async def _ingest_one(
     )
 
 
+def _record_failure(store: PaperStore, name: str, error: str, *, now: datetime) -> int:
+    """Record a failed fetch; how many times in a row the source has now failed."""
+    store.record_source_failure(name, error=error, now=now)
+    return store.source_state(name).consecutive_failures
+
+
+def _merge_and_save(
+    store: PaperStore, papers: list[Paper], *, source: str, now: datetime
+) -> SaveStats:
+    """Merge ``papers`` into the stored records of the same ids and save the result."""
+    stored = store.papers_by_id([p.id for p in papers])
+    return store.save_papers(merge_batch(stored, papers, source=source), now=now)
+
+
 async def _fetch_listing(
     spec: SourceSpec, fetcher: Fetcher, state: SourceState, *, now: datetime
 ) -> _Listing:
@@ -211,7 +239,7 @@ async def _fetch_listing(
     )
     if fetched.not_modified or fetched.body is None:
         return _Listing(etag=fetched.etag, last_modified=fetched.last_modified, not_modified=True)
-    result = _parse(spec, fetched, now=now)
+    result = await asyncio.to_thread(_parse, spec, fetched, now=now)
     return _Listing(
         papers=result.papers,
         problems=result.problems,
@@ -279,7 +307,7 @@ async def _fetch_api_pages(spec: SourceSpec, fetcher: Fetcher, *, now: datetime)
         size = min(spec.page_size, spec.max_entries - start)
         url = page_url(spec.url, start=start, max_results=size)
         fetched = await _fetch(spec, fetcher, url, now=now)
-        result = _parse(spec, fetched, now=now)
+        result = await asyncio.to_thread(_parse, spec, fetched, now=now)
         listing.problems.extend(result.problems)
         listing.skipped += result.skipped
         for paper in result.papers:
@@ -321,7 +349,7 @@ async def fetch_papers_by_id(
             log.warning("liked paper %r is not an arXiv id; skipped", raw)
         elif found[0] not in wanted:
             wanted.append(found[0])
-    known = store.papers_by_id(wanted)
+    known = await asyncio.to_thread(store.papers_by_id, wanted)
     missing = [i for i in wanted if i not in known]
     spec = SourceSpec(name=LIKED_SOURCE, kind="arxiv-api", url=api_url)
     stored: list[str] = []
@@ -333,12 +361,11 @@ async def fetch_papers_by_id(
             fetched = await fetcher.fetch(url, allow_private=allow_private)
             if fetched.body is None:
                 continue
-            result = _parse(spec, fetched, now=now)
+            result = await asyncio.to_thread(_parse, spec, fetched, now=now)
         except SourceError as exc:
             log.warning("fetching liked papers %s failed: %s", ",".join(chunk), exc)
             continue
         papers = [p for p in result.papers if p.id in chunk]
-        existing = store.papers_by_id([p.id for p in papers])
-        store.save_papers(merge_batch(existing, papers, source=LIKED_SOURCE), now=now)
+        await asyncio.to_thread(_merge_and_save, store, papers, source=LIKED_SOURCE, now=now)
         stored.extend(p.id for p in papers)
     return stored
