@@ -13,12 +13,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import __version__
-from pipeline.app import App
-from pipeline.config import Config, load_config
 from pipeline.errors import PaperpostError
+
+if TYPE_CHECKING:  # imported where used: `paperpost --help` loads none of the stages
+    from pipeline.app import App
+    from pipeline.config import Config
 
 DEFAULT_CONFIG = "config/paperpost.toml"
 STATES = (
@@ -39,6 +41,8 @@ def _config_path(args: argparse.Namespace) -> str:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    from pipeline.config import load_config
+
     return load_config(_config_path(args))
 
 
@@ -62,12 +66,21 @@ def _table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
 # -- commands ----------------------------------------------------------------------------------
 def _app(args: argparse.Namespace, *, read_only: bool = False) -> App:
     """The application over the config; read-only commands need none of the secrets."""
+    from pipeline.app import App
+    from pipeline.config import load_config
+
     return App(load_config(_config_path(args), secrets=not read_only))
+
+
+def _app_for(config: Config) -> App:
+    from pipeline.app import App
+
+    return App(config)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
-    with App(config) as app:
+    with _app_for(config) as app:
         checks = app.check()
     f = config.file
     print(f"{config.path}: OK")
@@ -119,7 +132,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
-    with App(config) as app:
+    with _app_for(config) as app:
         report = asyncio.run(app.run_once(write_previews=args.previews))
     failed = [o for o in report.sources if not o.ok]
     print(
