@@ -16,42 +16,29 @@ import os
 import socket
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import __version__
 from pipeline.config import Config, config_error
 from pipeline.config.readers import read_subscribers
-from pipeline.cycle.compose import make_composer, make_renderer, make_signer
-from pipeline.cycle.deliver import Deliverer, DeliverReport, deliver_settings, preview_path
-from pipeline.cycle.digest import build_digest
-from pipeline.cycle.plan import (
-    PlanReport,
-    check_embedding_model,
-    due_subscribers,
-    match_inputs,
-    plan_due,
-    plan_settings,
-)
-from pipeline.cycle.sendtest import send_test
 from pipeline.domain import Mailer, Reader
 from pipeline.errors import EmbeddingError, PaperpostError
-from pipeline.ingest.fetch import Fetcher, FetchPolicy
-from pipeline.ingest.run import SourceOutcome, SourceSpec, fetch_papers_by_id, ingest_sources
-from pipeline.mail import MaildirMailer, SmtpMailer, SmtpSettings
-from pipeline.render import Renderer
 from pipeline.schedule.periods import next_due_period
-from pipeline.store import (
-    Delivery,
-    DeliveryItem,
-    OutboxEntry,
-    Run,
-    SourceState,
-    Store,
-    SyncStats,
-)
-from pipeline.web.tokens import TokenSigner
+from pipeline.store import Delivery, DeliveryItem, OutboxEntry, Run, SourceState, Store, SyncStats
+
+# The stage drivers are imported where a use case needs them: `paperpost status` or
+# `outbox` loads the store, not the matcher, the renderer, the HTTP client or SMTP.
+if TYPE_CHECKING:
+    from pipeline.cycle.deliver import DeliverReport, DeliverSettings
+    from pipeline.cycle.plan import PlanReport, PlanSettings
+    from pipeline.ingest.fetch import FetchPolicy
+    from pipeline.ingest.run import SourceOutcome
+    from pipeline.render import Renderer
+    from pipeline.web.tokens import TokenSigner
 
 log = logging.getLogger("paperpost.app")
 
@@ -74,9 +61,9 @@ class UnknownReaderError(PaperpostError, LookupError):
 
 @dataclass
 class CycleReport:
-    sources: list[SourceOutcome] = field(default_factory=list)
-    plan: PlanReport = field(default_factory=PlanReport)
-    deliver: DeliverReport = field(default_factory=DeliverReport)
+    sources: list[SourceOutcome]
+    plan: PlanReport
+    deliver: DeliverReport
 
 
 class App:
@@ -95,13 +82,24 @@ class App:
         holder: str | None = None,
     ) -> None:
         self.config = config
-        self.planning = plan_settings(config)
-        self.delivering = deliver_settings(config)
-        self.delivering = deliver_settings(config)
         self.clock = clock
         self.holder = holder or holder_name()
         self._store = store
         self._own_store = store is None
+
+    @cached_property
+    def planning(self) -> PlanSettings:
+        """What planning needs from the config, built once per configuration."""
+        from pipeline.cycle.plan import plan_settings
+
+        return plan_settings(self.config)
+
+    @cached_property
+    def delivering(self) -> DeliverSettings:
+        """What delivery needs from the config, built once per configuration."""
+        from pipeline.cycle.deliver import deliver_settings
+
+        return deliver_settings(self.config)
 
     @property
     def store(self) -> Store:
@@ -124,10 +122,13 @@ class App:
         if config.database_url != self.config.database_url:
             raise PaperpostError("database.url changed; restart to switch databases")
         self.config = config
-        self.planning = plan_settings(config)
+        for built in ("planning", "delivering"):  # rebuilt from the new config when next used
+            self.__dict__.pop(built, None)
 
     # -- factories ---------------------------------------------------------------------------
     def mailer(self) -> Mailer:
+        from pipeline.mail import MaildirMailer, SmtpMailer, SmtpSettings
+
         mail = self.config.file.mail
         if mail.transport == "maildir":
             return MaildirMailer(self.config.maildir)
@@ -152,12 +153,18 @@ class App:
         )
 
     def signer(self) -> TokenSigner:
+        from pipeline.cycle.compose import make_signer
+
         return make_signer(self.config)
 
     def renderer(self) -> Renderer:
+        from pipeline.cycle.compose import make_renderer
+
         return make_renderer(self.config)
 
     def _fetch_policy(self) -> FetchPolicy:
+        from pipeline.ingest.fetch import FetchPolicy
+
         ing = self.config.file.ingest
         contact = f" ({ing.contact})" if ing.contact else ""
         return FetchPolicy(
@@ -230,6 +237,9 @@ class App:
     ) -> list[SourceOutcome]:
         """Fetch the enabled sources (``sources``: only these names), store new papers, and
         fetch the metadata of liked papers the database lacks."""
+        from pipeline.ingest.fetch import Fetcher
+        from pipeline.ingest.run import SourceSpec, fetch_papers_by_id, ingest_sources
+
         now = now or self.clock()
         config, store = self.config, self.store
         specs = [
@@ -284,6 +294,8 @@ class App:
 
     def plan(self, *, now: datetime | None = None) -> PlanReport:
         """Write the outbox rows of every digest now due (blocking: call it off the loop)."""
+        from pipeline.cycle.plan import due_subscribers, plan_due
+
         now = now or self.clock()
         with self._model_errors():
             due = due_subscribers(self.store, now=now)
@@ -297,6 +309,9 @@ class App:
         stopping: asyncio.Event | None = None,
     ) -> DeliverReport:
         """Send what the outbox holds that is due."""
+        from pipeline.cycle.compose import make_composer
+        from pipeline.cycle.deliver import Deliverer
+
         own_mailer = mailer is None
         mailer = mailer or self.mailer()
         composer = make_composer(self.config, self.store)
@@ -367,6 +382,10 @@ class App:
     # -- looking without sending -------------------------------------------------------------
     def preview(self, email: str, *, now: datetime | None = None) -> Path:
         """Render the reader's next digest to an HTML file without sending or recording."""
+        from pipeline.cycle.deliver import preview_path
+        from pipeline.cycle.digest import build_digest
+        from pipeline.cycle.plan import match_inputs
+
         now = now or self.clock()
         reader = self.reader(email)
         with self._model_errors():
@@ -410,6 +429,8 @@ class App:
     def explain(self, email: str, paper_id: str, *, now: datetime | None = None) -> str:
         """Why ``paper_id`` ranks where it does for this reader: the matcher's own record
         of the decision, over the reader's real window."""
+        from pipeline.cycle.plan import match_inputs
+
         now = now or self.clock()
         reader = self.reader(email)
         paper_id = paper_id.removeprefix("arXiv:")
@@ -431,6 +452,8 @@ class App:
 
     async def send_test(self, email: str, *, now: datetime | None = None) -> str:
         """One real test message to ``email`` (nothing recorded); the server's reply."""
+        from pipeline.cycle.sendtest import send_test
+
         now = now or self.clock()
         recent = await asyncio.to_thread(
             self.store.papers_seen_between, now - timedelta(days=30), now
@@ -453,6 +476,8 @@ class App:
     # -- operating ----------------------------------------------------------------------------
     def check(self) -> list[str]:
         """Load the templates and the embedding model now; a summary line for each."""
+        from pipeline.cycle.plan import check_embedding_model
+
         self.renderer().check()
         return [f"match: {check_embedding_model(self.config)}"]
 
