@@ -33,7 +33,7 @@ from pipeline.cycle.plan import outbox_key
 from pipeline.domain import Paper
 from pipeline.mail import make_message_id
 from pipeline.store import Store
-from pipeline.store.outbox import PlannedItem
+from pipeline.store.planning import PlannedItem
 from pipeline.store.rows import SubscriberRow
 
 WHEN = datetime(2025, 11, 24, 7, 0, tzinfo=UTC)

@@ -61,6 +61,36 @@ async def test_rows_record_the_reader_version_they_were_planned_under(write_conf
         assert app.store.load_delivery(row.id).subscriber_version == 1
 
 
+async def test_planning_writes_block_by_block_and_counts_each_reader_once(
+    write_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning writes one block of readers per transaction (blocks of 2 for the 3 readers
+    here): each reader is planned once and the report's items are what each row holds.
+    The same readers planned again (a second planner that lost the race) are counted
+    already planned, and nothing is written."""
+    from pipeline.cycle import plan as planning
+
+    monkeypatch.setattr(planning, "_BLOCK", 2)
+    with App(load_config(write_config()), clock=at(NOW)) as app:
+        app.sync()
+        await app.ingest()
+        due = planning.due_subscribers(app.store, now=NOW)
+        assert len(due) == 3
+        report = planning.plan_due(app.store, app.planning, due, now=NOW)
+        assert (report.due, report.planned, report.skipped_empty, report.already_planned) == (
+            3,
+            3,
+            0,
+            0,
+        )
+        held = {e.email: e.item_count for e in app.outbox()}
+        assert report.items == held and all(held.values())
+        again = planning.plan_due(app.store, app.planning, due, now=NOW)
+        assert (again.planned, again.skipped_empty, again.already_planned) == (0, 0, 3)
+        assert again.items == {}
+        assert {e.email: e.item_count for e in app.outbox()} == held
+
+
 async def test_a_reload_mid_period_sends_planned_rows_as_planned_and_plans_anew_after(
     write_config, smtp_server
 ) -> None:

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Protocol, cast
 
 import pytest
-from sqlalchemy import Table, insert, update
+from sqlalchemy import Table, insert, select, update
 
-from pipeline.store import Outbox, OutboxEntry, PlannedItem, Store
+from pipeline.errors import StoreError
+from pipeline.store import Outbox, OutboxEntry, PlannedDelivery, PlannedItem, Store
 from pipeline.store.memory import MemoryOutbox
-from pipeline.store.rows import SubscriberRow
+from pipeline.store.rows import DeliveryItemRow, SentItemRow, SubscriberRow
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
@@ -161,6 +162,7 @@ def test_every_backend_has_the_ports_methods_with_its_parameters(backend: Backen
         sorted(
             [
                 *("periods_present", "last_window_ends", "reserved_papers", "plan_delivery"),
+                "plan_deliveries",
                 *("claim", "mark_sending", "mark_sent", "mark_deferred", "mark_failed"),
                 *("mark_ambiguous", "release", "recover_stale", "recover_dead", "requeue"),
                 *("list_deliveries", "outbox_counts"),
@@ -249,6 +251,241 @@ def test_last_window_ends_counts_covered_rows_only(backend: Backend) -> None:
     assert outbox.mark_failed(failing, error="550", now=NOW)
     planned(outbox, c, "d1", [], now=NOW, skip_if_empty=True)  # skipped: covered
     assert outbox.last_window_ends([a, b, c]) == {a: NOW + MINUTE, c: NOW}
+
+
+# -- planning in bulk ----------------------------------------------------------------------------
+def bulk(
+    sid: int, key: str, papers: list[str], *, skip_if_empty: bool = False, version: int = 1
+) -> PlannedDelivery:
+    return PlannedDelivery(
+        subscriber_id=sid,
+        period_key=key,
+        window_start=NOW - timedelta(days=1),
+        window_end=NOW,
+        message_id=f"<{sid}.{key}@paperpost.test>",
+        items=[PlannedItem(p, 1.0 - i / 100, f"reason {p}") for i, p in enumerate(papers)],
+        skip_if_empty=skip_if_empty,
+        subscriber_version=version,
+    )
+
+
+def items_written(outbox: Outbox) -> dict[int, list[str]]:
+    """{row id: its papers in rank order}, for every row, checked against the row's
+    ``item_count`` and its reservations. The port has no reader of items, so this looks
+    into each backend: the tables on SQL, the rows on the memory outbox."""
+    if isinstance(outbox, MemoryOutbox):
+        written = {row.id: [i.paper_id for i in row.items] for row in outbox._rows.values()}
+        holds = {(sid, pid): row for (sid, pid), row in outbox._reserved.items()}
+    else:
+        assert isinstance(outbox, Store)
+        items, sent = cast("Table", DeliveryItemRow.__table__), cast("Table", SentItemRow.__table__)
+        written = {e.id: [] for e in outbox.list_deliveries(limit=100_000)}
+        with outbox.connect() as conn:
+            ranked = conn.execute(
+                select(items.c.delivery_id, items.c.rank, items.c.paper_id).order_by(
+                    items.c.delivery_id, items.c.rank
+                )
+            ).all()
+            holds = {
+                (row.subscriber_id, row.paper_id): row.delivery_id
+                for row in conn.execute(select(sent))
+            }
+        for row_id, rank, paper_id in ranked:
+            assert rank == len(written[row_id]), (row_id, rank)  # 0, 1, 2, ... no gaps
+            written[row_id].append(paper_id)
+    entries = {e.id: e for e in outbox.list_deliveries(limit=100_000)}
+    for row_id, papers in written.items():
+        e = entries[row_id]
+        assert e.item_count == len(papers), (row_id, e.item_count, papers)
+        if e.status not in ("failed", "cancelled"):  # those gave their papers up
+            assert all(holds.get((e.subscriber_id, p)) == row_id for p in papers), row_id
+    return written
+
+
+def test_plan_deliveries_writes_a_block_in_order(backend: Backend) -> None:
+    outbox, readers = backend.outbox, backend.readers
+    a, b, c = readers.add(), readers.add(), readers.add()
+    ids = outbox.plan_deliveries(
+        [bulk(a, "d1", ["p3", "p1", "p2"]), bulk(b, "d1", ["p1"]), bulk(c, "d1", [], version=7)],
+        now=NOW,
+    )
+    assert None not in ids and len(set(ids)) == 3
+    ra, rb, rc = (entry(outbox, i) for i in ids if i is not None)
+    assert [(r.subscriber_id, r.period_key, r.status, r.item_count) for r in (ra, rb, rc)] == [
+        (a, "d1", "pending", 3),
+        (b, "d1", "pending", 1),
+        (c, "d1", "pending", 0),
+    ]
+    assert (ra.next_attempt_at, ra.created_at, ra.attempts) == (NOW, NOW, 0)
+    assert ra.message_id == f"<{a}.d1@paperpost.test>"
+    assert items_written(outbox)[ra.id] == ["p3", "p1", "p2"]  # the given order
+    assert outbox.plan_deliveries([], now=NOW) == []
+    assert outbox.claim(limit=10, holder="h", now=NOW) == [ra.id, rb.id, rc.id]
+
+
+def test_plan_deliveries_leaves_existing_rows_and_reserves_nothing_for_them(
+    backend: Backend,
+) -> None:
+    outbox, readers = backend.outbox, backend.readers
+    a, b = readers.add(), readers.add()
+    first = planned(outbox, a, "d1", ["p1"])
+    ids = outbox.plan_deliveries([bulk(a, "d1", ["p2", "p3"]), bulk(b, "d1", ["p2"])], now=NOW)
+    assert ids[0] is None and ids[1] is not None
+    assert outbox.reserved_papers([a, b], ["p1", "p2", "p3"]) == {a: {"p1"}, b: {"p2"}}
+    assert entry(outbox, first).item_count == 1
+    assert outbox.outbox_counts() == {"pending": 2}
+    # A later block of the same reader may carry them: nothing was taken.
+    [later] = outbox.plan_deliveries([bulk(a, "d2", ["p2", "p3"])], now=NOW)
+    assert later is not None and entry(outbox, later).item_count == 2
+    items_written(outbox)
+
+
+def test_plan_deliveries_drops_papers_already_reserved(backend: Backend) -> None:
+    outbox, readers = backend.outbox, backend.readers
+    a, b = readers.add(), readers.add()
+    planned(outbox, a, "d1", ["p2", "p4"])
+    ids = outbox.plan_deliveries(
+        [bulk(a, "d2", ["p1", "p2", "p3", "p4", "p5"]), bulk(b, "d2", ["p2", "p4"])], now=NOW
+    )
+    assert None not in ids
+    written = items_written(outbox)
+    assert [written[i] for i in ids if i is not None] == [["p1", "p3", "p5"], ["p2", "p4"]]
+    assert entry(outbox, ids[0] or 0).item_count == 3
+    assert outbox.reserved_papers([a], ["p1", "p2", "p3", "p4", "p5"]) == {
+        a: {"p1", "p2", "p3", "p4", "p5"}
+    }
+
+
+def test_plan_deliveries_reads_as_one_row_after_another(backend: Backend) -> None:
+    """Duplicates within one block: the same (reader, period) twice is written once (the
+    later plan finds it taken: None); a reader's later row in the block loses the papers
+    an earlier one reserved, but not those of a row that was not written."""
+    outbox, readers = backend.outbox, backend.readers
+    a, b = readers.add(), readers.add()
+    existing = planned(outbox, b, "d1", ["q0"])
+    ids = outbox.plan_deliveries(
+        [
+            bulk(a, "d1", ["p1", "p2"]),
+            bulk(a, "d1", ["p3"]),  # same period again: not written
+            bulk(b, "d1", ["q1", "q2"]),  # b's d1 exists: not written, reserves nothing
+            bulk(a, "d2", ["p2", "p3", "p1", "p4"]),  # p1, p2 are d1's
+            bulk(b, "d2", ["q2", "q1"]),  # gets them: the row above was not written
+            bulk(a, "d3", ["p4", "p1"], skip_if_empty=True),  # all taken: skipped
+        ],
+        now=NOW,
+    )
+    assert [i is None for i in ids] == [False, True, True, False, False, False]
+    written = items_written(outbox)
+    assert [written[i] for i in ids if i is not None] == [
+        ["p1", "p2"],
+        ["p3", "p4"],
+        ["q2", "q1"],
+        [],
+    ]
+    assert status(outbox, ids[5] or 0) == "skipped"
+    assert entry(outbox, existing).item_count == 1
+    assert outbox.reserved_papers([a, b], ["p1", "p2", "p3", "p4", "q0", "q1", "q2"]) == {
+        a: {"p1", "p2", "p3", "p4"},
+        b: {"q0", "q1", "q2"},
+    }
+    assert outbox.outbox_counts() == {"pending": 4, "skipped": 1}
+
+
+def test_plan_deliveries_skip_if_empty(backend: Backend) -> None:
+    outbox, readers = backend.outbox, backend.readers
+    a = readers.add()
+    planned(outbox, a, "d0", ["p1"])
+    ids = outbox.plan_deliveries(
+        [
+            bulk(a, "d1", [], skip_if_empty=True),  # nothing matched
+            bulk(a, "d2", ["p1"], skip_if_empty=True),  # all already reserved
+            bulk(a, "d3", ["p1"], skip_if_empty=False),  # sent anyway, empty
+            bulk(a, "d4", ["p1", "p2"], skip_if_empty=True),  # one left
+        ],
+        now=NOW,
+    )
+    assert [(status(outbox, i or 0), entry(outbox, i or 0).item_count) for i in ids] == [
+        ("skipped", 0),
+        ("skipped", 0),
+        ("pending", 0),
+        ("pending", 1),
+    ]
+    items_written(outbox)
+
+
+@pytest.mark.parametrize("problem", ["a paper twice", "no such reader"])
+def test_plan_deliveries_is_all_or_nothing(backend: Backend, problem: str) -> None:
+    outbox, readers = backend.outbox, backend.readers
+    a = readers.add()
+    bad = bulk(a, "d2", ["p2", "p2"]) if problem == "a paper twice" else bulk(9_999, "d1", ["p"])
+    with pytest.raises(StoreError):
+        outbox.plan_deliveries([bulk(a, "d1", ["p1"]), bad], now=NOW)
+    assert outbox.outbox_counts() == {}
+    assert outbox.reserved_papers([a], ["p1", "p2"]) == {}
+
+
+def race(outbox: Outbox, blocks: list[list[PlannedDelivery]]) -> list[list[int | None]]:
+    """Each block planned by a thread of its own, all released at once."""
+    results: list[list[int | None]] = [[] for _ in blocks]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(blocks))
+
+    def worker(n: int) -> None:
+        barrier.wait()
+        try:
+            results[n] = outbox.plan_deliveries(blocks[n], now=NOW)
+        except BaseException as exc:  # reported below, with the others
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(len(blocks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    return results
+
+
+def test_two_planners_writing_the_same_block_at_once(backend: Backend) -> None:
+    """Exactly one row per (reader, period), each paper reserved once, no errors: whoever
+    wrote a row holds all its papers, the other planner gets None for it."""
+    outbox, readers = backend.outbox, backend.readers
+    sids = [readers.add() for _ in range(200)]
+    papers = [f"p{n}" for n in range(40)]
+    block = [bulk(sid, "d1", papers[n % 20 : n % 20 + 20]) for n, sid in enumerate(sids)]
+    first, second = race(outbox, [block, list(reversed(block))])
+    second.reverse()
+    for one, other in zip(first, second, strict=True):
+        assert (one is None) != (other is None)  # exactly one planner wrote each row
+    assert sorted(i for i in first + second if i is not None) == sorted(
+        e.id for e in outbox.list_deliveries(limit=1000)
+    )
+    assert outbox.outbox_counts() == {"pending": 200}
+    written = items_written(outbox)
+    assert all(len(papers) == 20 for papers in written.values())
+    reserved = outbox.reserved_papers(sids, papers)
+    assert reserved == {sid: set(papers[n % 20 : n % 20 + 20]) for n, sid in enumerate(sids)}
+
+
+def test_two_planners_giving_one_reader_the_same_papers_at_once(backend: Backend) -> None:
+    """Two periods of the same readers planned at once with overlapping papers: each paper
+    is reserved by one row only, and each row keeps exactly the items it reserved."""
+    outbox, readers = backend.outbox, backend.readers
+    sids = [readers.add() for _ in range(200)]
+    papers = [f"p{n}" for n in range(30)]
+    one = [bulk(sid, "d1", papers[:20], skip_if_empty=True) for sid in sids]
+    two = [bulk(sid, "d2", papers[10:], skip_if_empty=True) for sid in sids]
+    first, second = race(outbox, [one, two])
+    assert None not in first + second
+    written = items_written(outbox)
+    for sid, a, b in zip(sids, first, second, strict=True):
+        mine, theirs = written[a or 0], written[b or 0]
+        assert not set(mine) & set(theirs), sid
+        assert sorted(mine + theirs) == sorted(papers), sid
+        assert mine == [p for p in papers[:20] if p in mine]  # the given order kept
+        assert theirs == [p for p in papers[10:] if p in theirs]
+    assert outbox.reserved_papers(sids, papers) == {sid: set(papers) for sid in sids}
+    assert sum(outbox.outbox_counts().values()) == 400
 
 
 # -- claiming ------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ from pipeline.store import migrate
 from pipeline.store.deliveries import Delivery, DeliveryItem, DeliveryStore, PaperCache
 from pipeline.store.engine import make_engine
 from pipeline.store.ops import OpsStore, Run
-from pipeline.store.outbox import OutboxStore, PlannedItem
+from pipeline.store.outbox import OutboxStore
 from pipeline.store.papers import PaperStore, SaveStats, SourceState
+from pipeline.store.planning import PlannedDelivery, PlannedItem, PlanningStore
 from pipeline.store.port import Outbox, OutboxEntry
 from pipeline.store.subscribers import SubscriberState, SubscriberStore, SyncStats
 
@@ -26,6 +27,7 @@ __all__ = [
     "Outbox",
     "OutboxEntry",
     "PaperCache",
+    "PlannedDelivery",
     "PlannedItem",
     "Run",
     "SaveStats",
@@ -36,7 +38,7 @@ __all__ = [
 ]
 
 
-class Store(PaperStore, SubscriberStore, OutboxStore, DeliveryStore, OpsStore):
+class Store(PaperStore, SubscriberStore, PlanningStore, OutboxStore, DeliveryStore, OpsStore):
     """All persistent state. One instance per process; thread-safe like its engine."""
 
     @classmethod

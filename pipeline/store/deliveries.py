@@ -13,17 +13,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
 
-from sqlalchemy import Connection, Table, func, select
+from sqlalchemy import Connection, func, select
 
 from pipeline.domain import Paper, Schedule
 from pipeline.store.base import StoreBase
 from pipeline.store.papers import paper_from_row
 from pipeline.store.rows import (
-    DeliveryItemRow,
+    DELIVERIES,
+    DELIVERY_ITEMS,
+    PAPERS,
+    SUBSCRIBERS,
     DeliveryRow,
-    PaperRow,
     SentItemRow,
     SubscriberRow,
 )
@@ -32,10 +33,10 @@ from pipeline.store.subscribers import reader_schedule
 _CHUNK = 500
 # Paper id -> (its row's updated_at, the Paper built from it).
 PaperCache = dict[str, tuple[datetime, Paper]]
-_deliveries = cast("Table", DeliveryRow.__table__)
-_subscribers = cast("Table", SubscriberRow.__table__)
-_items = cast("Table", DeliveryItemRow.__table__)
-_papers = cast("Table", PaperRow.__table__)
+_deliveries = DELIVERIES
+_subscribers = SUBSCRIBERS
+_items = DELIVERY_ITEMS
+_papers = PAPERS
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from pipeline.domain import MatchItem
 from pipeline.errors import StoreError
-from pipeline.store.outbox import COVERED, PlannedItem
+from pipeline.store.planning import COVERED, PlannedDelivery, PlannedItem
 from pipeline.store.port import REQUEUEABLE, OutboxEntry
 
 
@@ -31,7 +32,7 @@ class _Row:
     message_id: str
     created_at: datetime
     subscriber_version: int
-    items: list[PlannedItem]
+    items: list[PlannedItem | MatchItem]
     attempts: int = 0
     last_error: str | None = None
     server_reply: str | None = None
@@ -120,33 +121,32 @@ class MemoryOutbox:
         subscriber_version: int,
         skip_if_empty: bool = True,
     ) -> int | None:
+        plan = PlannedDelivery(
+            subscriber_id=subscriber_id,
+            period_key=period_key,
+            window_start=window_start,
+            window_end=window_end,
+            message_id=message_id,
+            items=items,
+            skip_if_empty=skip_if_empty,
+            subscriber_version=subscriber_version,
+        )
+        return self.plan_deliveries([plan], now=now)[0]
+
+    def plan_deliveries(
+        self, plans: Sequence[PlannedDelivery], *, now: datetime
+    ) -> list[int | None]:
+        now = _utc(now)
         with self._lock:
-            if subscriber_id not in self._readers:
-                raise StoreError(f"no subscriber {subscriber_id} (add_subscriber first)")
-            if (subscriber_id, period_key) in self._periods:
-                return None
-            fresh = [i for i in items if (subscriber_id, i.paper_id) not in self._reserved]
-            if len({i.paper_id for i in fresh}) != len(fresh):
-                raise StoreError("a paper appears twice among the items")
-            row = _Row(
-                id=self._next_id,
-                subscriber_id=subscriber_id,
-                period_key=period_key,
-                status="skipped" if skip_if_empty and not fresh else "pending",
-                next_attempt_at=_utc(now),
-                window_start=_utc(window_start),
-                window_end=_utc(window_end),
-                message_id=message_id,
-                created_at=_utc(now),
-                subscriber_version=subscriber_version,
-                items=list(fresh),
-            )
-            self._next_id += 1
-            self._rows[row.id] = row
-            self._periods[subscriber_id, period_key] = row.id
-            for item in fresh:
-                self._reserved[subscriber_id, item.paper_id] = row.id
-            return row.id
+            # All or nothing, as the SQL store's one transaction: check every row first.
+            for plan in plans:
+                if plan.subscriber_id not in self._readers:
+                    raise StoreError(f"no subscriber {plan.subscriber_id} (add_subscriber first)")
+                if len({i.paper_id for i in plan.items}) != len(plan.items):
+                    raise StoreError("a paper appears twice among the items")
+                for moment in (plan.window_start, plan.window_end):
+                    _utc(moment)  # a naive datetime is refused before anything is written
+            return [self._plan(plan, now) for plan in plans]
 
     # -- claiming and marking --------------------------------------------------------------------
     def claim(self, *, limit: int, holder: str, now: datetime) -> list[int]:
@@ -342,6 +342,31 @@ class MemoryOutbox:
             return dict(Counter(r.status for r in self._rows.values()))
 
     # -- inside the lock -------------------------------------------------------------------------
+    def _plan(self, plan: PlannedDelivery, now: datetime) -> int | None:
+        sid = plan.subscriber_id
+        if (sid, plan.period_key) in self._periods:
+            return None
+        fresh = [i for i in plan.items if (sid, i.paper_id) not in self._reserved]
+        row = _Row(
+            id=self._next_id,
+            subscriber_id=sid,
+            period_key=plan.period_key,
+            status="skipped" if plan.skip_if_empty and not fresh else "pending",
+            next_attempt_at=now,
+            window_start=_utc(plan.window_start),
+            window_end=_utc(plan.window_end),
+            message_id=plan.message_id,
+            created_at=now,
+            subscriber_version=plan.subscriber_version,
+            items=fresh,
+        )
+        self._next_id += 1
+        self._rows[row.id] = row
+        self._periods[sid, plan.period_key] = row.id
+        for item in fresh:
+            self._reserved[sid, item.paper_id] = row.id
+        return row.id
+
     def _leaving(self, delivery_id: int, states: tuple[str, ...]) -> _Row | None:
         row = self._rows.get(delivery_id)
         return row if row is not None and row.status in states else None

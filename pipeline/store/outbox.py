@@ -16,13 +16,10 @@ A crash leaves rows ``claimed`` (safe to resend: no server can have the message)
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import cast
+from datetime import datetime, timedelta
 
 from sqlalchemy import (
     Connection,
-    Table,
     Update,
     bindparam,
     case,
@@ -33,168 +30,27 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pipeline.store.base import StoreBase
 from pipeline.store.port import REQUEUEABLE, OutboxEntry
 from pipeline.store.rows import (
-    DeliveryItemRow,
-    DeliveryRow,
-    SentItemRow,
-    SubscriberRow,
+    DELIVERIES,
+    DELIVERY_ITEMS,
+    SENT_ITEMS,
+    SUBSCRIBERS,
 )
 
 OPEN = ("pending", "claimed", "sending", "deferred")
-# Rows whose window counts as covered: their papers were sent, are on their way, or were
-# considered and nothing matched.
-COVERED = ("pending", "claimed", "sending", "deferred", "sent", "ambiguous", "skipped")
 
 
-@dataclass(frozen=True)
-class PlannedItem:
-    paper_id: str
-    score: float
-    reason: str
-    trending: bool = False
-
-
-_deliveries = cast("Table", DeliveryRow.__table__)
-_subscribers = cast("Table", SubscriberRow.__table__)
-_sent_items = cast("Table", SentItemRow.__table__)
-_items = cast("Table", DeliveryItemRow.__table__)
+_deliveries = DELIVERIES
+_subscribers = SUBSCRIBERS
+_sent_items = SENT_ITEMS
+_items = DELIVERY_ITEMS
 
 
 class OutboxStore(StoreBase):
-    # -- planning ------------------------------------------------------------------------------
-    def periods_present(self, pairs: Collection[tuple[int, str]]) -> set[tuple[int, str]]:
-        """Which (subscriber id, period key) already have an outbox row."""
-        if not pairs:
-            return set()
-        ids = sorted({sid for sid, _ in pairs})
-        found: set[tuple[int, str]] = set()
-        with self.read() as s:
-            for i in range(0, len(ids), 500):
-                rows = s.execute(
-                    select(DeliveryRow.subscriber_id, DeliveryRow.period_key).where(
-                        DeliveryRow.subscriber_id.in_(ids[i : i + 500])
-                    )
-                )
-                found.update((sid, key) for sid, key in rows if (sid, key) in pairs)
-        return found
-
-    def last_window_ends(self, subscriber_ids: Sequence[int]) -> dict[int, datetime]:
-        """End of each subscriber's last covered window (absent: never had a digest)."""
-        out: dict[int, datetime] = {}
-        with self.read() as s:
-            for i in range(0, len(subscriber_ids), 500):
-                rows = s.execute(
-                    select(DeliveryRow.subscriber_id, func.max(DeliveryRow.window_end))
-                    .where(
-                        DeliveryRow.subscriber_id.in_(subscriber_ids[i : i + 500]),
-                        DeliveryRow.status.in_(COVERED),
-                    )
-                    .group_by(DeliveryRow.subscriber_id)
-                )
-                for sid, end in rows:
-                    out[sid] = _aware(end)
-        return out
-
-    def reserved_papers(
-        self, subscriber_ids: Sequence[int], paper_ids: Collection[str]
-    ) -> dict[int, set[str]]:
-        """Papers among ``paper_ids`` already sent (or reserved) to each subscriber."""
-        out: dict[int, set[str]] = {}
-        if not paper_ids:
-            return out
-        papers = list(paper_ids)
-        with self.read() as s:
-            for i in range(0, len(subscriber_ids), 500):
-                for j in range(0, len(papers), 500):
-                    rows = s.execute(
-                        select(SentItemRow.subscriber_id, SentItemRow.paper_id).where(
-                            SentItemRow.subscriber_id.in_(subscriber_ids[i : i + 500]),
-                            SentItemRow.paper_id.in_(papers[j : j + 500]),
-                        )
-                    )
-                    for sid, pid in rows:
-                        out.setdefault(sid, set()).add(pid)
-        return out
-
-    def plan_delivery(
-        self,
-        *,
-        subscriber_id: int,
-        period_key: str,
-        window_start: datetime,
-        window_end: datetime,
-        message_id: str,
-        items: Sequence[PlannedItem],
-        now: datetime,
-        skip_if_empty: bool = True,
-        subscriber_version: int = 0,
-    ) -> int | None:
-        """Write the outbox row and its items, reserving each paper for this subscriber.
-
-        Returns the new row id, or None when the period already has a row (another
-        process planned it first). Items already reserved by an earlier delivery are
-        dropped here, inside the same transaction, so no paper is ever reserved twice.
-        """
-        with self.write() as s:
-            exists = s.scalar(
-                select(DeliveryRow.id).where(
-                    DeliveryRow.subscriber_id == subscriber_id,
-                    DeliveryRow.period_key == period_key,
-                )
-            )
-            if exists is not None:
-                return None
-            taken = set(
-                s.scalars(
-                    select(SentItemRow.paper_id).where(
-                        SentItemRow.subscriber_id == subscriber_id,
-                        SentItemRow.paper_id.in_([i.paper_id for i in items]),
-                    )
-                )
-            )
-            fresh = [i for i in items if i.paper_id not in taken]
-            row = DeliveryRow(
-                subscriber_id=subscriber_id,
-                period_key=period_key,
-                status="skipped" if skip_if_empty and not fresh else "pending",
-                attempts=0,
-                next_attempt_at=now,
-                window_start=window_start,
-                window_end=window_end,
-                message_id=message_id,
-                created_at=now,
-                item_count=len(fresh),
-                subscriber_version=subscriber_version,
-            )
-            try:
-                with s.begin_nested():
-                    s.add(row)
-                    s.flush()
-            except IntegrityError:
-                return None
-            for rank, item in enumerate(fresh):
-                s.add(
-                    DeliveryItemRow(
-                        delivery_id=row.id,
-                        rank=rank,
-                        paper_id=item.paper_id,
-                        score=float(item.score),
-                        reason=item.reason,
-                        trending=int(item.trending),
-                    )
-                )
-                s.add(
-                    SentItemRow(
-                        subscriber_id=subscriber_id, paper_id=item.paper_id, delivery_id=row.id
-                    )
-                )
-            return row.id
-
     # -- claiming and marking --------------------------------------------------------------------
     # Plain connections and Core statements: a sender makes two of these writes per message
     # (``sending`` at the transport's commit, the outcome after), and an ORM session for each
@@ -590,7 +446,3 @@ _TO_AMBIGUOUS = _transition(
 
 def _release_items(db: Session | Connection, delivery_ids: Sequence[int]) -> None:
     db.execute(delete(_sent_items).where(_sent_items.c.delivery_id.in_(delivery_ids)))
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.domain import AnnounceType, Paper
 from pipeline.store.base import StoreBase
-from pipeline.store.rows import PaperRow, PaperVersionRow, SourceRow
+from pipeline.store.rows import PAPER_VERSIONS, PAPERS, PaperRow, PaperVersionRow, SourceRow
 
 _CHUNK = 500
 
@@ -159,8 +159,8 @@ class PaperStore(StoreBase):
         new = updated = unchanged = 0
         by_id = {p.id: p for p in papers}  # last one wins within a batch
         ids = list(by_id)
-        papers_t = cast("Table", PaperRow.__table__)
-        versions_t = cast("Table", PaperVersionRow.__table__)
+        papers_t = PAPERS
+        versions_t = PAPER_VERSIONS
         compared = [papers_t.c[name] for name in ("id", *_COLUMNS)]
         with self.write() as s:
             conn = s.connection()

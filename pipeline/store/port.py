@@ -1,7 +1,7 @@
 """The outbox as a port: what a delivery ledger must do, whatever holds it.
 
 Two implementations keep this contract: ``Store`` (SQLAlchemy over SQLite or PostgreSQL,
-``pipeline.store.outbox``) and ``MemoryOutbox`` (plain dicts, ``pipeline.store.memory``,
+``pipeline.store.planning`` and ``pipeline.store.outbox``) and ``MemoryOutbox`` (plain dicts, ``pipeline.store.memory``,
 for unit tests). ``tests/test_outbox_contract.py`` runs one suite over all of them.
 
 One row per (subscriber, period key). Its states:
@@ -28,14 +28,14 @@ One row per (subscriber, period key). Its states:
     The server may have accepted it (the exchange broke after the final dot). Reachable
     only from ``sending``. Its papers stay reserved. Leaves only through ``requeue``.
 ``skipped``
-    An empty period under the skip policy, written so by ``plan_delivery`` (terminal).
+    An empty period under the skip policy, written so by ``plan_deliveries`` (terminal).
 ``cancelled``
     The reader was no longer active when a sender came to claim it; its papers are
     released (terminal).
 
 Transitions, each made by one method and by no other::
 
-    (new)               -> pending | skipped       plan_delivery
+    (new)               -> pending | skipped       plan_deliveries (plan_delivery: one)
     pending, deferred   -> claimed                 claim (due, reader active)
     pending, deferred   -> cancelled               claim (due, reader not active)
     claimed             -> sending                 mark_sending (by the holder only)
@@ -68,7 +68,7 @@ rows; a sender whose claim went stale and was taken over finds ``mark_sending`` 
 this host whose process is gone.
 
 Reservations. Each (reader, paper) is reserved by at most one row, so a paper is never
-sent twice to one reader. ``plan_delivery`` drops items already reserved; ``failed`` and
+sent twice to one reader. ``plan_deliveries`` drops items already reserved; ``failed`` and
 ``cancelled`` rows give theirs up; ``requeue`` takes a failed row's back, dropping those
 another row of the same reader took in the meantime.
 
@@ -83,7 +83,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from pipeline.store.outbox import PlannedItem
+    from pipeline.store.planning import PlannedDelivery, PlannedItem
 
 STATES = (
     "pending",
@@ -153,15 +153,31 @@ class Outbox(Protocol):
         subscriber_version: int,
         skip_if_empty: bool = True,
     ) -> int | None:
-        """Write a new row, ``pending`` and due at ``now``, with its items, reserving each
-        paper for the subscriber, in one atomic step.
+        """``plan_deliveries`` for one row: the new row's id, or None when (subscriber,
+        period key) already has a row."""
+        ...
 
-        Items whose paper the subscriber already has reserved are dropped; if none is left
-        and ``skip_if_empty``, the row is written ``skipped`` instead. ``subscriber_version``
-        (the version of the reader's settings it was planned under) is recorded on the row.
+    def plan_deliveries(
+        self, plans: Sequence[PlannedDelivery], *, now: datetime
+    ) -> list[int | None]:
+        """Write a block of new rows, each ``pending`` and due at ``now`` with its items,
+        reserving each item's paper for its subscriber: the whole block in one atomic step.
 
-        Returns the new row's id, or None when (subscriber, period key) already has a row:
-        there is never a second one, also when two planners race.
+        Returns one entry per plan, in order: the new row's id, or None when the row's
+        (subscriber, period key) already has a row, also one written earlier in the same
+        block. There is never a second row, also when two planners race; a row not
+        written reserves nothing.
+
+        The block reads as if its plans were written one after another: a row's items
+        whose paper its subscriber already has reserved (by an earlier row, also one
+        earlier in the block, or by a planner writing at the same moment) are dropped, the
+        rest keep their order; if none is left and the plan's ``skip_if_empty``, the row is
+        written ``skipped`` instead. ``item_count`` is the number of items written.
+        ``subscriber_version`` (the version of the reader's settings it was planned under)
+        is recorded on the row.
+
+        A plan naming one paper twice among its items, or a subscriber the outbox does not
+        know, is an error (``StoreError``), and nothing of the block is written.
         """
         ...
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     JSON,
@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -228,3 +229,13 @@ class RunRow(Base):
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# Core handles on the tables, for the statements written without the ORM (one place).
+DELIVERIES = cast("Table", DeliveryRow.__table__)
+DELIVERY_ITEMS = cast("Table", DeliveryItemRow.__table__)
+SENT_ITEMS = cast("Table", SentItemRow.__table__)
+SUBSCRIBERS = cast("Table", SubscriberRow.__table__)
+PAPERS = cast("Table", PaperRow.__table__)
+PAPER_VERSIONS = cast("Table", PaperVersionRow.__table__)
+META = cast("Table", MetaRow.__table__)

@@ -13,18 +13,18 @@ import json
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, case, select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 
 from pipeline.domain import Profile, Reader, Schedule, Subscriber
 from pipeline.store.base import StoreBase
-from pipeline.store.rows import FeedbackRow, MetaRow, SubscriberRow
+from pipeline.store.rows import META, SUBSCRIBERS, FeedbackRow, SubscriberRow
 
-_subscribers = cast("Table", SubscriberRow.__table__)
+_subscribers = SUBSCRIBERS
 _CHUNK = 500  # rows per multi-row INSERT (SQLite allows 32,766 bound values)
 
 
@@ -218,7 +218,7 @@ class SubscriberStore(StoreBase):
         import secrets
 
         insert = postgresql_insert if self.dialect == "postgresql" else sqlite_insert
-        meta = cast("Table", MetaRow.__table__)
+        meta = META
         with self.begin() as conn:
             conn.execute(
                 insert(meta)
