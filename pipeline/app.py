@@ -427,27 +427,50 @@ class App:
         return path
 
     def explain(self, email: str, paper_id: str, *, now: datetime | None = None) -> str:
-        """Why ``paper_id`` ranks where it does for this reader: the matcher's own record
-        of the decision, over the reader's real window."""
-        from pipeline.cycle.plan import match_inputs
+        """Why ``paper_id`` is (or is not) in this reader's digest: the matcher's own record
+        of the decision, formatted. A paper a digest already carried is explained over that
+        digest's window, as it was planned; any other over the reader's next window."""
+        from pipeline.cycle.plan import delivered_inputs, match_inputs
+        from pipeline.match import NotInPeriod, format_decision
 
         now = now or self.clock()
         reader = self.reader(email)
-        paper_id = paper_id.removeprefix("arXiv:")
-        papers = self.store.papers_by_id([paper_id])
-        if paper_id not in papers:
+        paper_id = paper_id.removeprefix("arXiv:").removeprefix("arxiv:")
+        paper = self.store.papers_by_id([paper_id]).get(paper_id)
+        if paper is None:
             raise PaperpostError(
                 f"paper {paper_id!r} is not in the database (run `paperpost ingest`)"
             )
+        # The digest that carried it, else the one whose window it arrived in, else the next.
+        delivery_id = self.store.delivery_with_paper(reader.id, paper_id)
+        if delivery_id is None and paper.first_seen is not None:
+            delivery_id = self.store.delivery_covering(reader.id, paper.first_seen)
+        delivery = self.store.load_delivery(delivery_id) if delivery_id is not None else None
         with self._model_errors():
-            inputs = match_inputs(self.store, self.planning, [reader], now=now)
-        lines = [
-            inputs.matcher.explain(inputs.profiles[reader.id], papers[paper_id], liked=inputs.liked)
-        ]
-        if paper_id in self.store.sent_paper_ids(reader.email):
-            lines.append(
-                "note: this paper was already sent to this subscriber; it will not be sent again"
+            if delivery is not None:
+                inputs = delivered_inputs(self.store, self.planning, reader, delivery)
+            else:
+                inputs = match_inputs(self.store, self.planning, [reader], now=now)
+        try:
+            decision = inputs.matcher.decide(
+                inputs.profiles[reader.id],
+                inputs.window(reader.id),
+                paper_id,
+                exclude_ids=inputs.reserved.get(reader.id, set()),
+                liked=inputs.liked,
             )
+        except NotInPeriod:
+            start = inputs.starts[reader.id]
+            raise PaperpostError(
+                f"paper {paper_id} is not among the papers of {reader.email}'s next digest "
+                f"(those first seen after {start.isoformat(timespec='minutes')}), nor in the "
+                f"window of a digest of theirs"
+            ) from None
+        lines = [format_decision(decision)]
+        if delivery is not None:
+            lines.append(_as_planned(delivery, paper_id, decision.selected, reader.version))
+        else:
+            lines.append("not planned yet: this is the reader's next digest as it stands now")
         return "\n".join(lines)
 
     async def send_test(self, email: str, *, now: datetime | None = None) -> str:
@@ -543,6 +566,24 @@ class App:
             if i in readers
         )
         return upcoming[:limit]
+
+
+def _as_planned(delivery: Delivery, paper_id: str, selected: bool, version: int) -> str:
+    """How the record compares with what the digest actually carried."""
+    ranks = [i for i, item in enumerate(delivery.items, 1) if item.paper.id == paper_id]
+    where = f"the digest of {delivery.period_key} (outbox row {delivery.id}, {delivery.status})"
+    if ranks:
+        line = f"sent in {where} at rank {ranks[0]}; it will not be sent again"
+    else:
+        line = f"considered for {where}, which did not carry it"
+    if bool(ranks) != selected or version != delivery.subscriber_version:
+        line += (
+            f"\nnote: the record above uses the reader's settings and feedback as they are "
+            f"now (version {version}); the digest was planned under version "
+            f"{delivery.subscriber_version}"
+            + ("" if bool(ranks) == selected else ", and the outcome differs now")
+        )
+    return line
 
 
 async def run_once(

@@ -216,3 +216,30 @@ async def test_read_only_commands_need_no_smtp_secret(write_config, monkeypatch)
     assert config.secrets.smtp_password is None and config.secrets.link_keys == ()
     with App(config, clock=at(NOW - timedelta(days=1))) as app:
         assert app.outbox() == []
+
+
+async def test_explain_agrees_with_every_paper_a_digest_carried(write_config) -> None:
+    """``explain`` only formats the matcher's own record, over the digest's own window: it
+    said "not selected" before for a trending paper that was in the digest."""
+    path = write_config()
+    with App(load_config(path), clock=at(NOW)) as app:
+        await app.run_once()
+        [row] = app.outbox(email="zoe@lab.example")  # trending = 3 besides her query
+        delivery = app.store.load_delivery(row.id)
+        trending = [i for i in delivery.items if i.trending]
+        assert trending, "the sample listings give Zoë trending papers"
+        for rank, item in enumerate(delivery.items, 1):
+            text = app.explain("zoe@lab.example", item.paper.id)
+            assert "verdict     selected" in text, text
+            assert f"at rank {rank}; it will not be sent again" in text
+            assert "would no longer select it" not in text
+        # A paper of that window she did not get: explained over the same window.
+        sent = {i.paper.id for i in delivery.items}
+        window = app.store.papers_seen_between(delivery.window_start, delivery.window_end)
+        other = next(p for p in window if p.id not in sent)
+        text = app.explain("zoe@lab.example", other.id)
+        assert "verdict     selected" not in text
+        assert f"considered for the digest of {delivery.period_key}" in text
+        assert "the outcome differs now" not in text
+        with pytest.raises(PaperpostError, match="not in the database"):
+            app.explain("zoe@lab.example", "9999.99999")

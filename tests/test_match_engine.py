@@ -1,4 +1,7 @@
-"""The matcher on small hand-checked corpora: each rule, exclusions, trending, reasons, explain."""
+"""The matcher on small hand-checked corpora: each rule, exclusions, trending, reasons, explain.
+
+The decision record behind ``explain`` is tested in test_match_decision.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from pipeline.domain import Paper, Profile
-from pipeline.match import Matcher, MatchSettings
+from pipeline.match import Matcher, MatchSettings, format_decision
 
 WINDOW = [
     Paper(
@@ -275,7 +278,7 @@ def test_explain_matches_the_ranking(matcher: Matcher) -> None:
     )
     [items] = matcher.match([profile], NEW)
     top = items[0]
-    text = matcher.explain(profile, NEW[0])
+    text = format_decision(matcher.decide(profile, NEW, NEW[0].id))
     assert f"score {top.score:.6f}" in text
     assert "query       ti:diffusion  → hit (+1.00): matched ti:diffusion" in text
     assert "categories  cs.CV  → hit (+0.50): in cs.CV" in text
@@ -284,9 +287,10 @@ def test_explain_matches_the_ranking(matcher: Matcher) -> None:
     assert "disliked 2301.00005 cosine" in text
     assert "ignored (no metadata found): 9999.99999" in text
     assert f"reason      {top.reason}" in text
-    excluded = matcher.explain(profile, NEW[3])
+    assert "verdict     selected: interest item 1 (max_items 15)" in text
+    excluded = format_decision(matcher.decide(profile, NEW, NEW[3].id))
     assert "→ HIT: the paper is removed" in excluded
-    assert "verdict     not selected" in excluded
+    assert "verdict     not selected: the exclude query matches it" in excluded
 
 
 def test_exclude_ids_length_is_checked(matcher: Matcher) -> None:
@@ -366,9 +370,9 @@ def test_lsa_blends_into_the_text_cosines() -> None:
     assert unweighted.match([profile], NEW)[0] == without
     assert [i.score for i in with_lsa] != [i.score for i in without]
     for item in with_lsa:
-        text = latent.explain(profile, next(p for p in NEW if p.id == item.paper_id))
+        text = format_decision(latent.decide(profile, NEW, item.paper_id))
         assert f"score {item.score:.6f}" in text
-        assert "0.50 × TF-IDF + 0.50 × LSA, 2 dimensions" in text
+        assert "(each cosine = 0.50 × TF-IDF + 0.50 × LSA (2 dimensions))" in text
     # the same window gives the same projection: fitting is deterministic
     again = Matcher.fit(corpus, MatchSettings(min_df=1, lsa_dimensions=2, lsa_weight=0.5))
     assert again.match([profile], NEW)[0] == with_lsa

@@ -20,7 +20,7 @@ from pipeline.errors import EmbeddingError
 from pipeline.mail import make_message_id
 from pipeline.match import Matcher, MatchResult, MatchSettings
 from pipeline.schedule.periods import latest_due_period
-from pipeline.store import PlannedDelivery, Store
+from pipeline.store import Delivery, PlannedDelivery, Store
 
 log = logging.getLogger("paperpost.plan")
 
@@ -199,6 +199,28 @@ def match_inputs(
         reserved=store.reserved_papers(ids, [p.id for p in papers]),
         liked=store.papers_by_id(liked_ids),
         matcher=matcher or fit_matcher(store, settings, now=now, fallback=papers),
+    )
+
+
+def delivered_inputs(
+    store: Store, settings: PlanSettings, reader: Reader, delivery: Delivery
+) -> MatchInputs:
+    """The inputs as they were when ``delivery`` was planned: the papers of its window, the
+    papers the reader had before it (not its own), the matcher fitted at its end. The
+    profile is the reader's as it is now (settings and feedback may have changed since)."""
+    start, end = delivery.window_start, delivery.window_end
+    papers = store.papers_seen_between(start, end)
+    feedback = store.feedback([reader.id])
+    profile = profile_with_feedback(reader.subscriber.profile, *feedback[reader.id])
+    own = {item.paper.id for item in delivery.items}
+    before = store.reserved_papers([reader.id], [p.id for p in papers]).get(reader.id, set())
+    return MatchInputs(
+        starts={reader.id: start},
+        papers=papers,
+        profiles={reader.id: profile},
+        reserved={reader.id: before - own},
+        liked=store.papers_by_id({*profile.like, *profile.dislike}),
+        matcher=fit_matcher(store, settings, now=end, fallback=papers),
     )
 
 

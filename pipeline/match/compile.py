@@ -57,6 +57,9 @@ class Compiled:
     about: I32  # row of texts.rows (-1: none)
     like_rows: sp.csr_matrix  # per distinct like tuple: its known papers' texts rows, in order
     like_id: I32  # row of like_rows (0: none)
+    like_lists: list[tuple[str, ...]]  # per like_id: the liked ids as given (known or not)
+    dislike_id: I32
+    dislike_lists: list[tuple[str, ...]]  # per dislike_id: the disliked ids as given
     weights: sp.csr_matrix  # profiles × texts rows
     has_sim: Bools  # an about text or a known liked paper: similarity can admit
     product: Bools  # has_sim or a known disliked paper: needs weights · rows
@@ -183,6 +186,9 @@ def compile_profiles(
         about=about_row,
         like_rows=like_rows,
         like_id=like_id,
+        like_lists=[(), *like_tuples],
+        dislike_id=dislike_id,
+        dislike_lists=[(), *dislike_tuples],
         weights=weights,
         has_sim=has_sim,
         product=has_sim | (n_dislike > 0),

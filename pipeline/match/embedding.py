@@ -46,6 +46,7 @@ import numpy.typing as npt
 
 from pipeline.domain import Paper
 from pipeline.errors import EmbeddingError
+from pipeline.match.dense import row_stable_product
 
 __all__ = [
     "BACKGROUND_SAMPLE",
@@ -319,12 +320,12 @@ class EmbeddingBlend:
         return cls(embedder, weight, window, background.astype(np.float32))
 
     def cosines(self, references: Sequence[Paper], abouts: Sequence[str], period: F32) -> F32:
-        """Embedding cosines of ``references`` then ``abouts`` (rows) against ``period`` rows."""
+        """Embedding cosines of ``references`` then ``abouts`` (rows) against ``period`` rows;
+        a row's values do not depend on the other rows (``row_stable_product``)."""
         left = np.vstack(
             [
                 self.embedder.papers(references).reshape(-1, self.embedder.dimension),
                 self.embedder.texts(abouts).reshape(-1, self.embedder.dimension),
             ]
         )
-        out: F32 = (left @ period.T).astype(np.float32, copy=False)
-        return out
+        return row_stable_product(left, period)

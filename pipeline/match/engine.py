@@ -11,6 +11,7 @@ import scipy.sparse as sp
 
 from pipeline.domain import MatchItem, Paper, Profile
 from pipeline.match.compile import compile_profiles
+from pipeline.match.decision import Decision, decision
 from pipeline.match.embedding import Embedder, EmbeddingBlend, shared_embedder
 from pipeline.match.lsa import Lsa
 from pipeline.match.period import Period
@@ -150,7 +151,7 @@ class Matcher:
         if period.n == 0 or n == 0:
             zeros = np.zeros(n, dtype=np.int64)
             empty = (zeros, zeros, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))
-            return MatchResult(period, None, None, empty, empty)
+            return MatchResult(period, None, None, empty, empty, self.settings)
         compiled = compile_profiles(
             profiles,
             exclude_ids,
@@ -164,12 +165,35 @@ class Matcher:
         )
         reasons = Reasons(period, compiled.rules, compiled.texts, self.settings.reason_terms)
         interest, trending = select(compiled, period, self.settings)
-        return MatchResult(period, compiled, reasons, interest, trending)
+        return MatchResult(period, compiled, reasons, interest, trending, self.settings)
 
-    def explain(
-        self, profile: Profile, paper: Paper, *, liked: Mapping[str, Paper] | None = None
-    ) -> str:
-        """Multi-line score breakdown of one (profile, paper) pair."""
-        from pipeline.match.explain import explain
+    def decide(
+        self,
+        profile: Profile,
+        papers: Sequence[Paper],
+        paper_id: str,
+        *,
+        exclude_ids: AbstractSet[str] | None = None,
+        liked: Mapping[str, Paper] | None = None,
+    ) -> Decision:
+        """Why ``paper_id`` is (or is not) in the digest ``match`` makes for ``profile``.
 
-        return explain(self, profile, paper, liked or _EMPTY)
+        Pass what the planner passes for this reader: ``papers`` its window (the
+        period), ``exclude_ids`` its already-sent/reserved ids, ``liked`` the liked
+        and disliked papers' metadata. The record comes from the same
+        ``match_compact`` call (``decision``), so it agrees with the digest: trending
+        slots, ``max_items`` cut, exclusions and already-sent ids included. Raises
+        ``NotInPeriod`` when ``paper_id`` is not among ``papers``.
+        """
+        result = self.match_compact(
+            [profile],
+            papers,
+            exclude_ids=None if exclude_ids is None else [exclude_ids],
+            liked=liked,
+        )
+        return self.decision(result, 0, paper_id)
+
+    def decision(self, result: MatchResult, i: int, paper_id: str) -> Decision:
+        """The ``Decision`` of profile ``i`` of ``result`` (a ``match_compact`` result of
+        this matcher) about ``paper_id``: computed now, for that one pair."""
+        return decision(result, i, paper_id, lsa=self.lsa)

@@ -30,6 +30,8 @@ import numpy.typing as npt
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from pipeline.match.dense import row_stable_product
+
 __all__ = ["Lsa"]
 
 F32 = npt.NDArray[np.float32]
@@ -84,10 +86,10 @@ class Lsa:
         return int(self.projection.shape[1])
 
     def cosines(self, left: sp.csr_matrix, right: sp.csr_matrix) -> F32:
-        """LSA cosine of every ``left`` row with every ``right`` row (dense)."""
+        """LSA cosine of every ``left`` row with every ``right`` row (dense); a row's
+        values do not depend on the other rows of ``left`` (``row_stable_product``)."""
         with threadpool_limits(1):
-            out: F32 = (self.embed(left) @ self.embed(right).T).astype(np.float32)
-        return out
+            return row_stable_product(self.embed(left), self.embed(right))
 
     def embed(self, vectors: sp.csr_matrix) -> F32:
         """Projected rows, L2-normalised (a row with no known term stays zero)."""

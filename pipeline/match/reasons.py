@@ -91,20 +91,24 @@ class Reasons:
                     break
         return "in " + ", ".join(found)
 
+    # The cosine is shown to 2 decimals and memoised by that value, written from the
+    # key (``+ 0.0`` turns −0.0 into 0.0): -0.001 and 0.001 share a key, so writing the
+    # first value met would make the line depend on the other readers of the call.
     def liked(self, row: int, value: float) -> str:
-        key = (row, round(value, 2))
+        shown = round(value, 2) + 0.0
+        key = (row, shown)
         found = self._liked.get(key)
         if found is None:
-            found = f"similar to liked {self.texts.ids[row]} ({value:.2f})"
+            found = f"similar to liked {self.texts.ids[row]} ({shown:.2f})"
             self._liked[key] = found
         return found
 
     def about(self, value: float) -> str:
-        key = round(value, 2)
-        found = self._about.get(key)
+        shown = round(value, 2) + 0.0
+        found = self._about.get(shown)
         if found is None:
-            found = f"close to your about text ({value:.2f})"
-            self._about[key] = found
+            found = f"close to your about text ({shown:.2f})"
+            self._about[shown] = found
         return found
 
     @staticmethod

@@ -18,6 +18,7 @@ from pipeline.domain import MatchItem
 from pipeline.match.compile import Compiled
 from pipeline.match.period import Period
 from pipeline.match.reasons import Reasons
+from pipeline.match.settings import MatchSettings
 from pipeline.match.tables import AUTHOR, CATEGORY, QUERY
 
 __all__ = ["MatchResult"]
@@ -31,7 +32,9 @@ class MatchResult:
     then ``trending_papers[trending_start[i] : ... + trending_count[i]]``.
 
     Paper values are indices into ``paper_ids`` (the period's papers, in
-    tie-break order); ``scores`` are rounded to 1e-6, as ranked.
+    tie-break order); ``scores`` are rounded to 1e-6, as ranked. ``period``,
+    ``compiled``, ``reasons`` and ``settings`` are what the arrays were computed
+    from (``pipeline.match.decision`` explains one pair from them).
     """
 
     def __init__(
@@ -41,13 +44,15 @@ class MatchResult:
         reasons: Reasons | None,
         interest: tuple[I64, I64, I64, F64],
         trending: tuple[I64, I64, I64, F64],
+        settings: MatchSettings,
     ) -> None:
         self.paper_ids = period.ids
         self.start, self.count, self.papers, self.scores = interest
         (self.trending_start, self.trending_count, self.trending_papers, self.upvotes) = trending
-        self._period = period
-        self._compiled = compiled
-        self._reasons = reasons
+        self.period = period
+        self.compiled = compiled
+        self.reasons = reasons
+        self.settings = settings
         self._shared: dict[tuple[int, float, str], MatchItem] = {}
 
     def __len__(self) -> int:
@@ -78,7 +83,7 @@ class MatchResult:
         ids = self.paper_ids
         owner, where = _spans(self.start[start:stop], self.count[start:stop])
         cols = self.papers[where]
-        lines = self._lines(owner + start, cols) if cols.size else []
+        lines = self.reason_lines(owner + start, cols) if cols.size else []
         scores = self.scores[where].tolist()
         t_owner, t_where = _spans(self.trending_start[start:stop], self.trending_count[start:stop])
         t_cols = self.trending_papers[t_where].tolist()
@@ -96,10 +101,10 @@ class MatchResult:
             out[o].append(MatchItem(ids[p], votes, Reasons.trending(int(votes)), True))
         return out
 
-    def _lines(self, owner: I64, cols: I64) -> list[str]:
-        """The reason line of each (profile, paper) item."""
-        c = self._compiled
-        reasons = self._reasons
+    def reason_lines(self, owner: I64, cols: I64) -> list[str]:
+        """The reason line of each (profile ``owner[j]``, paper ``cols[j]``) interest item."""
+        c = self.compiled
+        reasons = self.reasons
         assert c is not None and reasons is not None  # a non-empty result has both
         rules = c.rules
         n = reasons.n

@@ -97,7 +97,9 @@ class TextTables:
     A referenced paper's metadata comes from, in order: the ``liked`` mapping,
     the fitted window, the period itself; ids found nowhere are listed in
     ``missing`` and ignored. ``about_ok[j]`` is False for an about text without
-    a single word (it counts as no about text).
+    a single word (it counts as no about text). ``abouts`` and, with an embedding
+    model, ``sources`` (the paper of each referenced row ``1 + j``) are what the
+    rows were encoded from, for explaining one cosine's embedding part.
     """
 
     def __init__(
@@ -152,13 +154,17 @@ class TextTables:
             # cosine = (1 − w)·TF-IDF cosine + w·LSA cosine
             self.rows[1:] *= np.float32(1.0 - lsa_weight)
             self.rows[1:] += np.float32(lsa_weight) * lsa.cosines(stacked, period.vectors)
+        # what each text row was encoded from, for the embedding side (explained on demand)
+        self.abouts: list[str] = list(abouts)
+        self.sources: list[Paper] = []
         embedding = period.embedding
         if embedding is not None and embedding.weight and stacked.shape[0]:
             # cosine = (1 − e)·(the cosine above) + e·embedding cosine, and the background
             # likewise (only profiles with a text row use it: no rows, nothing to encode)
             e = np.float32(embedding.weight)
             sources = [*external, *(embedding.window[r] for r in window_rows)]
-            semantic = embedding.cosines([sources[i] for i in order], abouts, period.embedded)
+            self.sources = [sources[i] for i in order]
+            semantic = embedding.cosines(self.sources, abouts, period.embedded)
             self.rows[1:] *= np.float32(1.0) - e
             self.rows[1:] += e * semantic
             self.rows[0] *= np.float32(1.0) - e

@@ -111,6 +111,33 @@ class DeliveryStore(StoreBase):
             )
             return [(k, st, int(n)) for k, st, n in rows]
 
+    def delivery_with_paper(self, subscriber_id: int, paper_id: str) -> int | None:
+        """The outbox row that holds ``paper_id`` for this reader (sent, or on its way)."""
+        with self.read() as s:
+            found: int | None = s.scalar(
+                select(SentItemRow.delivery_id).where(
+                    SentItemRow.subscriber_id == subscriber_id, SentItemRow.paper_id == paper_id
+                )
+            )
+            return found
+
+    def delivery_covering(self, subscriber_id: int, moment: datetime) -> int | None:
+        """The reader's newest outbox row whose window holds ``moment`` (a paper first seen
+        then was considered for that digest)."""
+        with self.read() as s:
+            found: int | None = s.scalar(
+                select(DeliveryRow.id)
+                .where(
+                    DeliveryRow.subscriber_id == subscriber_id,
+                    DeliveryRow.window_start < moment,
+                    DeliveryRow.window_end >= moment,
+                    DeliveryRow.status.not_in(("failed", "cancelled")),
+                )
+                .order_by(DeliveryRow.window_end.desc())
+                .limit(1)
+            )
+            return found
+
     def sent_paper_ids(self, email: str) -> set[str]:
         with self.read() as s:
             return set(

@@ -1,8 +1,9 @@
 """The outbox as a port: what a delivery ledger must do, whatever holds it.
 
 Two implementations keep this contract: ``Store`` (SQLAlchemy over SQLite or PostgreSQL,
-``pipeline.store.planning`` and ``pipeline.store.outbox``) and ``MemoryOutbox`` (plain dicts, ``pipeline.store.memory``,
-for unit tests). ``tests/test_outbox_contract.py`` runs one suite over all of them.
+``pipeline.store.planning`` and ``pipeline.store.outbox``) and ``MemoryOutbox`` (plain
+dicts, ``pipeline.store.memory``, for unit tests). ``tests/test_outbox_contract.py`` runs
+one suite over all of them.
 
 One row per (subscriber, period key). Its states:
 
