@@ -29,6 +29,7 @@ from pipeline.domain import Mailer, Reader
 from pipeline.errors import EmbeddingError, PaperpostError
 from pipeline.schedule.periods import next_due_period
 from pipeline.store import Delivery, DeliveryItem, OutboxEntry, Run, SourceState, Store, SyncStats
+from pipeline.store.port import STATES
 
 # The stage drivers are imported where a use case needs them: `paperpost status` or
 # `outbox` loads the store, not the matcher, the renderer, the HTTP client or SMTP.
@@ -521,6 +522,12 @@ class App:
         limit: int = 100,
     ) -> list[OutboxEntry]:
         """Digests in the outbox, newest first, filtered by state, reader and period."""
+        unknown = sorted(set(statuses or ()) - set(STATES))
+        if unknown:
+            raise PaperpostError(
+                f"no outbox state {', '.join(map(repr, unknown))}; the states are "
+                + ", ".join(STATES)
+            )
         reader_id = self.reader(email).id if email else None
         return self.store.list_deliveries(
             statuses=statuses, subscriber_id=reader_id, period_key=period_key, limit=limit

@@ -159,6 +159,8 @@ def test_outbox_and_requeue_commands(write_config, capsys) -> None:
     assert (code, out.split()[0]) == (0, "0")  # nothing failed or ambiguous
     code, _, err = run(capsys, "-c", str(path), "outbox", "--subscriber", "nobody@lab.example")
     assert code == 1 and "no subscriber 'nobody@lab.example'" in err
+    code, _, err = run(capsys, "-c", str(path), "outbox", "--status", "lost")
+    assert code == 1 and "no outbox state 'lost'; the states are pending, claimed" in err
 
 
 def test_read_only_commands_run_without_secrets(write_config, monkeypatch, capsys) -> None:
