@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import os
 import socket
@@ -565,14 +566,15 @@ class App:
     ) -> list[tuple[datetime, str]]:
         """(next due instant in UTC, address) of the active readers, soonest first."""
         now = now or self.clock()
-        schedules = self.store.active_schedules()
-        readers = self.store.readers(schedules)
-        upcoming = sorted(
-            (next_due_period(schedule, now).due_at, readers[i].email)
-            for i, schedule in schedules.items()
-            if i in readers
+        due = heapq.nsmallest(
+            limit,
+            (
+                (next_due_period(schedule, now).due_at, i)
+                for i, schedule in self.store.active_schedules().items()
+            ),
         )
-        return upcoming[:limit]
+        readers = self.store.readers([i for _, i in due])  # only those shown
+        return [(at, readers[i].email) for at, i in due if i in readers]
 
 
 def _as_planned(delivery: Delivery, paper_id: str, selected: bool, version: int) -> str:
