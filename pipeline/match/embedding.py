@@ -322,10 +322,13 @@ class EmbeddingBlend:
     def cosines(self, references: Sequence[Paper], abouts: Sequence[str], period: F32) -> F32:
         """Embedding cosines of ``references`` then ``abouts`` (rows) against ``period`` rows;
         a row's values do not depend on the other rows (``row_stable_product``)."""
-        left = np.vstack(
+        return row_stable_product(self.rows(references, abouts), period)
+
+    def rows(self, references: Sequence[Paper], abouts: Sequence[str]) -> F32:
+        """The embeddings of ``references`` then ``abouts`` (the rows of ``cosines``)."""
+        return np.vstack(
             [
                 self.embedder.papers(references).reshape(-1, self.embedder.dimension),
                 self.embedder.texts(abouts).reshape(-1, self.embedder.dimension),
             ]
         )
-        return row_stable_product(left, period)

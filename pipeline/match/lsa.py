@@ -30,7 +30,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from pipeline.match.dense import row_stable_product
+from pipeline.match.dense import row_blocks, row_stable_product
 
 __all__ = ["Lsa"]
 
@@ -90,6 +90,19 @@ class Lsa:
         values do not depend on the other rows of ``left`` (``row_stable_product``)."""
         with threadpool_limits(1):
             return row_stable_product(self.embed(left), self.embed(right))
+
+    def blend_into(
+        self, out: F32, left: sp.csr_matrix, right: sp.csr_matrix, weight: float
+    ) -> None:
+        """``out = (1 − weight)·out + weight·cosines(left, right)``, a block of rows of
+        ``left`` at a time (``row_blocks``): no left × right temporary beyond the budget.
+        Each row equals the one computed from ``cosines`` (rows are independent)."""
+        keep, w = np.float32(1.0 - weight), np.float32(weight)
+        with threadpool_limits(1):
+            embedded, period = self.embed(left), self.embed(right)
+            for a, b in row_blocks(out.shape[0], out.shape[1]):
+                out[a:b] *= keep
+                out[a:b] += w * row_stable_product(embedded[a:b], period)
 
     def embed(self, vectors: sp.csr_matrix) -> F32:
         """Projected rows, L2-normalised (a row with no known term stays zero)."""

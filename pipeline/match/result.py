@@ -109,8 +109,9 @@ class MatchResult:
         rules = c.rules
         n = reasons.n
         query, authors, cats = c.query[owner], c.authors[owner], c.categories[owner]
-        code = rules.query[query, cols] | rules.authors[authors, cols]
-        code |= rules.categories[cats, cols]
+        code = rules.at(rules.query, query, cols, QUERY)
+        code |= rules.at(rules.authors, authors, cols, AUTHOR)
+        code |= rules.at(rules.categories, cats, cols, CATEGORY)
         columns = [
             list(map(memo.__getitem__, np.where(code & flag, rule * n + cols, -1).tolist()))
             for flag, rule, memo in (

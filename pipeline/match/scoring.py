@@ -67,10 +67,10 @@ class ChunkScores:
 def chunk_scores(compiled: Compiled, rows: I64, settings: MatchSettings) -> ChunkScores:
     c = compiled
     r = c.rules
-    code = np.take(r.query, c.query[rows], axis=0)
-    code |= np.take(r.authors, c.authors[rows], axis=0)
-    code |= np.take(r.categories, c.categories[rows], axis=0)
-    code |= np.take(r.exclude, c.exclude[rows], axis=0)
+    code = r.rows(r.query, c.query[rows], QUERY)
+    code |= r.rows(r.authors, c.authors[rows], AUTHOR)
+    code |= r.rows(r.categories, c.categories[rows], CATEGORY)
+    code |= r.rows(r.exclude, c.exclude[rows], EXCLUDE)
     min_score = c.min_score[rows]
     if c.product[rows].any():
         sims = np.asarray(c.weights[rows] @ c.texts.rows, dtype=np.float32)

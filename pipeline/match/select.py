@@ -1,7 +1,9 @@
 """Scoring all profiles chunk by chunk, on a few threads, into the compact result arrays.
 
 Profiles that need the similarity product are scored first, in chunks of their
-own, so a chunk of rule-only profiles never pays for it. numpy and scipy release
+own, so a chunk of rule-only profiles never pays for it. A chunk has at most
+``settings.chunk_size`` profiles and at most ``BLOCK_ELEMENTS`` profiles × papers
+(a large period scores fewer profiles at a time; the result is the same). numpy and scipy release
 the GIL inside their loops, so chunks scored on ``settings.threads`` threads run
 in parallel; each chunk's output depends only on its rows, so the result does
 not depend on the number of threads.
@@ -15,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.match.compile import Compiled
+from pipeline.match.dense import BLOCK_ELEMENTS
 from pipeline.match.period import Period
 from pipeline.match.scoring import chunk_scores, pick_trending, top_k
 from pipeline.match.settings import MatchSettings
@@ -39,7 +42,8 @@ def select(compiled: Compiled, period: Period, settings: MatchSettings) -> tuple
     sent_at = where[compiled.sent_rows]
     by_position = np.argsort(sent_at, kind="stable")
     sent_at, sent_cols = sent_at[by_position], compiled.sent_cols[by_position]
-    size = settings.chunk_size
+    # a chunk is a few profiles × papers arrays: at most BLOCK_ELEMENTS elements each
+    size = max(1, min(settings.chunk_size, BLOCK_ELEMENTS // max(period.n, 1)))
     boundary = int(compiled.product.sum())
     starts = sorted({*range(0, boundary, size), *range(boundary, n, size)})
     bounds = list(zip(starts, [*starts[1:], n], strict=True))

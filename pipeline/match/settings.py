@@ -59,6 +59,7 @@ class MatchSettings:
     # torch threads used to encode (process-wide in torch; 1 keeps a busy machine usable).
     embedding_threads: int = 1
     # Profiles scored together; bounds memory at chunk_size × papers × ~20 bytes.
+    # A large period scores fewer (at most dense.BLOCK_ELEMENTS profiles × papers).
     chunk_size: int = 4096
     # Threads scoring chunks in parallel (numpy/scipy release the GIL); the result
     # does not depend on it. 1 scores in the calling thread.
