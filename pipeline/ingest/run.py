@@ -4,7 +4,7 @@ One source's failure (network, HTTP status, hostile or broken document) is recor
 that source and never stops the others. The conditional-GET validators (ETag,
 Last-Modified) are advanced only after the papers are saved, so a crash between fetch and
 save re-fetches next time instead of silently losing a listing. Database errors are not
-caught: they stop the run (see STYLE.md).
+caught: they stop the run (only configuration and database failures do).
 
 Store calls, parsing and merging run on threads, never on the event loop (the daemon's
 web endpoints share it). The read-merge-save of one listing runs one source at a time, so

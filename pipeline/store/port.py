@@ -127,19 +127,16 @@ class Outbox(Protocol):
     # -- planning --------------------------------------------------------------------------
     def periods_present(self, pairs: Collection[tuple[int, str]]) -> set[tuple[int, str]]:
         """Which of the (subscriber id, period key) pairs already have a row, in any state."""
-        ...
 
     def last_window_ends(self, subscriber_ids: Sequence[int]) -> dict[int, datetime]:
         """End of each subscriber's last *covered* window: the newest ``window_end`` among
         its rows that are not ``failed`` or ``cancelled``. Absent: never had a digest."""
-        ...
 
     def reserved_papers(
         self, subscriber_ids: Sequence[int], paper_ids: Collection[str]
     ) -> dict[int, set[str]]:
         """Papers among ``paper_ids`` reserved for each subscriber (planned, on their way
         or sent). Subscribers with none are absent."""
-        ...
 
     def plan_delivery(
         self,
@@ -156,7 +153,6 @@ class Outbox(Protocol):
     ) -> int | None:
         """``plan_deliveries`` for one row: the new row's id, or None when (subscriber,
         period key) already has a row."""
-        ...
 
     def plan_deliveries(
         self, plans: Sequence[PlannedDelivery], *, now: datetime
@@ -180,7 +176,6 @@ class Outbox(Protocol):
         A plan naming one paper twice among its items, or a subscriber the outbox does not
         know, is an error (``StoreError``), and nothing of the block is written.
         """
-        ...
 
     # -- sending ---------------------------------------------------------------------------
     def claim(self, *, limit: int, holder: str, now: datetime) -> list[int]:
@@ -193,7 +188,6 @@ class Outbox(Protocol):
         An empty answer means no due row is left: a batch that was all cancelled is
         followed by the next one within the call. Concurrent claims never share a row.
         """
-        ...
 
     def mark_sending(self, delivery_id: int, *, holder: str, now: datetime) -> bool:
         """``claimed`` by ``holder`` -> ``sending``; ``attempts`` + 1, ``claimed_at = now``.
@@ -202,12 +196,10 @@ class Outbox(Protocol):
         False when the row is not ``claimed`` by ``holder`` (another sender's recovery took
         a stale claim back and someone claimed it again): the caller must not send it.
         """
-        ...
 
     def mark_sent(self, delivery_id: int, *, reply: str, now: datetime) -> bool:
         """``sending`` -> ``sent`` (``sent_at = now``, the server's reply kept, the last
         error cleared). False, and nothing written, from any other state."""
-        ...
 
     def mark_deferred(
         self,
@@ -225,7 +217,6 @@ class Outbox(Protocol):
         With ``holder``, only a row held by that sender moves; without, any. False, and
         nothing written, when the row does not move.
         """
-        ...
 
     def mark_failed(
         self, delivery_id: int, *, error: str, now: datetime, holder: str | None = None
@@ -233,20 +224,17 @@ class Outbox(Protocol):
         """``claimed`` or ``sending`` -> ``failed``; the holder is cleared and the row's
         papers are released (a later digest may carry them). ``holder`` as for
         ``mark_deferred``. False, and nothing written, when the row does not move."""
-        ...
 
     def mark_ambiguous(self, delivery_id: int, *, error: str, now: datetime) -> bool:
         """``sending`` -> ``ambiguous`` (the server may have the message; not resent); the
         holder is cleared, the papers stay reserved. False, and nothing written, from any
         other state."""
-        ...
 
     def release(self, delivery_ids: Sequence[int], *, holder: str) -> int:
         """Give rows back untouched: those among ``delivery_ids`` that are ``claimed`` by
         ``holder`` go back to ``pending`` (holder cleared, due as before); returns how many.
         Rows in any other state, another holder's, and above all ``sending`` rows, are left
         alone."""
-        ...
 
     # -- recovery and operator acts --------------------------------------------------------
     def recover_stale(self, *, now: datetime, older_than: timedelta) -> tuple[int, list[int]]:
@@ -254,7 +242,6 @@ class Outbox(Protocol):
         go back to ``pending`` (nothing left the process); their number is returned first.
         The ids of ``sending`` rows as old are returned second, unchanged, for the
         ambiguous-delivery policy."""
-        ...
 
     def recover_dead(
         self, *, host: str, alive: Callable[[int], bool], now: datetime
@@ -264,7 +251,6 @@ class Outbox(Protocol):
         rows go back to ``pending`` (the number is returned first); the ids of their
         ``sending`` rows are returned second, unchanged, in id order. Holders of other
         hosts, or not of that form, are left alone."""
-        ...
 
     def requeue(
         self,
@@ -284,7 +270,6 @@ class Outbox(Protocol):
         from it, and ``item_count`` follows (a row left with no items stays ``pending``).
         Returns the number of rows moved.
         """
-        ...
 
     # -- reading ---------------------------------------------------------------------------
     def list_deliveries(
@@ -297,11 +282,9 @@ class Outbox(Protocol):
     ) -> list[OutboxEntry]:
         """Rows matching every filter given (None: any), newest first (``created_at``,
         then id), at most ``limit``."""
-        ...
 
     def outbox_counts(self) -> dict[str, int]:
         """{state: number of rows}; states with no rows are absent."""
-        ...
 
 
 if TYPE_CHECKING:
