@@ -46,14 +46,12 @@ import random
 import re
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -391,24 +389,11 @@ def seed_history(url: str, day: Day) -> None:
         store.close()
 
 
-@contextlib.contextmanager
-def database(kind: str, directory: Path) -> Iterator[str]:
+def database(kind: str, directory: Path) -> contextlib.AbstractContextManager[str]:
     """The URL of an empty database: a SQLite file, or a fresh PostgreSQL schema (dropped)."""
-    if kind == "sqlite":
-        yield f"sqlite:///{directory}/paperpost.db"
-        return
-    from sqlalchemy import create_engine, text
+    from send_daemon import fresh_database  # the same helper bench/send.py uses
 
-    schema = f"bench_e2e_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    return fresh_database("sqlite" if kind == "sqlite" else PG_BASE, directory)
 
 
 class _Listing(BaseHTTPRequestHandler):
@@ -465,41 +450,6 @@ def ensure_smtp_sink() -> None:
     )
     if not shutil.which("smtp-sink"):
         sys.exit("postfix installed but smtp-sink is still not on PATH")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextlib.contextmanager
-def sink(kind: str) -> Iterator[tuple[int, int]]:
-    """A fresh SMTP sink on 127.0.0.1 in its own process: (port, pid)."""
-    port = free_port()
-    if kind == "aiosmtpd":
-        command = [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Sink"]
-        command += ["-l", f"127.0.0.1:{port}"]
-    else:
-        command = ["smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{port}", "256"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield port, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 CONFIG = """
@@ -748,6 +698,8 @@ def run_ours(
     gil_only: bool = False,
 ) -> tuple[dict[str, Any], float]:
     """Run the child; (its result, the sink's CPU seconds)."""
+    from send import process_cpu, sink  # bench/send.py's sink (not in the child)
+
     out, letters = directory / "ours.json", directory / "letters.pickle"
     with sink(kind) as (port, pid):
         body = config.read_text()
@@ -796,6 +748,8 @@ async def _blast(port: int, messages: list[bytes], count: int, connections: int)
 
 
 def sink_alone(kind: str, messages: list[bytes], count: int) -> dict[str, float]:
+    from send import process_cpu, sink  # bench/send.py's sink (not in the child)
+
     with sink(kind) as (port, pid):
         cpu, wall = process_cpu(pid), time.perf_counter()
         sent = asyncio.run(_blast(port, messages, count, 4))
@@ -807,6 +761,8 @@ def sink_alone(kind: str, messages: list[bytes], count: int) -> dict[str, float]
 def run_baseline(
     kind: str, readers_file: Path, history_file: Path, urls: tuple[str, str], procs: int
 ) -> dict[str, Any]:
+    from send import process_cpu, sink  # bench/send.py's sink (not in the child)
+
     with sink(kind) as (port, pid):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu, wall = process_cpu(pid), time.perf_counter()

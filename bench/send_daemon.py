@@ -98,7 +98,7 @@ def run_daemon_path(
     """
     with (
         tempfile.TemporaryDirectory() as tmp,
-        _database(database, Path(tmp)) as url,
+        fresh_database(database, Path(tmp)) as url,
         sink(kind) as (port, pid),
     ):
         directory = Path(tmp)
@@ -144,7 +144,7 @@ def _children_cpu() -> float:
 
 
 @contextmanager
-def _database(database: str, directory: Path) -> Iterator[str]:
+def fresh_database(database: str, directory: Path) -> Iterator[str]:
     """The URL of an empty database: a SQLite file, or a fresh PostgreSQL schema."""
     if database == "sqlite":
         yield f"sqlite:///{directory}/paperpost.db"
