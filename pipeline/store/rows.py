@@ -114,7 +114,9 @@ class SubscriberRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
     name: Mapped[str | None] = mapped_column(Text)
-    # active | unsubscribed (by link; wins over the config) | removed (gone from the config)
+    # active | pending (signed up on the subscribe page, not yet confirmed) | unsubscribed
+    # (by link or mail; wins over the config) | suppressed (hard bounce, repeated soft
+    # bounces, complaint) | removed (gone from the config)
     status: Mapped[str] = mapped_column(String(16), default="active")
     status_changed_at: Mapped[datetime | None]
     status_reason: Mapped[str | None] = mapped_column(Text)
@@ -133,6 +135,11 @@ class SubscriberRow(Base):
     # sha256 of the settings above: a sync writes (and bumps the version) only on a change
     fingerprint: Mapped[str] = mapped_column(String(64), default="")
     updated_at: Mapped[datetime | None]
+    paused_until: Mapped[datetime | None]  # no digest is planned before this instant
+    # The reader's own edits (manage page) over a config-origin reader's settings
+    overrides: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Random, set when a confirmation mail is sent; cleared on confirmation (single use)
+    confirm_nonce: Mapped[str | None] = mapped_column(String(64))
 
 
 class FeedbackRow(Base):
@@ -204,6 +211,39 @@ class SentItemRow(Base):
     )
 
 
+class SuppressionRow(Base):
+    """An address that is never mailed again, kept only as the sha256 of its normalised form
+    (so an erased reader leaves no address behind)."""
+
+    __tablename__ = "suppressions"
+
+    address_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # hard_bounce | soft_bounces | complaint | unsubscribe_mail | erased | operator
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class BounceEventRow(Base):
+    """One bounce, complaint or mailed unsubscribe read from the bounce mailbox. A report
+    is recorded once per address (``report_id`` is the report's Message-ID)."""
+
+    __tablename__ = "bounce_events"
+    __table_args__ = (
+        UniqueConstraint("report_id", "address_hash", name="uq_bounce_events_report_id"),
+        Index("ix_bounce_events_address_hash", "address_hash", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    address_hash: Mapped[str] = mapped_column(String(64))
+    subscriber_id: Mapped[int | None] = mapped_column(Integer)  # no FK: erasure keeps events
+    delivery_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    kind: Mapped[str] = mapped_column(String(16))  # hard | soft | complaint | unsubscribe
+    detail: Mapped[str | None] = mapped_column(Text)
+    report_id: Mapped[str | None] = mapped_column(String(255))
+    received_at: Mapped[datetime]
+
+
 class MetaRow(Base):
     """Facts about this installation, written once (the random installation id)."""
 
@@ -239,3 +279,5 @@ SUBSCRIBERS = cast("Table", SubscriberRow.__table__)
 PAPERS = cast("Table", PaperRow.__table__)
 PAPER_VERSIONS = cast("Table", PaperVersionRow.__table__)
 META = cast("Table", MetaRow.__table__)
+SUPPRESSIONS = cast("Table", SuppressionRow.__table__)
+BOUNCE_EVENTS = cast("Table", BounceEventRow.__table__)
