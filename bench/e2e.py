@@ -10,7 +10,7 @@ What one run does (bench/E2E.md has the method and the recorded runs):
 
 1. Set-up, not timed: installs Postfix (for ``smtp-sink``) with apt-get when missing;
    builds one day of listings from real arXiv titles and abstracts (the eval capture in
-   ../shared/fixtures, else config/samples): an arXiv RSS 2.0 feed of M items
+   bench/data, else config/samples): an arXiv RSS 2.0 feed of M items
    (``arxiv:announce_type`` new / cross / replace) and a Hugging Face Daily Papers JSON,
    served by a loopback HTTP server; N readers with a mix of profiles and time zones
    (a JSON Lines file for ``paperpost subscribers import``); a fresh database holding
@@ -63,7 +63,7 @@ from xml.sax.saxutils import escape
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-EVAL = ROOT.parent / "shared" / "fixtures" / "eval"
+EVAL = ROOT / "bench" / "data"
 SAMPLES = ROOT / "config" / "samples"
 RECORD = BENCH / "E2E.md"
 PG_BASE = os.environ.get("PAPERPOST_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -122,7 +122,7 @@ STOP = frozenset(_STOP_WORDS.split())
 def real_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(recent rows newest first, older rows): real arXiv titles, abstracts, categories.
 
-    The eval capture of ../shared/fixtures when present, else the sample listings of
+    The labelled capture in bench/data when present, else the sample listings of
     config/samples (titles and abstracts only; categories assigned round-robin)."""
     dev, old = EVAL / "arxiv_cs_dev_2025.jsonl", EVAL / "arxiv_oai_cs_set_1000_2007.jsonl"
     if dev.is_file():

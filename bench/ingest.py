@@ -11,7 +11,7 @@ Measures, each scenario in a fresh subprocess (so peak RSS is the scenario's own
 
 Rerun: ``.venv/bin/python bench/ingest.py`` (``--runs N``, ``--items N``). Results are
 recorded in bench/INGEST.md. Titles and abstracts are real arXiv metadata from
-../shared/fixtures/eval/arxiv_cs_dev_2025.jsonl when present (else synthetic text).
+bench/data/arxiv_cs_dev_2025.jsonl when present (else synthetic text).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from xml.sax.saxutils import escape
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-EVAL = ROOT.parent / "shared" / "fixtures" / "eval" / "arxiv_cs_dev_2025.jsonl"
+EVAL = ROOT / "bench" / "data" / "arxiv_cs_dev_2025.jsonl"
 PG_BASE = os.environ.get("PAPERPOST_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 NOW = datetime(2025, 11, 20, 6, 0, tzinfo=UTC)
 DAY = datetime(2025, 11, 20, 5, 0, tzinfo=UTC)

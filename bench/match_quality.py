@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.domain import Paper, Profile  # noqa: E402
 from pipeline.match import Matcher, MatchSettings  # noqa: E402
 
-DEFAULT = ROOT.parent / "shared" / "fixtures" / "eval" / "arxiv_cs_dev_2025.jsonl"
+DEFAULT = ROOT / "bench" / "data" / "arxiv_cs_dev_2025.jsonl"
 
 # From arXiv's category taxonomy (official name, then the description's key terms).
 CATEGORY_TEXT: dict[str, tuple[str, str]] = {

@@ -6,7 +6,7 @@ Usage::
     .venv/bin/python bench/match_speed.py 100000 --runs 5
 
 Each size runs in its own process so peak RSS (ru_maxrss) belongs to that size.
-The window (fit corpus) is the two labelled files of shared/fixtures/eval
+The window (fit corpus) is the two labelled files of bench/data
 (3,680 real arXiv papers); the 500 new papers are the latest listing days of
 arxiv_cs_dev_2025.jsonl. Authors and upvotes are synthesised deterministically
 (the eval files carry none). Profiles mix queries, categories, authors, about
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.domain import Paper, Profile  # noqa: E402
 from pipeline.match import Matcher  # noqa: E402
 
-EVAL = ROOT.parent / "shared" / "fixtures" / "eval"
+EVAL = ROOT / "bench" / "data"
 FIRST = [
     "Wei",
     "Yann",

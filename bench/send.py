@@ -48,7 +48,7 @@ from pipeline.mail import (  # noqa: E402
 )
 from pipeline.render import Renderer  # noqa: E402
 
-EVAL = ROOT.parent / "shared" / "fixtures" / "eval" / "arxiv_cs_dev_2025.jsonl"
+EVAL = ROOT / "bench" / "data" / "arxiv_cs_dev_2025.jsonl"
 WHEN = datetime(2025, 11, 24, 7, 0, tzinfo=UTC)
 
 
