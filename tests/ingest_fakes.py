@@ -111,7 +111,7 @@ class Item:
 
 
 def arxiv_rss_listing(items: Sequence[Item], *, day: datetime, channel: str = "cs.LG") -> bytes:
-    """An rss.arxiv.org RSS 2.0 listing (layout of shared/fixtures/PROVENANCE.md)."""
+    """An rss.arxiv.org RSS 2.0 listing (item layout described in tests/data/PROVENANCE.md)."""
     date = format_datetime(day)
     parts = [
         "<?xml version='1.0' encoding='UTF-8'?>\n",
