@@ -462,7 +462,6 @@ transport = "smtp"
 list_name = "Paperpost"
 unsubscribe_mailto = "unsubscribe@lab.example"
 concurrency = 4
-render_processes = {render_processes}
 
 [mail.smtp]
 host = "127.0.0.1"
@@ -900,6 +899,158 @@ def report_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# == --runner procrastinate: the daemon's plan here, delivery by worker processes ================
+WORKER_TABLES = """
+[daemon]
+runner = "procrastinate"
+grace_seconds = 10
+
+[worker]
+concurrency = 2
+delivery_jobs = {jobs}
+sweep_seconds = 30
+"""
+
+
+def _pg_stats(url: str) -> dict[str, float]:
+    """The database's own counters for our database: commits and rows updated."""
+    import psycopg
+
+    conninfo = "postgresql://" + url.partition("://")[2]
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute(
+            "SELECT xact_commit, tup_updated FROM pg_stat_database "
+            "WHERE datname = current_database()"
+        ).fetchone()
+    assert row is not None
+    return {"commits": float(row[0]), "updated": float(row[1])}
+
+
+def run_procrastinate(args: argparse.Namespace) -> None:
+    """Plan the day in this process (the daemon's half), then time ``--workers`` worker
+    processes delivering it: digests/s, rows claimed/s, the workers', sink's and (whole
+    server's) PostgreSQL CPU, and the load, appended to bench/E2E.md."""
+    from send import process_cpu, sink
+
+    from pipeline.app import App
+    from pipeline.config import load_config
+    from pipeline.runner.jobs import Dispatcher
+    from pipeline.runner.schema import apply_schema_async
+
+    if args.db != "postgresql":
+        sys.exit("--runner procrastinate needs --db postgresql")
+    load0 = os.getloadavg()[0]
+    started = datetime.now(UTC)
+    day = Day(args.readers, args.papers)
+    env = {**os.environ, SECRET_ENV: SECRET}
+    with tempfile.TemporaryDirectory(prefix="paperpost-e2e-") as tmp:
+        directory = Path(tmp)
+        readers_file, history_file = directory / "readers.jsonl", directory / "history.jsonl"
+        day.write_readers(readers_file)
+        day.write_history(history_file)
+        with (
+            database("postgresql", directory) as url,
+            listing_server(day) as urls,
+            sink(args.sink) as (port, sink_pid),
+        ):
+            seed_history(url, day)
+            path = directory / "paperpost.toml"
+            path.write_text(
+                CONFIG.format(
+                    url=url,
+                    port=port,
+                    secret_env=SECRET_ENV,
+                    directory=directory,
+                    rss=urls[0],
+                    hf=urls[1],
+                )
+                + WORKER_TABLES.format(jobs=2 * args.workers)
+            )
+            config = load_config(path, env=env)
+            app = App(config, clock=lambda: WHEN, holder="bench-e2e")
+            began = time.perf_counter()
+            app.import_subscribers(readers_file)
+            app.sync()
+            asyncio.run(app.ingest())
+            asyncio.run(apply_schema_async(config))
+            plan = app.plan()
+            plan_wall = time.perf_counter() - began
+            workers = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "pipeline.cli", "-c", str(path), "worker"],
+                    env=env,
+                    stderr=subprocess.DEVNULL,
+                )
+                for _ in range(args.workers)
+            ]
+            time.sleep(3)  # imports and connections: not part of the delivery rate
+            pg0, sink0 = _pg_stats(url), process_cpu(sink_pid)
+            cpu0 = [process_cpu(w.pid) for w in workers]
+            t0 = time.perf_counter()
+
+            async def defer() -> int:
+                dispatcher = Dispatcher(config)
+                await dispatcher.open()
+                try:
+                    return await dispatcher.defer_deliveries(app)
+                finally:
+                    await dispatcher.close()
+
+            asyncio.run(defer())
+            while (counts := app.outbox_counts()).get("sent", 0) < plan.planned:
+                if any(w.poll() is not None for w in workers):
+                    sys.exit(f"a worker exited: {counts}")
+                time.sleep(0.1)
+            wall = time.perf_counter() - t0
+            workers_cpu = sum(process_cpu(w.pid) - c for w, c in zip(workers, cpu0, strict=True))
+            sink_cpu, pg1 = process_cpu(sink_pid) - sink0, _pg_stats(url)
+            for w in workers:
+                w.terminate()
+            codes = [w.wait(timeout=60) for w in workers]
+            app.close()
+    sent = counts["sent"]
+    result = {
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "readers": args.readers,
+        "workers": args.workers,
+        "planned": plan.planned,
+        "plan_wall_s": plan_wall,
+        "sent": sent,
+        "deliver_wall_s": wall,
+        "digests_per_s": sent / wall,
+        "claims_per_s": sent / wall,  # rows claimed (one claim per digest)
+        "claim_txns_per_s": sent / config.file.mail.batch_size / wall,
+        "pg_commits_per_s": (pg1["commits"] - pg0["commits"]) / wall,
+        "pg_rows_updated_per_s": (pg1["updated"] - pg0["updated"]) / wall,
+        "workers_cpu_ms_per_digest": workers_cpu / sent * 1000,
+        "workers_cpu_cores": workers_cpu / wall,
+        "sink_cpu_cores": sink_cpu / wall,
+        "load": [load0, os.getloadavg()[0]],
+        "exit_codes": codes,
+        "sink": args.sink,
+    }
+    text = (
+        f"\n### procrastinate runner, {args.workers} worker(s), {args.readers:,} readers "
+        f"({result['date']})\n\n"
+        f"- planned {plan.planned:,} digests in {plan_wall:.1f} s (this process: import, sync, "
+        f"ingest, plan)\n"
+        f"- delivered {sent:,} in {wall:.1f} s: **{sent / wall:.0f} digests/s**; rows claimed "
+        f"{result['claims_per_s']:.0f}/s in {result['claim_txns_per_s']:.1f} claim "
+        f"transactions/s; PostgreSQL {result['pg_commits_per_s']:.0f} commits/s, "
+        f"{result['pg_rows_updated_per_s']:.0f} rows updated/s (whole database)\n"
+        f"- CPU: workers {result['workers_cpu_cores']:.2f} cores "
+        f"({result['workers_cpu_ms_per_digest']:.2f} ms per digest), sink "
+        f"{result['sink_cpu_cores']:.2f} cores; load average {load0:.1f} → "
+        f"{result['load'][1]:.1f} on {os.cpu_count()} cores (a shared machine)\n"
+    )
+    print(text)
+    if not args.no_record:
+        with RECORD.open("a", encoding="utf-8") as fh:
+            fh.write(text)
+    if args.json:
+        print(json.dumps(result))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--readers", type=int, default=1000)
@@ -908,7 +1059,13 @@ def main() -> None:
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--baseline-procs", type=int, default=1)
     parser.add_argument(
-        "--render-processes", type=int, default=0, help="[mail] render_processes (default 0)"
+        "--runner",
+        choices=["embedded", "procrastinate"],
+        default="embedded",
+        help="procrastinate: plan here, deliver with `paperpost worker` processes (PostgreSQL)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="with --runner procrastinate: worker processes"
     )
     parser.add_argument(
         "--sink-messages",
@@ -944,6 +1101,9 @@ def main() -> None:
 
     if args.sink == "smtp-sink":
         ensure_smtp_sink()
+    if args.runner == "procrastinate":
+        run_procrastinate(args)
+        return
     load0 = os.getloadavg()[0]
     commit, changed = git_commit(), changed_code()  # the code the run imports
     started = datetime.now(UTC)
@@ -964,7 +1124,6 @@ def main() -> None:
                     directory=directory,
                     rss=urls[0],
                     hf=urls[1],
-                    render_processes=args.render_processes,
                 )
             )
             ours, sink_cpu = run_ours(
@@ -989,7 +1148,7 @@ def main() -> None:
     digests = ours["sent"]
     ours_rate = digests / ours["total_wall_s"]
     base_rate = base["sent"] / base["wall_s"]
-    ours_cores = min(1 + args.render_processes, os.cpu_count() or 1)
+    ours_cores = 1
     base_cores = min(args.baseline_procs, os.cpu_count() or 1)
     result = {
         "readers": args.readers,
@@ -1020,7 +1179,6 @@ def main() -> None:
         "sink_cpu_ms": sink_cpu / max(digests, 1) * 1000,
         "sink_alone": alone,
         "baseline": base,
-        "render_processes": args.render_processes,
         "hooks_missing": ours["hooks_missing"],
         "startup": startup,
     }

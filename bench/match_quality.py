@@ -54,8 +54,10 @@ from sklearn.svm import LinearSVC
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.domain import Paper, Profile  # noqa: E402
+from pipeline.domain import MatchItem, Paper, Profile  # noqa: E402
 from pipeline.match import Matcher, MatchSettings  # noqa: E402
+from pipeline.match.taxonomy import describe  # noqa: E402
+from pipeline.match.text import STOPWORDS, words  # noqa: E402
 
 DEFAULT = ROOT / "bench" / "data" / "arxiv_cs_dev_2025.jsonl"
 
@@ -161,9 +163,37 @@ CATEGORY_TEXT: dict[str, tuple[str, str]] = {
 }
 
 
+def category_text(category: str) -> tuple[str, str]:
+    """(about text, query) for a category: hand-written, else from the shipped taxonomy
+    (its name as the about text, its words OR-ed in the abstract as the query)."""
+    if category in CATEGORY_TEXT:
+        return CATEGORY_TEXT[category]
+    name = describe(category)
+    kept = [w for w in dict.fromkeys(words(name)) if w not in STOPWORDS and len(w) > 2]
+    query = " OR ".join(f"abs:{w}" for w in kept) or f"cat:{category}"
+    return name.lower(), query
+
+
 def load(path: Path) -> list[dict[str, object]]:
     with path.open(encoding="utf-8") as fh:
         return [json.loads(line) for line in fh]
+
+
+def paper_of(row: dict[str, object]) -> Paper:
+    """A labelled row as a ``Paper``: primary category first, authors when the file has them."""
+    categories = [str(c) for c in row["categories"]]  # type: ignore[attr-defined]
+    primary = row.get("primary_category")
+    if isinstance(primary, str) and primary in categories:
+        categories.remove(primary)
+        categories.insert(0, primary)
+    authors = row.get("authors") or ()
+    return Paper(
+        id=str(row["id"]),
+        title=str(row["title"]),
+        abstract=str(row["abstract"]),
+        categories=tuple(categories),
+        authors=tuple(str(a) for a in authors),  # type: ignore[attr-defined]
+    )
 
 
 def ndcg(relevance: Sequence[float], k: int, total: int) -> float:
@@ -179,78 +209,114 @@ def metrics(ranked: Sequence[str], relevant: set[str]) -> tuple[float, float, fl
     return p10, r50, ndcg(rel, 20, len(relevant))
 
 
+def tied(items: Sequence[MatchItem]) -> tuple[int, int]:
+    """(items of the top 10 whose score equals a neighbour's in the top 11, items in the top 10)."""
+    scores = [i.score for i in items[:11]]
+    top = min(10, len(scores))
+    count = sum(
+        1
+        for j in range(top)
+        if (j > 0 and scores[j] == scores[j - 1])
+        or (j + 1 < len(scores) and scores[j] == scores[j + 1])
+    )
+    return count, top
+
+
+Metrics = tuple[float, float, float]
+
+
+def mean(values: Sequence[Metrics]) -> Metrics:
+    return tuple(float(v) for v in np.mean(values, axis=0)) if values else (0.0, 0.0, 0.0)  # type: ignore[return-value]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--file", type=Path, default=DEFAULT)
     parser.add_argument("--history-days", type=int, default=3)
     parser.add_argument("--draws", type=int, default=32)
+    parser.add_argument("--no-svm", action="store_true", help="skip the SVM anchor (fast)")
+    parser.add_argument(
+        "--no-ranking", action="store_true", help="ranking terms off (the numbers before them)"
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON summary as last line")
     parser.add_argument("--embedding-model", help="also rank with this embedding model blended in")
     parser.add_argument("--embedding-weights", default="0.5", help="comma-separated, e.g. 0.3,0.5")
     parser.add_argument("--embedding-threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
 
     rows = load(args.file)
-    papers = {
-        str(r["id"]): Paper(
-            id=str(r["id"]),
-            title=str(r["title"]),
-            abstract=str(r["abstract"]),
-            categories=tuple(r["categories"]),  # type: ignore[arg-type]
-        )
-        for r in rows
-    }
+    for row in rows:  # a file without listing days: the creation date stands in
+        row.setdefault("listing_date", row.get("created"))
+    papers = {str(r["id"]): paper_of(r) for r in rows}
     days = sorted({str(r["listing_date"]) for r in rows})
     history_days = set(days[: args.history_days])
-    history = sorted(str(r["id"]) for r in rows if r["listing_date"] in history_days)
-    ranked_ids = [str(r["id"]) for r in rows if r["listing_date"] not in history_days]
+    history = sorted(str(r["id"]) for r in rows if str(r["listing_date"]) in history_days)
+    ranked_ids = [str(r["id"]) for r in rows if str(r["listing_date"]) not in history_days]
     ranked = [papers[i] for i in ranked_ids]
     labels = {pid: set(p.categories) for pid, p in papers.items()}
     counts = Counter(c for p in papers.values() for c in p.categories)
     categories = [c for c, _ in counts.most_common(20)]
+    has_authors = any(p.authors for p in papers.values())
 
     settings = MatchSettings(similarity_threshold=-1e9)
+    if args.no_ranking:
+        settings = replace(
+            settings,
+            rank_bm25=0.0,
+            rank_clauses=0.0,
+            rank_typical=0.0,
+            rank_primary=0.0,
+            rank_trending=0.0,
+        )
     matcher = Matcher.fit(list(papers.values()), settings)
     plain = Matcher.fit(list(papers.values()), replace(settings, lsa_dimensions=0))
     engines = {"ours": matcher, "tfidf": plain}
     embedded = embedding_engines(args, list(papers.values()), settings)
     engines.update(embedded)
-    period_cache: dict[tuple[str, Profile], list[str]] = {}
+    period_cache: dict[tuple[str, Profile], list[MatchItem]] = {}
+
+    def items(profile: Profile, engine: str = "ours") -> list[MatchItem]:
+        return period_cache[engine, profile]
 
     def ours(profile: Profile, engine: str = "ours") -> list[str]:
-        return period_cache[engine, profile]
+        return [i.paper_id for i in period_cache[engine, profile]]
 
     def prepare(profiles: list[Profile]) -> None:
         """Match every profile of the benchmark in one call (one period, as in production)."""
         todo = list(dict.fromkeys(profiles))
         for name, engine in engines.items():
             results = engine.match([replace_limits(p) for p in todo], ranked)
-            for profile, items in zip(todo, results, strict=True):
-                period_cache[name, profile] = [i.paper_id for i in items]
+            for profile, found in zip(todo, results, strict=True):
+                period_cache[name, profile] = found
 
-    vectoriser = TfidfVectorizer(
-        input="content",
-        encoding="utf-8",
-        decode_error="replace",
-        strip_accents="unicode",
-        lowercase=True,
-        analyzer="word",
-        stop_words="english",
-        token_pattern=r"(?u)\b[a-zA-Z_][a-zA-Z0-9_]+\b",
-        ngram_range=(1, 2),
-        max_features=20000,
-        norm="l2",
-        use_idf=True,
-        smooth_idf=True,
-        sublinear_tf=True,
-        max_df=0.1,
-        min_df=5,
-    )
     order = list(papers)
-    x = vectoriser.fit_transform([papers[i].title + ". " + papers[i].abstract for i in order])
     where = {pid: n for n, pid in enumerate(order)}
     ranked_rows = [where[i] for i in ranked_ids]
+    x = None
+    if not args.no_svm:
+        vectoriser = TfidfVectorizer(
+            input="content",
+            encoding="utf-8",
+            decode_error="replace",
+            strip_accents="unicode",
+            lowercase=True,
+            analyzer="word",
+            stop_words="english",
+            token_pattern=r"(?u)\b[a-zA-Z_][a-zA-Z0-9_]+\b",
+            ngram_range=(1, 2),
+            max_features=20000,
+            norm="l2",
+            use_idf=True,
+            smooth_idf=True,
+            sublinear_tf=True,
+            max_df=0.1,
+            min_df=5,
+        )
+        x = vectoriser.fit_transform([papers[i].title + ". " + papers[i].abstract for i in order])
 
-    def svm(liked: Sequence[str]) -> list[str]:
+    def svm(liked: Sequence[str]) -> list[str] | None:
+        if x is None or not liked:
+            return None
         y = np.zeros(len(order))
         y[[where[i] for i in liked]] = 1
         clf = LinearSVC(class_weight="balanced", max_iter=1_000_000, tol=1e-6, C=0.01)
@@ -259,117 +325,179 @@ def main() -> None:
         top = np.argsort(-scores, kind="stable")[:50]
         return [ranked_ids[i] for i in top]
 
-    def evaluate(build: Callable[[str], list[str] | None]) -> tuple[float, float, float]:
-        results = []
-        for c in categories:
-            got = build(c)
-            if got is None:
-                continue
-            relevant = {pid for pid in ranked_ids if c in labels[pid]}
-            results.append(metrics(got, relevant))
-        return tuple(float(v) for v in np.mean(results, axis=0))  # type: ignore[return-value]
+    # The hidden interest of a categories-only reader of C: C ∩ D for the category D
+    # that co-occurs most with C (among those with at least 10 ranked papers in C ∩ D).
+    pairs = Counter((a, b) for p in papers.values() for a in p.categories for b in p.categories)
+    hidden: dict[str, str] = {}
+    for c in categories:
+        for (a, d), _ in sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0])):
+            enough = (
+                a == c != d and sum(c in labels[i] and d in labels[i] for i in ranked_ids) >= 10
+            )
+            if enough:
+                hidden[c] = d
+                break
 
-    def liked_first(c: str) -> list[str]:
-        return [pid for pid in history if c in labels[pid]][:5]
+    def relevant_to(c: str, kind: str) -> set[str]:
+        if kind == "categories, hidden interest":
+            return {pid for pid in ranked_ids if c in labels[pid] and hidden[c] in labels[pid]}
+        return {pid for pid in ranked_ids if c in labels[pid]}
+
+    def history_of(c: str, kind: str) -> list[str]:
+        if kind == "categories, hidden interest":
+            return [pid for pid in history if c in labels[pid] and hidden[c] in labels[pid]]
+        return [pid for pid in history if c in labels[pid]]
+
+    def followed_authors(c: str) -> tuple[str, ...]:
+        """The 5 most prolific authors of C on the history days (ties by name)."""
+        seen = Counter(a for pid in history if c in labels[pid] for a in papers[pid].authors)
+        return tuple(a for a, _ in sorted(seen.items(), key=lambda kv: (-kv[1], kv[0]))[:5])
 
     rng = random.Random(0)
     draws = {}
     for c in categories:
         pool = [pid for pid in history if c in labels[pid]]
         draws[c] = [rng.sample(pool, min(5, len(pool))) for _ in range(args.draws)]
-    prepare(
-        [Profile(categories=(c,)) for c in categories]
-        + [Profile(about=t, query=q) for t, q in CATEGORY_TEXT.values()]
-        + [Profile(about=t) for t, _ in CATEGORY_TEXT.values()]
-        + [Profile(like=tuple(liked_first(c))) for c in categories]
-        + [Profile(like=tuple(d)) for c in categories for d in draws[c]]
-    )
 
-    table: list[tuple[str, tuple[float, float, float]]] = []
-    table.append(("(a) categories only", evaluate(lambda c: ours(Profile(categories=(c,))))))
+    def liked_first(c: str) -> list[str]:
+        return [pid for pid in history if c in labels[pid]][:5]
+
+    kinds: dict[str, Callable[[str], Profile | None]] = {
+        "categories": lambda c: Profile(categories=(c,)),
+        "categories, hidden interest": lambda c: Profile(categories=(c,)) if c in hidden else None,
+        "query": lambda c: Profile(query=category_text(c)[1]),
+        "about + query": lambda c: Profile(about=category_text(c)[0], query=category_text(c)[1]),
+        "about": lambda c: Profile(about=category_text(c)[0]),
+        "authors": lambda c: Profile(authors=followed_authors(c)) if followed_authors(c) else None,
+        "5 liked, first": lambda c: Profile(like=tuple(liked_first(c))),
+    }
+    skipped: dict[str, str] = {}
+    if not has_authors:
+        skipped["authors"] = f"{args.file.name} has no authors"
+        del kinds["authors"]
+    profiles = [p for build in kinds.values() for c in categories if (p := build(c)) is not None]
+    profiles += [Profile(like=tuple(d)) for c in categories for d in draws[c]]
+    prepare(profiles)
+
+    summary: dict[str, dict[str, object]] = {}
+
+    def as_dict(m: Metrics | None) -> dict[str, float] | None:
+        if m is None:
+            return None
+        return {"p10": round(m[0], 4), "r50": round(m[1], 4), "ndcg20": round(m[2], 4)}
+
+    table: list[tuple[str, Metrics]] = []
+    for kind, build in kinds.items():
+        got: list[Metrics] = []
+        anchor: list[Metrics] = []
+        ties = slots = 0
+        for c in categories:
+            profile = build(c)
+            if profile is None:
+                continue
+            relevant = relevant_to(c, kind)
+            got.append(metrics(ours(profile), relevant))
+            t, n = tied(items(profile))
+            ties, slots = ties + t, slots + n
+            anchor_ids = svm(history_of(c, kind)[:5])
+            if anchor_ids is not None:
+                anchor.append(metrics(anchor_ids, relevant))
+        table.append((f"{kind}: ours", mean(got)))
+        if anchor:
+            table.append((f"{kind}: SVM anchor (5 history papers of the interest)", mean(anchor)))
+        summary[kind] = {
+            "ours": as_dict(mean(got)),
+            "svm": as_dict(mean(anchor)) if anchor else None,
+            "tie_rate": round(ties / max(slots, 1), 4),
+            "profiles": len(got),
+        }
+
+    liked_kind = f"5 liked, {args.draws} draws"
+    per_draw: list[Metrics] = []
+    per_draw_svm: list[Metrics] = []
+    ties = slots = 0
+    for d in range(args.draws):
+        one: list[Metrics] = []
+        one_svm: list[Metrics] = []
+        for c in categories:
+            profile = Profile(like=tuple(draws[c][d]))
+            relevant = relevant_to(c, "5 liked")
+            one.append(metrics(ours(profile), relevant))
+            t, n = tied(items(profile))
+            ties, slots = ties + t, slots + n
+            anchor_ids = svm(draws[c][d])
+            if anchor_ids is not None:
+                one_svm.append(metrics(anchor_ids, relevant))
+        per_draw.append(mean(one))
+        if one_svm:
+            per_draw_svm.append(mean(one_svm))
+    table.append((f"{liked_kind}: ours", mean(per_draw)))
+    medians = tuple(float(v) for v in np.median(per_draw, axis=0))
+    table.append((f"{liked_kind}: ours, median of draws", medians))  # type: ignore[arg-type]
     table.append(
         (
-            "(b) about + query",
-            evaluate(
-                lambda c: (
-                    ours(Profile(about=CATEGORY_TEXT[c][0], query=CATEGORY_TEXT[c][1]))
-                    if c in CATEGORY_TEXT
-                    else None
-                )
+            f"{liked_kind}: ours, TF-IDF only (LSA off)",
+            mean(
+                [
+                    mean(
+                        [
+                            metrics(
+                                ours(Profile(like=tuple(draws[c][d])), "tfidf"),
+                                relevant_to(c, "5 liked"),
+                            )
+                            for c in categories
+                        ]
+                    )
+                    for d in range(args.draws)
+                ]
             ),
         )
     )
-    table.append(("(b) about only", evaluate(lambda c: ours(Profile(about=CATEGORY_TEXT[c][0])))))
-    table.append(
-        (
-            "(b) about + query, TF-IDF only (LSA off)",
-            evaluate(
-                lambda c: (
-                    ours(Profile(about=CATEGORY_TEXT[c][0], query=CATEGORY_TEXT[c][1]), "tfidf")
-                    if c in CATEGORY_TEXT
-                    else None
-                )
-            ),
-        )
-    )
-    table.append(
-        ("(c) 5 liked: ours", evaluate(lambda c: ours(Profile(like=tuple(liked_first(c))))))
-    )
-    table.append(
-        (
-            "(c) 5 liked: ours, TF-IDF only (LSA off)",
-            evaluate(lambda c: ours(Profile(like=tuple(liked_first(c))), "tfidf")),
-        )
-    )
-    table.append(("(c) 5 liked: SVM baseline", evaluate(lambda c: svm(liked_first(c)))))
-
-    for name, fn in (
-        ("ours", lambda liked: ours(Profile(like=tuple(liked)))),
-        ("ours, TF-IDF only (LSA off)", lambda liked: ours(Profile(like=tuple(liked)), "tfidf")),
-        ("SVM baseline", svm),
-    ):
-        per_draw = []
-        for d in range(args.draws):
-            per_draw.append(evaluate(lambda c, d=d, fn=fn: fn(draws[c][d])))  # type: ignore[misc]
-        mean = tuple(float(v) for v in np.mean(per_draw, axis=0))
-        table.append((f"(c) 5 liked, {args.draws} draws: {name}", mean))  # type: ignore[arg-type]
+    if per_draw_svm:
+        table.append((f"{liked_kind}: arxiv-sanity-lite SVM", mean(per_draw_svm)))
+        svm_medians = tuple(float(v) for v in np.median(per_draw_svm, axis=0))
+        table.append((f"{liked_kind}: SVM, median of draws", svm_medians))  # type: ignore[arg-type]
+    summary[liked_kind] = {
+        "ours": as_dict(mean(per_draw)),
+        "svm": as_dict(mean(per_draw_svm)) if per_draw_svm else None,
+        "tie_rate": round(ties / max(slots, 1), 4),
+        "profiles": len(categories) * args.draws,
+    }
 
     for name in embedded:
         label = f"ours + embeddings (weight {embedded[name].settings.embedding_weight:g})"
-        table.append(
-            (
-                f"(b) about + query: {label}",
-                evaluate(
-                    lambda c, n=name: ours(  # type: ignore[misc]
-                        Profile(about=CATEGORY_TEXT[c][0], query=CATEGORY_TEXT[c][1]), n
-                    )
-                ),
+        for kind in ("about + query", "about", "5 liked, first"):
+            build = kinds[kind]
+            got = [
+                metrics(ours(p, name), relevant_to(c, kind))
+                for c in categories
+                if (p := build(c)) is not None
+            ]
+            table.append((f"{kind}: {label}", mean(got)))
+        embedded_draws = [
+            mean(
+                [
+                    metrics(ours(Profile(like=tuple(draws[c][d])), name), relevant_to(c, "5 liked"))
+                    for c in categories
+                ]
             )
-        )
-        table.append(
-            (
-                f"(b) about only: {label}",
-                evaluate(lambda c, n=name: ours(Profile(about=CATEGORY_TEXT[c][0]), n)),  # type: ignore[misc]
-            )
-        )
-        table.append(
-            (
-                f"(c) 5 liked: {label}",
-                evaluate(lambda c, n=name: ours(Profile(like=tuple(liked_first(c))), n)),  # type: ignore[misc]
-            )
-        )
-        per_draw = [
-            evaluate(lambda c, d=d, n=name: ours(Profile(like=tuple(draws[c][d])), n))  # type: ignore[misc]
             for d in range(args.draws)
         ]
-        mean = tuple(float(v) for v in np.mean(per_draw, axis=0))
-        table.append((f"(c) 5 liked, {args.draws} draws: {label}", mean))  # type: ignore[arg-type]
+        table.append((f"{liked_kind}: {label}", mean(embedded_draws)))
 
     print(f"file: {args.file.name}; ranked papers: {len(ranked)}; categories: {len(categories)}")
     print("| profile | precision@10 | recall@50 | nDCG@20 |")
     print("|---|---:|---:|---:|")
     for name, (p10, r50, n20) in table:
         print(f"| {name} | {p10:.3f} | {r50:.3f} | {n20:.3f} |")
+    print("\ntie rate in the top 10 (items whose score equals a neighbour's):")
+    for kind, entry in summary.items():
+        print(f"  {kind}: {entry['tie_rate']:.3f}")
+    for kind, why in skipped.items():
+        print(f"  {kind}: skipped ({why})")
+    if hidden:
+        shown = ", ".join(f"{c} ∩ {d}" for c, d in hidden.items())
+        print(f"\nhidden interests: {shown}")
 
     print("\nadmission of (c) profiles (first 5 liked) by similarity alone, per threshold:")
     print("| threshold | admitted | precision |")
@@ -383,11 +511,13 @@ def main() -> None:
         )
         admitted = relevant_admitted = 0
         for c in categories:
-            [items] = strict.match([Profile(like=tuple(liked_first(c)), max_items=10_000)], ranked)
-            admitted += len(items)
-            relevant_admitted += sum(c in labels[i.paper_id] for i in items)
+            [found] = strict.match([Profile(like=tuple(liked_first(c)), max_items=10_000)], ranked)
+            admitted += len(found)
+            relevant_admitted += sum(c in labels[i.paper_id] for i in found)
         print(f"| {threshold:.2f} | {admitted} | {relevant_admitted / max(admitted, 1):.3f} |")
     print(f"({len(categories)} profiles, {len(days) - args.history_days} listing days)")
+    hard = hard_precision(matcher, categories, ranked, labels)
+    print(f"precision of query hits (query-only profiles, every hit): {hard:.3f}")
 
     for engine in embedded.values():
         weight = engine.settings.embedding_weight
@@ -404,12 +534,32 @@ def main() -> None:
             )
             admitted = relevant_admitted = 0
             for c in categories:
-                [items] = strict.match(
+                [found] = strict.match(
                     [Profile(like=tuple(liked_first(c)), max_items=10_000)], ranked
                 )
-                admitted += len(items)
-                relevant_admitted += sum(c in labels[i.paper_id] for i in items)
+                admitted += len(found)
+                relevant_admitted += sum(c in labels[i.paper_id] for i in found)
             print(f"| {threshold:.2f} | {admitted} | {relevant_admitted / max(admitted, 1):.3f} |")
+
+    if args.json:
+        print(json.dumps({**summary, "skipped": skipped}, sort_keys=True))
+
+
+def hard_precision(
+    matcher: Matcher,
+    categories: Sequence[str],
+    ranked: Sequence[Paper],
+    labels: dict[str, set[str]],
+) -> float:
+    """Precision of every query hit of the query-only profiles (the bar for admitting by
+    similarity alone: those admissions should be at least this precise)."""
+    hits = good = 0
+    for c in categories:
+        profile = Profile(query=category_text(c)[1], max_items=100_000)
+        [found] = matcher.match([profile], list(ranked))
+        hits += len(found)
+        good += sum(c in labels[i.paper_id] for i in found)
+    return good / max(hits, 1)
 
 
 def embedding_engines(

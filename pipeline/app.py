@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
+import importlib.metadata
+import importlib.util
 import logging
 import os
 import socket
@@ -28,21 +31,28 @@ from pipeline.config import Config, config_error
 from pipeline.config.readers import read_subscribers
 from pipeline.domain import Mailer, Reader
 from pipeline.errors import EmbeddingError, PaperpostError
-from pipeline.schedule.periods import next_due_period
+from pipeline.progress import Progress
+from pipeline.schedule.periods import latest_due_period, next_due_period
 from pipeline.store import Delivery, DeliveryItem, OutboxEntry, Run, SourceState, Store, SyncStats
 from pipeline.store.port import STATES
+from pipeline.store.suppression import BounceRates
 
 # The stage drivers are imported where a use case needs them: `paperpost status` or
 # `outbox` loads the store, not the matcher, the renderer, the HTTP client or SMTP.
 if TYPE_CHECKING:
+    from pipeline.bounces.process import BounceReport
     from pipeline.cycle.deliver import DeliverReport, DeliverSettings
+    from pipeline.cycle.health import Health
     from pipeline.cycle.plan import PlanReport, PlanSettings
     from pipeline.ingest.fetch import FetchPolicy
     from pipeline.ingest.run import SourceOutcome
     from pipeline.render import Renderer
+    from pipeline.web.readers import ManagedReader, ReaderForm
     from pipeline.web.tokens import TokenSigner
 
 log = logging.getLogger("paperpost.app")
+
+_IMPORT_CHUNK = 5_000  # readers per import transaction
 
 Clock = Callable[[], datetime]
 
@@ -59,6 +69,24 @@ def holder_name() -> str:
 
 class UnknownReaderError(PaperpostError, LookupError):
     """No reader with that address in the database."""
+
+
+class RecipientRefusedError(PaperpostError):
+    """``send-test`` to an unknown or unsubscribed address without ``force``."""
+
+
+@dataclass(frozen=True)
+class NextDigest:
+    """A reader's next digest as it stands (:meth:`App.next_digest`): its HTML and
+    subject, or ``nothing``, the reason nothing would be sent."""
+
+    email: str
+    period_key: str
+    due_at: datetime
+    subject: str | None = None
+    html: str | None = None
+    papers: int = 0
+    nothing: str | None = None
 
 
 @dataclass
@@ -106,7 +134,11 @@ class App:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store.open(self.config.database_url)
+            try:
+                self._store = Store.open(self.config.database_url)
+            except ImportError as exc:  # the driver is an extra: say which, no traceback
+                problem = database_driver_problem(self.config.database_url, missing=exc.name)
+                raise PaperpostError(problem or str(exc)) from None
         return self._store
 
     def close(self) -> None:
@@ -215,15 +247,45 @@ class App:
     ) -> list[Reader]:
         return list(self.store.list_readers(statuses=statuses, origin=origin))
 
-    def import_subscribers(self, path: Path, *, now: datetime | None = None) -> SyncStats:
+    def import_subscribers(
+        self, path: Path, *, now: datetime | None = None, progress: Progress | None = None
+    ) -> SyncStats:
         """Add or update readers from a CSV or JSON Lines file (validated like the config's
         ``[[subscribers]]``; every bad record is reported with its line, nothing is written
-        unless the whole file is valid)."""
+        unless the whole file is valid). The valid file is written ``_IMPORT_CHUNK``
+        readers per transaction, so a progress display can follow a large one; importing
+        the same file again after an interruption completes it (the upsert is
+        idempotent)."""
+        now = now or self.clock()
+        show = progress or Progress()
+        show.start("read", f"validating {path.name}")
         subscribers = read_subscribers(path)
-        return self.store.import_subscribers(subscribers, now=now or self.clock())
+        show.finish("read", f"{len(subscribers)} valid records")
+        show.start("import", "importing readers", len(subscribers))
+        totals = SyncStats(added=0, updated=0, removed=0, suppressed=0)
+        for begin in range(0, len(subscribers), _IMPORT_CHUNK):
+            chunk = subscribers[begin : begin + _IMPORT_CHUNK]
+            stats = self.store.import_subscribers(chunk, now=now)
+            totals = SyncStats(
+                **{
+                    f.name: getattr(totals, f.name) + getattr(stats, f.name)
+                    for f in dataclasses.fields(SyncStats)
+                }
+            )
+            show.advance("import", len(chunk))
+        show.finish("import", f"{totals.added} added, {totals.updated} updated")
+        return totals
 
     def unsubscribe(self, email: str, *, now: datetime | None = None, reason: str = "link") -> bool:
-        return self.store.unsubscribe(email, now=now or self.clock(), reason=reason)
+        changed = self.store.unsubscribe(email, now=now or self.clock(), reason=reason)
+        if changed:
+            log.info(
+                "unsubscribed %s (%s)",
+                email,
+                reason,
+                extra={"event": "unsubscribe", "subscriber": email, "reason": reason},
+            )
+        return changed
 
     def resubscribe(self, email: str, *, now: datetime | None = None) -> bool:
         return self.store.resubscribe(email.strip().lower(), now=now or self.clock())
@@ -231,14 +293,130 @@ class App:
     def record_feedback(
         self, email: str, paper_id: str, signal: str, *, now: datetime | None = None
     ) -> bool:
-        return self.store.record_feedback(email, paper_id, signal, now=now or self.clock())
+        recorded = self.store.record_feedback(email, paper_id, signal, now=now or self.clock())
+        if recorded:
+            log.info(
+                "feedback %s on %s from %s",
+                signal,
+                paper_id,
+                email,
+                extra={
+                    "event": "feedback",
+                    "subscriber": email,
+                    "paper": paper_id,
+                    "signal": signal,
+                },
+            )
+        return recorded
+
+    # -- the reader's own pages: subscribe, confirm, manage (docs/readers.md) -----------------
+    def request_signup(self, email: str, form: ReaderForm, *, now: datetime | None = None) -> str:
+        """Validate a subscribe form (``FormError``), record a pending self-service reader
+        and mail its one confirmation link. Returns the store's outcome; only ``created``
+        and ``renewed`` send anything. Blocking (it sends): call it off the event loop."""
+        import secrets
+
+        from pipeline.cycle.signup import subscriber_from_form
+
+        now = now or self.clock()
+        subscriber = subscriber_from_form(self.config, email, form)
+        signup = self.store.add_pending(subscriber, nonce=secrets.token_urlsafe(24), now=now)
+        if signup.nonce is None:
+            log.info("sign-up for a known or suppressed address: nothing sent")
+            return signup.outcome
+        lifetime = timedelta(hours=self.config.file.web.confirm_hours)
+        token = self.signer().sign(
+            subscriber=subscriber.email,
+            action="confirm",
+            paper=signup.nonce,
+            now=now,
+            lifetime=lifetime,
+        )
+        url = f"{self.config.file.web.base_url}/confirm/{token}"
+        try:
+            asyncio.run(self._send_confirmation(subscriber.email, url, now))
+        except PaperpostError as exc:  # the page answers as always; the reader may retry
+            log.error("could not send the confirmation to %s: %s", subscriber.email, exc)
+        return signup.outcome
+
+    async def _send_confirmation(self, email: str, url: str, now: datetime) -> None:
+        from pipeline.cycle.signup import confirmation_envelope
+
+        mailer = self.mailer()
+        try:
+            await mailer.send(confirmation_envelope(self.config, email, url, now=now))
+        finally:
+            await mailer.aclose()
+        log.info("confirmation link sent to %s", email)
+
+    def confirm_signup(self, email: str, nonce: str, *, now: datetime | None = None) -> bool:
+        lifetime = timedelta(hours=self.config.file.web.confirm_hours)
+        return self.store.confirm_signup(email, nonce, now=now or self.clock(), lifetime=lifetime)
+
+    def expire_signups(self, *, now: datetime | None = None) -> int:
+        """Delete the sign-ups nobody confirmed in time (``[web] confirm_hours``)."""
+        lifetime = timedelta(hours=self.config.file.web.confirm_hours)
+        expired = self.store.expire_signups(now=now or self.clock(), lifetime=lifetime)
+        if expired:
+            log.info("%d unconfirmed sign-ups expired", expired)
+        return expired
+
+    def managed_reader(self, email: str, *, now: datetime | None = None) -> ManagedReader | None:
+        from pipeline.cycle.signup import managed_view
+
+        record = self.store.reader_record(email)
+        return managed_view(record, now=now or self.clock()) if record else None
+
+    def edit_reader(self, email: str, form: ReaderForm, *, now: datetime | None = None) -> bool:
+        """The manage page's preferences form (``FormError`` for bad input). A config
+        reader's edits are kept as overrides that win over the file until reset."""
+        from pipeline.cycle.signup import editable_values, subscriber_from_form
+
+        record = self.store.reader_record(email)
+        if record is None:
+            return False
+        base = record.reader.subscriber
+        edited = subscriber_from_form(self.config, base.email, form, base=base)
+        return self.store.edit_reader(email, editable_values(edited), now=now or self.clock())
+
+    def reset_overrides(self, email: str, *, now: datetime | None = None) -> bool:
+        """Drop the reader's own edits; the file's settings are written back at once."""
+        now = now or self.clock()
+        if not self.store.reset_overrides(email, now=now):
+            return False
+        self.sync(now=now)
+        return True
+
+    def pause(self, email: str, weeks: int, *, now: datetime | None = None) -> bool:
+        """No digests for ``weeks`` weeks (0: resume now)."""
+        now = now or self.clock()
+        until = now + timedelta(weeks=weeks) if weeks > 0 else None
+        return self.store.pause(email, until, now=now)
+
+    def undo_feedback(self, email: str, paper_id: str, *, now: datetime | None = None) -> bool:
+        return self.store.undo_feedback(email, paper_id, now=now or self.clock())
+
+    def resubscribe_reader(self, email: str, *, now: datetime | None = None) -> bool:
+        """The reader's own resubscribe (manage page); refused for a suppressed address."""
+        return self.store.resubscribe_reader(email, now=now or self.clock())
+
+    def export_reader(self, email: str) -> dict[str, object] | None:
+        return self.store.export_reader(email)
+
+    def erase_reader(self, email: str, *, now: datetime | None = None) -> bool:
+        return self.store.erase_reader(email, now=now or self.clock())
 
     # -- the cycle ---------------------------------------------------------------------------
     async def ingest(
-        self, *, now: datetime | None = None, sources: Collection[str] | None = None
+        self,
+        *,
+        now: datetime | None = None,
+        sources: Collection[str] | None = None,
+        progress: Progress | None = None,
     ) -> list[SourceOutcome]:
         """Fetch the enabled sources (``sources``: only these names), store new papers, and
-        fetch the metadata of liked papers the database lacks."""
+        fetch the metadata of liked papers the database lacks. Each source logs its own
+        ``source.fetched`` or ``source.failed`` record (pipeline.ingest.run)."""
         from pipeline.ingest.fetch import Fetcher
         from pipeline.ingest.run import SourceSpec, fetch_papers_by_id, ingest_sources
 
@@ -254,6 +432,8 @@ class App:
             for s in config.sources
             if s.enabled and (sources is None or s.name in sources)
         ]
+        show = progress or Progress()
+        show.start("ingest", "fetching sources", len(specs))
         # Building the HTTP client loads the CA bundle (tens of ms of CPU): off the loop.
         fetcher = await asyncio.to_thread(Fetcher, self._fetch_policy())
         try:
@@ -263,6 +443,7 @@ class App:
                 fetcher,
                 now=now,
                 failure_alert=config.file.ingest.alert_after_failures,
+                on_outcome=lambda _outcome: show.advance("ingest"),
             )
             liked = await asyncio.to_thread(store.liked_paper_ids)
             missing = sorted(liked - set(await asyncio.to_thread(store.papers_by_id, liked)))
@@ -273,18 +454,11 @@ class App:
                     log.warning("could not fetch metadata of liked papers %s: %s", missing, exc)
         finally:
             await fetcher.aclose()
-        for o in outcomes:
-            if o.ok:
-                log.info(
-                    "source %s: %d entries, %d new, %d updated",
-                    o.name,
-                    o.entries,
-                    o.new,
-                    o.updated,
-                    extra={"source": o.name},
-                )
-            else:
-                log.error("source %s failed: %s", o.name, o.error, extra={"source": o.name})
+        failed = sum(1 for o in outcomes if not o.ok)
+        show.finish(
+            "ingest",
+            f"{sum(o.new for o in outcomes)} new papers" + (f", {failed} failed" if failed else ""),
+        )
         await asyncio.to_thread(
             store.record_run,
             "ingest",
@@ -309,8 +483,11 @@ class App:
         mailer: Mailer | None = None,
         write_previews: bool = False,
         stopping: asyncio.Event | None = None,
+        progress: Progress | None = None,
+        holder: str | None = None,
     ) -> DeliverReport:
-        """Send what the outbox holds that is due."""
+        """Send what the outbox holds that is due (claims held as ``holder``, default this
+        process's ``host:pid``)."""
         from pipeline.cycle.compose import make_composer
         from pipeline.cycle.deliver import Deliverer
 
@@ -323,17 +500,33 @@ class App:
             mailer,
             composer,
             clock=self.clock,
-            holder=self.holder,
+            holder=holder or self.holder,
             write_previews=write_previews,
+            on_settled=(lambda _outcome: progress.advance("deliver")) if progress else None,
         )
         if stopping is not None:
             deliverer.stopping = stopping  # SIGTERM: finish the messages in hand, claim no more
         try:
             return await deliverer.run()
         finally:
-            await asyncio.to_thread(composer.close)  # joins worker processes, if any
+            await asyncio.to_thread(composer.close)
             if own_mailer:
                 await mailer.aclose()
+
+    async def deliver_batch(
+        self, *, holder: str, mailer: Mailer, stopping: asyncio.Event | None = None
+    ) -> DeliverReport:
+        """A runner's delivery job: :meth:`deliver` as ``holder`` (``host:pid:job-N``, so a
+        re-run of the job cannot pass for it) through the worker's long-lived ``mailer``.
+        The outbox claim decides who sends what: a job that runs twice sends nothing twice."""
+        return await self.deliver(mailer=mailer, stopping=stopping, holder=holder)
+
+    async def ingest_source(self, name: str, *, now: datetime | None = None) -> SourceOutcome:
+        """A runner's ingest job: fetch one enabled source by name (see :meth:`ingest`)."""
+        outcomes = await self.ingest(now=now, sources={name})
+        if not outcomes:
+            raise PaperpostError(f"no enabled source {name!r} in {self.config.path}")
+        return outcomes[0]
 
     async def dispatch(
         self,
@@ -341,55 +534,115 @@ class App:
         mailer: Mailer | None = None,
         write_previews: bool = False,
         stopping: asyncio.Event | None = None,
+        progress: Progress | None = None,
     ) -> tuple[PlanReport, DeliverReport]:
         """Plan every due digest, then send everything the outbox holds that is due."""
         now = self.clock()
+        show = progress or Progress()
         # Planning is CPU and database work: off the event loop, so the daemon's web
         # endpoints keep answering while a large tick is matched.
         log.info("planning the digests due at %s", now.isoformat(timespec="seconds"))
+        show.start("plan", "planning due digests")
         began = time.monotonic()
         plan = await asyncio.to_thread(self.plan, now=now)
+        seconds = round(time.monotonic() - began, 3)
+        papers = sum(plan.items.values())
         log.info(
-            "planned %d digests for %d due readers in %.1f s; delivering",
+            "planned %d digests (%d papers) for %d due readers in %.1f s; delivering",
             plan.planned,
+            papers,
             plan.due,
-            time.monotonic() - began,
-        )
-        report = await self.deliver(mailer=mailer, write_previews=write_previews, stopping=stopping)
-        await asyncio.to_thread(
-            self.store.record_run,
-            "dispatch",
-            started=now,
-            finished=self.clock(),
-            summary={
+            seconds,
+            extra={
+                "event": "period.planned",
+                "readers": plan.due,
                 "planned": plan.planned,
-                "sent": report.sent,
-                "deferred": report.deferred,
-                "failed": report.failed,
-                "ambiguous": report.ambiguous,
+                "papers": papers,
+                "skipped_empty": plan.skipped_empty,
+                "already_planned": plan.already_planned,
+                "seconds": seconds,
+            },
+        )
+        show.finish("plan", f"{plan.planned} planned for {plan.due} due readers")
+        if progress is not None:
+            pending = await asyncio.to_thread(self.store.outbox_counts)
+            show.start("deliver", "sending digests", pending.get("pending", 0))
+        report = await self.deliver(
+            mailer=mailer, write_previews=write_previews, stopping=stopping, progress=progress
+        )
+        show.finish("deliver", _deliver_note(report))
+        summary: dict[str, object] = {
+            "planned": plan.planned,
+            "sent": report.sent,
+            "deferred": report.deferred,
+            "failed": report.failed,
+            "ambiguous": report.ambiguous,
+        }
+        if report.aborted:
+            summary["aborted"] = report.aborted
+        await asyncio.to_thread(
+            self.store.record_run, "dispatch", started=now, finished=self.clock(), summary=summary
+        )
+        log.log(
+            logging.ERROR if run_failed(report) else logging.INFO,
+            "dispatch finished: %s",
+            _deliver_note(report),
+            extra={
+                "event": "dispatch.finished",
+                **summary,
+                "seconds": round(time.monotonic() - began, 3),
             },
         )
         return plan, report
 
     async def run_once(
-        self, *, mailer: Mailer | None = None, write_previews: bool = False
+        self,
+        *,
+        mailer: Mailer | None = None,
+        write_previews: bool = False,
+        progress: Progress | None = None,
     ) -> CycleReport:
         """One full cycle now: sync, ingest every source, plan what is due, deliver."""
         now = self.clock()
         await asyncio.to_thread(self.sync, now=now)
-        outcomes = await self.ingest(now=now)
-        plan, delivered = await self.dispatch(mailer=mailer, write_previews=write_previews)
+        outcomes = await self.ingest(now=now, progress=progress)
+        plan, delivered = await self.dispatch(
+            mailer=mailer, write_previews=write_previews, progress=progress
+        )
         return CycleReport(sources=outcomes, plan=plan, deliver=delivered)
 
     # -- looking without sending -------------------------------------------------------------
-    def preview(self, email: str, *, now: datetime | None = None) -> Path:
-        """Render the reader's next digest to an HTML file without sending or recording."""
-        from pipeline.cycle.deliver import preview_path
-        from pipeline.cycle.digest import build_digest
+    def next_digest(self, email: str, *, now: datetime | None = None) -> NextDigest:
+        """The reader's next digest as planning would make it now (their window up to
+        now, the same matcher, the papers already reserved left out) and as delivery
+        would render it; or why nothing would be sent (the reader is not active, or
+        nothing matched and their ``on_empty`` is ``skip``). Sends and records nothing."""
         from pipeline.cycle.plan import match_inputs
 
         now = now or self.clock()
         reader = self.reader(email)
+        subscriber = reader.subscriber
+        # The next send: the period due now if planning has not reached it yet, or the
+        # row already planned and waiting (sent as frozen), else the next period.
+        period = latest_due_period(subscriber.schedule, now)
+        rows = (
+            self.store.list_deliveries(subscriber_id=reader.id, period_key=period.key, limit=1)
+            if period is not None
+            else []
+        )
+        if period is None or (rows and rows[0].status != "pending"):
+            period = next_due_period(subscriber.schedule, now)
+        elif rows and reader.status == "active":
+            planned = self.store.load_delivery(rows[0].id)
+            if planned is not None:
+                return self._render_next(planned, now=now)
+        if reader.status != "active":
+            return NextDigest(
+                subscriber.email,
+                period.key,
+                period.due_at,
+                nothing=f"the reader is {reader.status}",
+            )
         with self._model_errors():
             inputs = match_inputs(self.store, self.planning, [reader], now=now)
         [items] = inputs.matcher.match(
@@ -398,14 +651,20 @@ class App:
             exclude_ids=[inputs.reserved.get(reader.id, set())],
             liked=inputs.liked,
         )
+        if not items and subscriber.on_empty == "skip":
+            return NextDigest(
+                subscriber.email,
+                period.key,
+                period.due_at,
+                nothing="no new papers match, and the reader's on_empty is skip",
+            )
         by_id = {p.id: p for p in inputs.papers}
-        subscriber = reader.subscriber
         delivery = Delivery(
             id=0,
             subscriber_id=reader.id,
             email=subscriber.email,
             name=subscriber.name,
-            period_key=next_due_period(subscriber.schedule, now).key,
+            period_key=period.key,
             status="preview",
             attempts=0,
             message_id="<preview@paperpost>",
@@ -421,11 +680,46 @@ class App:
             schedule=subscriber.schedule,
             subscriber_version=reader.version,
         )
-        digest = build_digest(self.config, self.signer(), delivery, subscriber.schedule, now=now)
+        return self._render_next(delivery, now=now, due_at=period.due_at)
+
+    def _render_next(
+        self, delivery: Delivery, *, now: datetime, due_at: datetime | None = None
+    ) -> NextDigest:
+        """Render ``delivery`` as the sender would (pipeline.cycle.compose does the same)."""
+        from pipeline.cycle.digest import build_digest
+
+        digest = build_digest(self.config, self.signer(), delivery, delivery.schedule, now=now)
         rendered = self.renderer().render(digest)
-        path = preview_path(self.config.preview_dir, subscriber.email)
+        return NextDigest(
+            delivery.email,
+            delivery.period_key,
+            due_at or delivery.created_at,
+            subject=rendered.subject,
+            html=rendered.html,
+            papers=len(delivery.items),
+        )
+
+    def preview_file(self, email: str) -> Path:
+        """Where ``preview`` writes ``email``'s next digest: beside, never over, the
+        delivered digest's preview (``run --previews``)."""
+        from pipeline.cycle.deliver import preview_path
+
+        delivered = preview_path(self.config.preview_dir, email)
+        return delivered.with_name(delivered.stem + ".next.html")
+
+    def preview(self, email: str, *, now: datetime | None = None) -> Path | None:
+        """Write the reader's next digest (:meth:`next_digest`) to its own HTML file;
+        None, and no file (an older one is removed), when nothing would be sent."""
+        upcoming = self.next_digest(email, now=now)
+        return self.write_preview(upcoming)
+
+    def write_preview(self, upcoming: NextDigest) -> Path | None:
+        path = self.preview_file(upcoming.email)
+        if upcoming.html is None:
+            path.unlink(missing_ok=True)
+            return None
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(rendered.html, encoding="utf-8")
+        path.write_text(upcoming.html, encoding="utf-8")
         return path
 
     def explain(self, email: str, paper_id: str, *, now: datetime | None = None) -> str:
@@ -475,11 +769,24 @@ class App:
             lines.append("not planned yet: this is the reader's next digest as it stands now")
         return "\n".join(lines)
 
-    async def send_test(self, email: str, *, now: datetime | None = None) -> str:
-        """One real test message to ``email`` (nothing recorded); the server's reply."""
-        from pipeline.cycle.sendtest import send_test
+    async def send_test(
+        self, email: str, *, now: datetime | None = None, force: bool = False
+    ) -> str:
+        """One real test message to ``email`` (nothing recorded); the server's reply.
+
+        An unknown or unsubscribed address is refused (:class:`RecipientRefusedError`)
+        unless ``force``; forced, the send goes ahead with a logged warning."""
+        from pipeline.cycle.sendtest import recipient_warning, send_test
 
         now = now or self.clock()
+        reader = await asyncio.to_thread(self.store.reader_by_email, email)
+        warning = recipient_warning(email, reader)
+        if warning and not force:
+            raise RecipientRefusedError(
+                f"send-test: {warning}; nothing sent (add --force to send anyway)"
+            )
+        if warning:
+            log.warning("send-test: %s; sending anyway (--force)", warning)
         recent = await asyncio.to_thread(
             self.store.papers_seen_between, now - timedelta(days=30), now
         )
@@ -503,6 +810,9 @@ class App:
         """Load the templates and the embedding model now; a summary line for each."""
         from pipeline.cycle.plan import check_embedding_model
 
+        problem = database_driver_problem(self.config.database_url)
+        if problem is not None:
+            raise config_error(self.config, ("database", "url"), problem)
         self.renderer().check()
         return [f"match: {check_embedding_model(self.config)}"]
 
@@ -552,11 +862,74 @@ class App:
     def source_states(self) -> list[SourceState]:
         return self.store.source_states()
 
+    def health(self, *, now: datetime | None = None) -> Health:
+        """The verdict, "ok" or "degraded" with its reasons (pipeline.cycle.health): the
+        last delivery run failed, a source has failed for 24 h, digests failed lately."""
+        from pipeline.cycle.health import assess
+
+        config, store = self.config, self.store
+        default = config.file.ingest.interval_minutes
+        return assess(
+            runs=store.last_runs(20),
+            sources=store.source_states(),
+            intervals={
+                s.name: timedelta(minutes=s.interval_minutes or default)
+                for s in config.file.sources
+                if s.enabled
+            },
+            failed=store.list_deliveries(statuses=("failed",), limit=100),
+            now=now or self.clock(),
+        )
+
+    def paper_title(self, paper_id: str) -> str | None:
+        """The stored paper's title (feedback pages name the paper by it); None if unknown."""
+        paper = self.store.papers_by_id([paper_id]).get(paper_id)
+        return paper.title if paper is not None else None
+
     def paper_count(self) -> int:
         return self.store.count_papers()
 
     def outbox_counts(self) -> dict[str, int]:
         return self.store.outbox_counts()
+
+    # -- bounces, complaints, mailed unsubscribes (docs/bounces.md) -------------------------
+    def process_bounces(self, *, now: datetime | None = None) -> BounceReport:
+        """Read the bounce mailbox once: record each new report, suppress what the rules
+        say, mark the messages (blocking: call it off the event loop)."""
+        from pipeline.bounces.process import process_mailbox
+        from pipeline.bounces.settings import bounce_settings, open_mailbox
+
+        settings = bounce_settings(self.config)
+        mailbox = open_mailbox(self.config)
+        try:
+            report = process_mailbox(self.store, mailbox, settings, now=now or self.clock())
+        finally:
+            mailbox.close()
+        if report.read:
+            log.info(
+                "bounce mailbox: %d read, %d hard, %d soft, %d complaints, %d unsubscribes, "
+                "%d suppressed, %d already recorded, %d ignored, %d malformed",
+                report.read,
+                report.hard,
+                report.soft,
+                report.complaints,
+                report.unsubscribes,
+                len(report.suppressed),
+                report.duplicates,
+                report.ignored,
+                report.malformed,
+            )
+        return report
+
+    def bounce_rates(self, *, now: datetime | None = None) -> BounceRates:
+        """Bounces and complaints against digests sent, over ``[bounces] rate_days`` (7)."""
+        bounces = self.config.file.bounces
+        days = bounces.rate_days if bounces is not None else 7
+        return self.store.bounce_rates(now=now or self.clock(), days=days)
+
+    def status_reasons(self) -> dict[str, str]:
+        """{address: reason} of the suppressed and unsubscribed readers."""
+        return self.store.status_reasons(("suppressed", "unsubscribed"))
 
     def last_runs(self, n: int) -> list[Run]:
         return self.store.last_runs(n)
@@ -570,11 +943,85 @@ class App:
             limit,
             (
                 (next_due_period(schedule, now).due_at, i)
-                for i, schedule in self.store.active_schedules().items()
+                for i, schedule in self.store.active_schedules(now=now).items()
             ),
         )
         readers = self.store.readers([i for _, i in due])  # only those shown
         return [(at, readers[i].email) for at, i in due if i in readers]
+
+
+# The module each database URL's driver lives in (SQLAlchemy's defaults for bare URLs).
+_DRIVERS = {"sqlite": "sqlite3", "pysqlite": "sqlite3"}
+
+
+def _default_postgresql_driver() -> str:
+    """SQLAlchemy 2.1 made psycopg (3) the default for ``postgresql://``; 2.0 psycopg2.
+    Read from the installed version, without importing SQLAlchemy here."""
+    try:
+        major, minor = (int(p) for p in importlib.metadata.version("sqlalchemy").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return "psycopg2"
+    return "psycopg" if (major, minor) >= (2, 1) else "psycopg2"
+
+
+def database_driver_problem(url: str, *, missing: str | None = None) -> str | None:
+    """Why ``url``'s database driver cannot be loaded (None: it can). PostgreSQL needs
+    the ``postgres`` extra; without it SQLAlchemy fails deep inside with an ImportError.
+    ``missing``: the module an ImportError named, when there was one."""
+    scheme = url.split(":", 1)[0]
+    backend, _, driver = scheme.partition("+")
+    if backend == "postgresql" and not driver:
+        driver = _default_postgresql_driver()
+    module = missing or _DRIVERS.get(driver or backend, driver or backend)
+    if missing is None:
+        try:
+            if importlib.util.find_spec(module) is not None:
+                return None
+        except (ImportError, ValueError):
+            pass
+    if backend != "postgresql":
+        hint = f"install the {module} module"
+    elif module.split(".")[0] == "psycopg":
+        hint = "pip install 'paperpost[postgres]' (README: Using PostgreSQL)"
+    else:  # the extra installs psycopg (3), which SQLAlchemy uses only when named
+        hint = "write the URL as postgresql+psycopg://… and pip install 'paperpost[postgres]'"
+    return (
+        f"database.url is a {scheme}:// URL, but its driver (Python module {module!r}) "
+        f"is not installed: {hint}"
+    )
+
+
+def run_failed(report: DeliverReport) -> bool:
+    """Whether a delivery run failed as a whole: it aborted, or it tried digests and
+    delivered none of them (every one failed or was deferred). A run with nothing due
+    did not fail. (``paperpost run --once`` exits 1 then; ``/healthz`` is degraded.)"""
+    from pipeline.cycle.health import run_failed as summary_failed
+
+    return summary_failed(
+        {
+            "sent": report.sent,
+            "failed": report.failed,
+            "deferred": report.deferred,
+            "ambiguous": report.ambiguous,
+            "aborted": report.aborted,
+        }
+    )
+
+
+def _deliver_note(report: DeliverReport) -> str:
+    parts = [f"{report.sent} sent"]
+    parts += [
+        f"{n} {what}"
+        for n, what in (
+            (report.failed, "failed"),
+            (report.deferred, "deferred"),
+            (report.ambiguous, "ambiguous"),
+        )
+        if n
+    ]
+    if report.aborted:
+        parts.append(f"aborted: {report.aborted}")
+    return ", ".join(parts)
 
 
 def _as_planned(delivery: Delivery, paper_id: str, selected: bool, version: int) -> str:
@@ -608,4 +1055,14 @@ async def run_once(
         return await app.run_once(mailer=mailer, write_previews=write_previews)
 
 
-__all__ = ["App", "CycleReport", "UnknownReaderError", "holder_name", "run_once", "utc_now"]
+__all__ = [
+    "App",
+    "CycleReport",
+    "NextDigest",
+    "RecipientRefusedError",
+    "UnknownReaderError",
+    "holder_name",
+    "run_failed",
+    "run_once",
+    "utc_now",
+]

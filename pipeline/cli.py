@@ -116,13 +116,35 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     with _app(args, read_only=True) as app:
         print(f"database at revision {app.upgrade_database()} (head)")
+        if app.config.file.daemon.runner == "procrastinate":
+            from pipeline.runner import apply_schema
+
+            applied = apply_schema(app.config)
+            print(f"procrastinate schema {'applied' if applied else 'already present'}")
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_worker(args: argparse.Namespace) -> int:
+    from pipeline.runner import run_worker
+
     config = _load(args)
-    with _app_for(config) as app:
-        report = asyncio.run(app.run_once(write_previews=args.previews))
+    if config.file.daemon.runner != "procrastinate":
+        print(
+            'paperpost: `worker` needs daemon.runner = "procrastinate" in '
+            f"{config.path} (docs/scaling.md)",
+            file=sys.stderr,
+        )
+        return 2
+    return run_worker(config, concurrency=args.concurrency, queues=args.queue)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.app import run_failed
+    from pipeline.logs import progress_display
+
+    config = _load(args)
+    with _app_for(config) as app, progress_display() as progress:
+        report = asyncio.run(app.run_once(write_previews=args.previews, progress=progress))
     failed = [o for o in report.sources if not o.ok]
     print(
         f"ingested {len(report.sources)} sources"
@@ -158,6 +180,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if d.aborted:
         print(f"delivery aborted: {d.aborted}", file=sys.stderr)
         return 1
+    if run_failed(d):  # every digest it tried failed: a cron job must notice
+        print(
+            f"paperpost: every due digest failed ({d.failed} failed, {d.deferred} deferred); "
+            "see `paperpost outbox --status failed`",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -180,7 +209,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     with _app(args) as app:
         app.sync()
-        path = app.preview(args.email)
+        upcoming = app.next_digest(args.email)
+        path = app.write_preview(upcoming)
+    due = upcoming.due_at.isoformat(timespec="minutes")
+    if path is None:
+        print(
+            f"{upcoming.email}: nothing would be sent for {upcoming.period_key} "
+            f"(due {due} UTC): {upcoming.nothing}; no preview written"
+        )
+        return 0
+    print(
+        f"{upcoming.email}, {upcoming.period_key} (due {due} UTC): {upcoming.papers} papers, "
+        f"subject {upcoming.subject!r}",
+        file=sys.stderr,
+    )
     print(path)
     if args.open:
         import webbrowser
@@ -230,12 +272,26 @@ def cmd_status(args: argparse.Namespace) -> int:
         print()
         counts = app.outbox_counts()
         print("outbox: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "empty"))
+        rates = app.bounce_rates()
+        print(
+            f"last {rates.days} days: {rates.sent} digests sent, "
+            f"{rates.bounces} bounces ({_rate(rates.bounce_rate)}), "
+            f"{rates.complaints} complaints ({_rate(rates.complaint_rate)})"
+        )
         for run in app.last_runs(4):
             print(
                 f"{run.kind} at {run.started_at.isoformat(timespec='seconds')}: "
                 f"{_run_summary(run.kind, run.summary)}"
             )
+        verdict = app.health()  # what /healthz says (docs/daemon.md, "Health")
+        print(f"health: {verdict.status}")
+        for reason in verdict.reasons:
+            print(f"  - {reason}")
     return 0
+
+
+def _rate(value: float | None) -> str:
+    return "no digests sent" if value is None else f"{value:.2%}"
 
 
 def _run_summary(kind: str, summary: dict[str, Any]) -> str:
@@ -303,12 +359,14 @@ def cmd_requeue(args: argparse.Namespace) -> int:
 def cmd_subscribers_list(args: argparse.Namespace) -> int:
     with _app(args, read_only=True) as app:
         readers = app.readers(statuses=args.status or None, origin=args.origin)
+        reasons = app.status_reasons()  # why a reader is suppressed or unsubscribed
     print(
         _table(
             [
                 (
                     r.email,
                     r.status,
+                    reasons.get(r.email, "") if r.status in ("suppressed", "unsubscribed") else "",
                     r.origin,
                     r.version,
                     r.subscriber.schedule.timezone,
@@ -317,15 +375,42 @@ def cmd_subscribers_list(args: argparse.Namespace) -> int:
                 )
                 for r in readers
             ],
-            ("subscriber", "status", "origin", "version", "timezone", "frequency", "send_at"),
+            (
+                "subscriber",
+                "status",
+                "reason",
+                "origin",
+                "version",
+                "timezone",
+                "frequency",
+                "send_at",
+            ),
         )
     )
     return 0
 
 
+def cmd_bounces_process(args: argparse.Namespace) -> int:
+    with _app(args) as app:
+        report = app.process_bounces()
+    print(
+        f"bounce mailbox: {report.read} read: {report.hard} hard bounces, {report.soft} soft, "
+        f"{report.complaints} complaints, {report.unsubscribes} unsubscribes by mail; "
+        f"{report.duplicates} already recorded, {report.ignored} with nothing to record, "
+        f"{report.malformed} malformed (flagged, see the log)"
+    )
+    for address in report.suppressed:
+        print(f"suppressed: {address}")
+    for address in report.unsubscribed:
+        print(f"unsubscribed: {address}")
+    return 0
+
+
 def cmd_subscribers_import(args: argparse.Namespace) -> int:
-    with _app(args, read_only=True) as app:
-        stats = app.import_subscribers(args.file)
+    from pipeline.logs import progress_display
+
+    with _app(args, read_only=True) as app, progress_display() as progress:
+        stats = app.import_subscribers(args.file, progress=progress)
     print(
         f"{args.file}: {stats.added} added, {stats.updated} updated, "
         f"{stats.skipped} skipped (the config file owns them), "
@@ -344,7 +429,7 @@ def cmd_subscribers_unsubscribe(args: argparse.Namespace) -> int:
 
 def cmd_send_test(args: argparse.Namespace) -> int:
     with _app(args) as app:
-        reply = asyncio.run(app.send_test(args.email))
+        reply = asyncio.run(app.send_test(args.email, force=args.force))
     print(f"server answered: {reply}")
     return 0
 
@@ -398,7 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("ingest", cmd_ingest, "fetch every source now and store new papers")
     preview = add(
-        "preview", cmd_preview, "render EMAIL's next digest to an HTML file, send nothing"
+        "preview",
+        cmd_preview,
+        "render EMAIL's next digest to its own HTML file (EMAIL.next.html), send nothing",
     )
     preview.add_argument("email")
     preview.add_argument("--open", action="store_true", help="open the file in a web browser")
@@ -408,6 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "sources and their health, next due digests, outbox counts")
     test = add("send-test", cmd_send_test, "send one test digest to EMAIL and show the reply")
     test.add_argument("email")
+    test.add_argument(
+        "--force",
+        action="store_true",
+        help="send even if EMAIL is not a subscriber or has unsubscribed",
+    )
     resub = add("resubscribe", cmd_resubscribe, "lift EMAIL's unsubscribe (explicit operator act)")
     resub.add_argument("email")
     outbox = add("outbox", cmd_outbox, "list digests in the outbox by state, subscriber, period")
@@ -434,7 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
     subs = add("subscribers", lambda _a: 0, "list, import or unsubscribe readers")
     subs_sub = subs.add_subparsers(dest="subscribers_command", required=True, metavar="ACTION")
     listing = subs_sub.add_parser("list", help="readers in the database, with status and origin")
-    listing.add_argument("--status", action="append", choices=("active", "unsubscribed", "removed"))
+    listing.add_argument(
+        "--status",
+        action="append",
+        choices=("active", "pending", "unsubscribed", "suppressed", "removed"),
+    )
     listing.add_argument("--origin", choices=("config", "import", "self-service"))
     listing.set_defaults(func=cmd_subscribers_list)
     bulk = subs_sub.add_parser(
@@ -445,8 +541,21 @@ def build_parser() -> argparse.ArgumentParser:
     off = subs_sub.add_parser("unsubscribe", help="unsubscribe EMAIL as the operator")
     off.add_argument("email")
     off.set_defaults(func=cmd_subscribers_unsubscribe)
+    bounces = add("bounces", lambda _a: 0, "read bounces, complaints and mailed unsubscribes")
+    bounces_sub = bounces.add_subparsers(dest="bounces_command", required=True, metavar="ACTION")
+    process = bounces_sub.add_parser(
+        "process", help="read the bounce mailbox once and suppress what it reports"
+    )
+    process.set_defaults(func=cmd_bounces_process)
     add("daemon", cmd_daemon, "run the scheduler and web endpoints until stopped")
     add("reload", cmd_reload, "tell the running daemon to reload its config (SIGHUP)")
+    work = add("worker", cmd_worker, "run delivery jobs (runner = procrastinate) until stopped")
+    work.add_argument(
+        "--concurrency", type=int, metavar="N", help="jobs at once (default [worker] concurrency)"
+    )
+    work.add_argument(
+        "--queue", action="append", metavar="NAME", help="queue to serve (default [worker] queue)"
+    )
     db = add("db", lambda _a: 0, "database commands")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     up = db_sub.add_parser("upgrade", help="apply Alembic migrations up to the newest")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import html
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.applications import Starlette
@@ -39,8 +41,12 @@ from pipeline.errors import ConfigError, PaperpostError
 from pipeline.schedule.due import sources_due
 from pipeline.schedule.scheduler import PeriodicJob, Scheduler
 from pipeline.web.app import create_app
-from pipeline.web.metrics import exposition, pipeline_metrics
+from pipeline.web.metrics import bounce_metrics, exposition, pipeline_metrics
+from pipeline.web.readers import ManagedReader, ReaderForm, SubscribeSettings
 from pipeline.web.tokens import TokenSigner
+
+if TYPE_CHECKING:
+    from pipeline.runner import Dispatcher
 
 log = logging.getLogger("paperpost.daemon")
 
@@ -100,6 +106,13 @@ class Daemon:
         self.stopping = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._dispatch_started = False
+        # runner = "procrastinate": the dispatch tick plans, then defers delivery jobs that
+        # `paperpost worker` processes run (pipeline/runner, docs/scaling.md).
+        self.runner: Dispatcher | None = None
+        if config.file.daemon.runner == "procrastinate":
+            from pipeline.runner import Dispatcher
+
+            self.runner = Dispatcher(config)
         self.scheduler = Scheduler(
             self._jobs(config),
             leases=self.store,
@@ -123,7 +136,22 @@ class Daemon:
             # start's digests contain the papers that ingest is about to store.
             PeriodicJob("dispatch", every, self._dispatch, run_at_start=False),
             PeriodicJob("maintenance", self.options.maintenance_every, self._maintenance),
+            PeriodicJob("expire-signups", self.options.maintenance_every, self._expire_signups),
+            *self._bounce_jobs(config),
         ]
+
+    def _bounce_jobs(self, config: Config) -> list[PeriodicJob]:
+        """Poll the bounce mailbox, when there is one ([bounces], docs/bounces.md)."""
+        bounces = config.file.bounces
+        if bounces is None:
+            return []
+        return [PeriodicJob("bounces", timedelta(minutes=bounces.poll_minutes), self._bounces)]
+
+    async def _bounces(self) -> None:
+        try:
+            await asyncio.to_thread(self.core.process_bounces)
+        except PaperpostError as exc:  # the mailbox is down: try again next time
+            log.error("reading the bounce mailbox failed: %s", exc)
 
     async def _ingest(self) -> None:
         try:
@@ -154,6 +182,11 @@ class Daemon:
         if self.stopping.is_set():
             return
         began = time.monotonic()
+        if self.runner is not None:
+            await self._dispatch_jobs(self.runner)
+            self.stats.dispatch_runs += 1
+            self.stats.dispatch_seconds += time.monotonic() - began
+            return
         plan, report = await self.core.dispatch(stopping=self.stopping)
         self.stats.dispatch_runs += 1
         self.stats.dispatch_seconds += time.monotonic() - began
@@ -171,6 +204,21 @@ class Daemon:
             report.failed,
         )
 
+    async def _dispatch_jobs(self, runner: Dispatcher) -> None:
+        """The clock's half with workers: write this tick's outbox rows (the matcher fitted
+        once, here), then defer delivery jobs. Killed in between, the workers' sweep defers
+        them instead."""
+        now = self.clock()
+        plan = await asyncio.to_thread(self.core.plan, now=now)
+        deferred = await runner.defer_deliveries(self.core)
+        log.info(
+            "dispatch tick by %s: %d planned for %d due readers; %d delivery jobs deferred",
+            self.holder,
+            plan.planned,
+            plan.due,
+            deferred,
+        )
+
     async def _maintenance(self) -> None:
         alert = self.config.file.ingest.alert_after_failures
         for state in await asyncio.to_thread(self.core.source_states):
@@ -183,14 +231,26 @@ class Daemon:
                     extra={"source": state.name},
                 )
 
+    async def _expire_signups(self) -> None:
+        """Delete sign-ups nobody confirmed within ``[web] confirm_hours``."""
+        await asyncio.to_thread(self.core.expire_signups)
+
     # -- web -------------------------------------------------------------------------------
     def _make_app(self, config: Config) -> Starlette:
+        backend = DaemonWebBackend(self)
+        web = config.file.web
         return create_app(
-            DaemonWebBackend(self),
+            backend,
             TokenSigner(config.secrets.link_keys),
             admin_token=config.secrets.admin_token,
             clock=self.clock,
             list_name=config.file.mail.list_name,
+            readers=backend,
+            subscribe=SubscribeSettings(
+                enabled=web.subscribe,
+                per_address_per_hour=web.subscribe_per_address_per_hour,
+                per_client_per_hour=web.subscribe_per_client_per_hour,
+            ),
         )
 
     async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -263,6 +323,8 @@ class Daemon:
             )
         )
         await asyncio.to_thread(self.core.sync)
+        if self.runner is not None:
+            await self.runner.open()
         await self.scheduler.start()
         serving = asyncio.create_task(server.serve(sockets=[listener]))
         stop_wait = asyncio.create_task(self._stop_requested.wait())
@@ -286,6 +348,8 @@ class Daemon:
         stop_wait.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if self.runner is not None:
+            await self.runner.close()
         await asyncio.to_thread(self.core.close)
         log.warning(
             "daemon %s stopped (%s)",
@@ -317,21 +381,65 @@ class DaemonWebBackend:
     def record_feedback(self, email: str, paper_id: str, signal: str, *, now: datetime) -> bool:
         return self._daemon.core.record_feedback(email, paper_id, signal, now=now)
 
+    # The reader's own pages (web.readers.ReaderBackend).
+    def request_signup(self, email: str, form: ReaderForm, *, now: datetime) -> None:
+        self._daemon.core.request_signup(email, form, now=now)
+
+    def confirm_signup(self, email: str, nonce: str, *, now: datetime) -> bool:
+        return self._daemon.core.confirm_signup(email, nonce, now=now)
+
+    def managed_reader(self, email: str, *, now: datetime) -> ManagedReader | None:
+        return self._daemon.core.managed_reader(email, now=now)
+
+    def edit_reader(self, email: str, form: ReaderForm, *, now: datetime) -> bool:
+        return self._daemon.core.edit_reader(email, form, now=now)
+
+    def reset_overrides(self, email: str, *, now: datetime) -> bool:
+        return self._daemon.core.reset_overrides(email, now=now)
+
+    def pause(self, email: str, weeks: int, *, now: datetime) -> bool:
+        return self._daemon.core.pause(email, weeks, now=now)
+
+    def undo_feedback(self, email: str, paper_id: str, *, now: datetime) -> bool:
+        return self._daemon.core.undo_feedback(email, paper_id, now=now)
+
+    def resubscribe(self, email: str, *, now: datetime) -> bool:
+        return self._daemon.core.resubscribe_reader(email, now=now)
+
+    def export_reader(self, email: str) -> Mapping[str, object] | None:
+        return self._daemon.core.export_reader(email)
+
+    def erase_reader(self, email: str, *, now: datetime) -> bool:
+        return self._daemon.core.erase_reader(email, now=now)
+
+    def paper_title(self, paper_id: str) -> str | None:
+        return self._daemon.core.paper_title(paper_id)
+
     def render_preview(self, email: str) -> str | None:
         try:
-            path = self._daemon.core.preview(email)
+            upcoming = self._daemon.core.next_digest(email)
         except UnknownReaderError:
             return None
-        return path.read_text(encoding="utf-8")
+        if upcoming.html is None:  # a clearly marked page, never a digest that is not sent
+            return (
+                "<!doctype html><title>Nothing would be sent</title>"
+                f"<p>Nothing would be sent to {html.escape(upcoming.email)} for "
+                f"{html.escape(upcoming.period_key)}: {html.escape(upcoming.nothing or '')}.</p>"
+            )
+        return upcoming.html
 
     def health(self) -> Mapping[str, object]:
         d = self._daemon
         try:
             outbox = d.core.outbox_counts()
+            verdict = d.core.health()
         except Exception as exc:  # health reports, never raises
-            return {"ok": False, "database": type(exc).__name__}
+            return {"ok": False, "status": "down", "database": type(exc).__name__}
+        # Degraded is not down: 200 with the reasons (docs/daemon.md, "Health").
         return {
             "ok": True,
+            "status": verdict.status,
+            "reasons": list(verdict.reasons),
             "database": "ok",
             "instance": d.holder,
             "scheduler_lease": d.scheduler.holds_lease,
@@ -350,6 +458,7 @@ class DaemonWebBackend:
                 lease_held=d.scheduler.holds_lease,
                 counters=dataclasses.asdict(d.stats),
             )
+            + bounce_metrics(**dataclasses.asdict(d.core.bounce_rates()))
         )
 
 

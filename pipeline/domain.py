@@ -145,6 +145,7 @@ class Digest:
     trending: tuple[DigestItem, ...] = ()
     unsubscribe_url: str | None = None
     list_name: str = "Paperpost"
+    manage_url: str | None = None  # the reader's signed manage page
     reason_for_receiving: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 

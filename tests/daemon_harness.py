@@ -44,6 +44,7 @@ security = "none"
 
 [web]
 base_url = "http://127.0.0.1:{web_port}"
+allow_insecure_links = true
 listen_port = {web_port}
 secret_env = "PAPERPOST_TEST_SECRET"
 admin_token_env = "PAPERPOST_TEST_ADMIN"

@@ -1,4 +1,6 @@
-"""The HTML part opened in headless Chromium: screenshots at phone and desktop widths.
+"""The HTML part opened in headless Chromium: screenshots at phone and desktop widths, and
+the layout measured in the page (Playwright): no horizontal overflow, tap targets of at
+least 44 x 44 CSS px on a phone, the numbered summary on top linking to the papers.
 
 Chromium (Debian package ``chromium``) is installed by the set-up when absent
 and the tests run as root with apt-get; otherwise they are skipped with the
@@ -7,17 +9,20 @@ reason, unless PAPERPOST_REQUIRE_BROWSER is set, in which case they fail.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import struct
 import subprocess
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pipeline.domain import Digest, DigestItem, Paper
 from pipeline.render import Renderer, sample_digest
 
 pytestmark = pytest.mark.browser
@@ -187,3 +192,90 @@ def test_dark_mode_turns_the_page_dark(chromium: str, page: Path, tmp_path: Path
     image = screenshot(chromium, page, tmp_path, 375, 812, "--force-dark-mode")
     assert image.mean_luminance() < 0.35
     assert image.share_unlike(image.rgb[0, 0]) > 0.05
+
+
+# -- layout, driven by Playwright over the same Chromium -----------------------------------
+LAYOUT_SIZES = [("phone", 390, 844), ("desktop", 1280, 800)]
+_MEASURE = """() => {
+  const doc = document.documentElement;
+  const links = [...document.querySelectorAll('a')].map(a => {
+    const r = a.getBoundingClientRect();
+    return {text: a.textContent.trim().slice(0, 40), w: r.width, h: r.height};
+  });
+  const toc = [...document.querySelectorAll('.toc li a')].map(a => a.getAttribute('href'));
+  const targets = toc.map(h => !!document.getElementById(h.slice(1)));
+  const pre = document.querySelector('.preheader').getBoundingClientRect();
+  return {scrollWidth: doc.scrollWidth, innerWidth: window.innerWidth, links, toc, targets,
+          preheader: [pre.width, pre.height]};
+}"""
+
+
+def layout_digest() -> Digest:
+    """The sample plus papers that stress the layout: a long unbroken title, a paper known
+    only by title (a search link), many authors, enough matches to be grouped."""
+    base = sample_digest()
+    bare = Paper(
+        id="sha:e711222a",
+        title="Supercalifragilisticexpialidocious" * 3 + " with a long title",
+        abstract="A paper known only by title and abstract. It has no links.",
+        authors=tuple(f"Author {n}" for n in range(12)),
+    )
+    extra = tuple(
+        DigestItem(
+            dataclasses.replace(base.items[1].paper, id=f"2006.1{n:04d}", title=f"Paper {n}"),
+            0.3,
+            reason,
+            more_url="https://digest.lab.example/f/more/x",
+            less_url="https://digest.lab.example/f/less/x",
+        )
+        for n, reason in enumerate(["by Jonathan Ho", "in cs.LG", "matched ti:diffusion"] * 2)
+    )
+    return dataclasses.replace(
+        base, items=(*base.items, DigestItem(bare, 0.2, "close to your about text (0.31)"), *extra)
+    )
+
+
+@pytest.fixture(scope="module")
+def playwright_browser(chromium: str) -> Iterator[object]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if os.environ.get("PAPERPOST_REQUIRE_BROWSER"):
+            pytest.fail("the playwright package is not installed")
+        pytest.skip("the playwright package is not installed")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.mark.parametrize(
+    ("width", "height"), [(w, h) for _, w, h in LAYOUT_SIZES], ids=[n for n, *_ in LAYOUT_SIZES]
+)
+def test_layout_fits_has_big_tap_targets_and_the_summary_on_top(
+    playwright_browser: object, tmp_path: Path, width: int, height: int
+) -> None:
+    digest = layout_digest()
+    path = tmp_path / "digest.html"
+    path.write_text(Renderer().render(digest).html, encoding="utf-8")
+    page = playwright_browser.new_page(viewport={"width": width, "height": height})  # type: ignore[attr-defined]
+    try:
+        page.goto(path.as_uri())
+        found = page.evaluate(_MEASURE)
+        shot = decode_png(page.screenshot(full_page=False))
+    finally:
+        page.close()
+    assert found["scrollWidth"] <= found["innerWidth"] == width, found["scrollWidth"]
+    shown = len(digest.items) + len(digest.trending)
+    assert found["toc"] == [f"#paper-{n}" for n in range(1, shown + 1)]
+    assert all(found["targets"]), found["targets"]
+    assert found["preheader"] == [0, 0]  # hidden preview text
+    links = found["links"]
+    assert len(links) > 3 * shown
+    if width <= 480:  # narrow screens: every link is at least 44 x 44 CSS px
+        small = [link for link in links if link["w"] < 44 or link["h"] < 44]
+        assert not small, small[:5]
+    assert (shot.width, shot.height) == (width, height)
+    assert shot.share_unlike(shot.rgb[0, 0]) > 0.05 and shot.mean_luminance() > 0.6

@@ -174,8 +174,10 @@ CASES = [
     (
         "base-url-plain-http-to-remote-host",
         lambda t: t.replace('"https://digest.lab.example"', '"http://digest.lab.example"'),
-        "web.base_url: readers' links must use https:// (plain http only for a loopback host), "
-        "found 'http://digest.lab.example'",
+        "web: base_url 'http://digest.lab.example' is not https://: digests would lose the "
+        "one-click List-Unsubscribe-Post header (RFC 8058 needs https; Gmail and Yahoo require "
+        "it of bulk senders), and readers' unsubscribe and feedback links would travel in "
+        "clear text; use https://, or set allow_insecure_links = true for local testing only",
     ),
     (
         "bad-source-url-scheme",

@@ -22,6 +22,7 @@ LIBRARY_HOMES = {
     "starlette": {"web/", "daemon.py"},
     "uvicorn": {"daemon.py", "web/"},
     "itsdangerous": {"web/tokens.py"},
+    "procrastinate": {"runner/"},
     "pydantic": {"config/"},
     # optional (the embeddings extra), imported by name inside the adapter only
     "torch": {"match/embedding.py"},
@@ -126,10 +127,14 @@ def test_only_config_and_cli_read_the_environment() -> None:
 
 # The entry points reach the stages only through the application layer (pipeline/app.py).
 ENTRY_POINTS = {
-    "cli.py": {"app", "config", "errors", "logs", "daemon"},
-    # the daemon wires the clock (schedule) and the web app (web) around the application
-    "daemon.py": {"app", "config", "errors", "schedule", "web"},
+    "cli.py": {"app", "config", "errors", "logs", "daemon", "runner"},
+    # the daemon wires the clock (schedule) and the web app (web) around the application,
+    # and defers the runner's jobs (runner = "procrastinate")
+    "daemon.py": {"app", "config", "errors", "schedule", "web", "runner"},
 }
+# The runner's tasks are thin wrappers over the application's use cases: they reach the
+# stages only through it (domain: the Mailer port a worker holds for its life).
+RUNNER_REACHES = {"app", "config", "domain", "errors", "logs", "runner"}
 
 
 @pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
@@ -143,11 +148,25 @@ def test_entry_points_call_only_the_application_layer(entry: str) -> None:
     assert reached <= ENTRY_POINTS[entry], sorted(reached - ENTRY_POINTS[entry])
 
 
+def test_the_runner_calls_only_the_application_layer() -> None:
+    found = [rel for rel, _ in modules() if rel.startswith("runner/")]
+    assert found, "pipeline/runner/ is missing"
+    reached = {
+        (rel, name.split(".")[1])
+        for rel, tree in modules()
+        if rel.startswith("runner/")
+        for name in imported(tree)
+        if name.startswith("pipeline.") and len(name.split(".")) > 1
+    }
+    assert sorted(r for r in reached if r[1] not in RUNNER_REACHES) == []
+
+
 def test_the_application_layer_is_not_imported_by_the_stages_it_drives() -> None:
     offenders = [
         rel
         for rel, tree in modules()
         if rel not in ("app.py", *ENTRY_POINTS)
+        and not rel.startswith("runner/")  # an entry point too: the worker's tasks
         and any(n == "pipeline.app" or n.startswith("pipeline.app.") for n in imported(tree))
     ]
     assert offenders == []

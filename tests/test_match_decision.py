@@ -19,7 +19,7 @@ from pipeline.domain import MatchItem, Paper, Profile
 from pipeline.match import Decision, Matcher, MatchSettings, NotInPeriod, format_decision
 from pipeline.match.embedding import Embedder
 from pipeline.sources import parse_listing
-from tests.test_match_engine import NEW, WINDOW, _mixed_profiles
+from tests.test_match_engine import NEW, UNRANKED, WINDOW, _mixed_profiles
 
 SAMPLES = Path(__file__).resolve().parents[1] / "config" / "samples"
 NOW = datetime(2026, 8, 1, tzinfo=UTC)
@@ -45,6 +45,12 @@ def sample_matcher() -> Matcher:
 @pytest.fixture(scope="module")
 def matcher() -> Matcher:
     return Matcher.fit(WINDOW + NEW, MatchSettings(min_df=1))
+
+
+@pytest.fixture(scope="module")
+def unranked() -> Matcher:
+    """No ranking terms: every hit of a rule ties, so cuts follow the period's order."""
+    return Matcher.fit(WINDOW + NEW, UNRANKED)
 
 
 SAMPLE_PROFILES: list[tuple[str, Profile, set[str]]] = [
@@ -149,6 +155,7 @@ def test_the_sample_profiles_cover_every_outcome(sample_matcher: Matcher) -> Non
         "not_admitted",
         "below_threshold",
         "below_min_score",
+        "own_feedback",
     }
     assert admissions == {"query", "authors", "categories", "similarity", "trending"}
 
@@ -173,7 +180,8 @@ def test_a_trending_paper_in_the_digest_is_selected_by_trending(matcher: Matcher
     assert "40 upvotes, #2 of the papers open to them → not picked" in format_decision(runner_up)
 
 
-def test_a_paper_cut_by_max_items_can_fill_a_trending_slot(matcher: Matcher) -> None:
+def test_a_paper_cut_by_max_items_can_fill_a_trending_slot(unranked: Matcher) -> None:
+    matcher = unranked
     # five category hits tie at 0.5; max_items 1 keeps the first in period order and the
     # most upvoted of the rest (2401.00013, rank 3) takes the trending slot
     profile = Profile(categories=("cs.*", "quant-ph"), max_items=1, trending=1)
@@ -261,7 +269,7 @@ def test_a_paper_cut_by_max_items_can_fill_a_trending_slot(matcher: Matcher) -> 
     ],
 )
 def test_papers_left_out_say_why(
-    matcher: Matcher,
+    unranked: Matcher,
     profile: Profile,
     sent: set[str],
     paper: str,
@@ -269,6 +277,7 @@ def test_papers_left_out_say_why(
     excluded_by: tuple[str, ...],
     says: str,
 ) -> None:
+    matcher = unranked
     [items] = matcher.match([profile], NEW, exclude_ids=[sent])
     assert paper not in [i.paper_id for i in items]
     decision = matcher.decide(profile, NEW, paper, exclude_ids=sent)
@@ -310,7 +319,22 @@ def test_score_terms_add_up_to_the_ranked_score(matcher: Matcher) -> None:
     assert decision.similarity is not None
     assert sum(t.contribution for t in decision.terms) == pytest.approx(decision.similarity, 1e-6)
     assert decision.score == top.score
-    assert decision.score == pytest.approx(decision.boost + decision.similarity, abs=1e-6)
+    assert [(p.kind, p.rule) for p in decision.ranking] == [
+        ("bm25", "query"),
+        ("clauses", "query"),
+        ("typical", "query"),
+        ("typical", "categories"),
+        ("primary", "categories"),
+        ("trending", ""),  # the paper has Hugging Face upvotes
+    ]
+    assert all(0.0 <= p.value <= 1.0 for p in decision.ranking)
+    assert decision.rank_bonus > 0
+    assert decision.score == pytest.approx(
+        decision.boost + decision.similarity + decision.rank_bonus, abs=1e-5
+    )
+    text = format_decision(decision)
+    assert f"ranking     +{decision.rank_bonus:.4f}" in text
+    assert "bm25 (query)" in text and "primary (categories)" in text
     assert decision.ignored == ("9999.99999",)
     assert decision.similarity_threshold == 0.10
 

@@ -103,6 +103,17 @@ def matcher() -> Matcher:
     return Matcher.fit(WINDOW + NEW, MatchSettings(min_df=1))
 
 
+UNRANKED = MatchSettings(
+    min_df=1, rank_bm25=0.0, rank_clauses=0.0, rank_typical=0.0, rank_primary=0.0, rank_trending=0.0
+)
+
+
+@pytest.fixture(scope="module")
+def unranked() -> Matcher:
+    """The same matcher without ranking terms: every hit of a rule scores the same."""
+    return Matcher.fit(WINDOW + NEW, UNRANKED)
+
+
 def ids(items: list) -> list[str]:  # type: ignore[type-arg]
     return [item.paper_id for item in items]
 
@@ -176,7 +187,9 @@ def test_dislike_pushes_similar_papers_down(matcher: Matcher) -> None:
     # with the default min_score of 0 the disliked look-alike is dropped
     [default] = matcher.match([replace(disliking, min_score=0.0)], NEW)
     assert "2401.00014" not in ids(default)
-    assert lowered["2401.00014"] < 0
+    # min_score is compared before the ranking terms (they order, never admit)
+    decision = matcher.decide(replace(disliking, min_score=0.0), NEW, "2401.00014")
+    assert decision.why_not == "below_min_score" and decision.score < 0
 
 
 def test_max_items_and_min_score(matcher: Matcher) -> None:
@@ -187,8 +200,8 @@ def test_max_items_and_min_score(matcher: Matcher) -> None:
     assert none == []
 
 
-def test_ties_break_by_announce_type_then_id(matcher: Matcher) -> None:
-    [items] = matcher.match([Profile(categories=("cs.LG",))], NEW)
+def test_ties_break_by_announce_type_then_id(unranked: Matcher) -> None:
+    [items] = unranked.match([Profile(categories=("cs.LG",))], NEW)
     # equal scores: new (00011) before cross (00012) before replace (00014)
     assert ids(items) == ["2401.00011", "2401.00012", "2401.00014"]
 
@@ -349,11 +362,11 @@ def test_compact_result_gives_the_same_items_as_the_list_path(
     assert any(len(x) > 1 for x in expected) and any(x == [] for x in expected)
 
 
-def test_top_items_cut_ties_by_period_order(matcher: Matcher) -> None:
+def test_top_items_cut_ties_by_period_order(unranked: Matcher) -> None:
     # three cs.LG papers score 0.5 each: the cut keeps new before cross before replace
-    [two] = matcher.match([Profile(categories=("cs.LG",), max_items=2)], NEW)
+    [two] = unranked.match([Profile(categories=("cs.LG",), max_items=2)], NEW)
     assert ids(two) == ["2401.00011", "2401.00012"]
-    [one] = matcher.match([Profile(categories=("cs.LG",), max_items=1)], NEW)
+    [one] = unranked.match([Profile(categories=("cs.LG",), max_items=1)], NEW)
     assert ids(one) == ["2401.00011"]
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.errors import HeaderInjectionError
+from pipeline.config import Config, load_config
+from pipeline.domain import MessageHeaders
+from pipeline.errors import ConfigError, HeaderInjectionError
 from pipeline.mail import make_message_id, safe_header_value
 from pipeline.mail.headers import (
     ascii_addr_spec,
@@ -193,3 +197,101 @@ def test_date_is_utc_and_naive_dates_are_refused() -> None:
     )
     with pytest.raises(ValueError, match="no time zone"):
         format_date(datetime(2026, 11, 23, 8, 0))
+
+
+# -- what `check` (load_config) enforces for headers ------------------------------------
+CONFIG = """\
+[mail]
+from = "Digest <digest@lab.example>"
+{mail}
+[web]
+base_url = "{base_url}"
+secret_env = "PP_SECRET"
+{web}
+[[subscribers]]
+email = "{email}"
+"""
+ENV = {"PP_SECRET": "a-long-enough-secret-value"}
+
+
+def config_text(
+    *, base_url: str = "https://digest.lab.example", web: str = "", mail: str = "", **more: str
+) -> str:
+    return CONFIG.format(
+        base_url=base_url, web=web, mail=mail, email=more.get("email", "ada@lab.example")
+    )
+
+
+def load(tmp_path: Path, text: str) -> Config:
+    path = tmp_path / "paperpost.toml"
+    path.write_text(text, encoding="utf-8")
+    return load_config(path, env=ENV)
+
+
+def test_plain_http_links_are_refused_and_the_loss_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, config_text(base_url="http://127.0.0.1:8025"))
+    [problem] = info.value.problems
+    assert "web: base_url 'http://127.0.0.1:8025' is not https://" in problem
+    assert "one-click List-Unsubscribe-Post" in problem
+    assert "allow_insecure_links = true" in problem
+
+
+def test_allow_insecure_links_keeps_the_mailto_only(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        config_text(base_url="http://127.0.0.1:8025", web="allow_insecure_links = true\n"),
+    )
+    assert config.file.web.base_url == "http://127.0.0.1:8025"
+    headers = header_set(config)
+    assert headers.unsubscribe_url is None  # RFC 8058 one-click needs https
+    assert headers.unsubscribe_mailto == "mailto:unsubscribe@lab.example?subject=unsubscribe"
+
+
+def test_list_unsubscribe_always_has_the_https_url_and_a_mailto(tmp_path: Path) -> None:
+    derived = header_set(load(tmp_path, config_text()))
+    assert derived.unsubscribe_url is not None
+    assert derived.unsubscribe_url.startswith("https://digest.lab.example/unsubscribe/")
+    assert derived.unsubscribe_mailto == "mailto:unsubscribe@lab.example?subject=unsubscribe"
+    configured = header_set(
+        load(tmp_path, config_text(mail='unsubscribe_mailto = "leave@lists.lab.example"\n'))
+    )
+    assert configured.unsubscribe_mailto == "mailto:leave@lists.lab.example?subject=unsubscribe"
+
+
+def test_a_local_part_over_64_octets_is_refused_at_load(tmp_path: Path) -> None:
+    long_local = "a" * 65
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, config_text(email=f"{long_local}@lab.example"))
+    [problem] = info.value.problems
+    assert re.search(r"paperpost\.toml:\d+: subscribers\[0\]\.email: ", problem)
+    assert f"subscriber '{long_local}@lab.example'" in problem
+    assert "65 octets; RFC 5321 allows at most 64" in problem
+    assert load(tmp_path, config_text(email=f"{'a' * 64}@lab.example")).subscribers()
+
+
+def header_set(config: Config) -> MessageHeaders:
+    from pipeline.cycle.compose import make_signer
+    from pipeline.cycle.digest import build_digest, message_headers
+    from pipeline.domain import Schedule
+    from pipeline.store import Delivery
+
+    now = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+    schedule = Schedule("daily", now.time(), "UTC")
+    delivery = Delivery(
+        id=1,
+        subscriber_id=1,
+        email="ada@lab.example",
+        name="Ada",
+        period_key="2026-11-23",
+        status="claimed",
+        attempts=0,
+        message_id=make_message_id("x", "lab.example"),
+        window_start=now,
+        window_end=now,
+        created_at=now,
+        items=(),
+        schedule=schedule,
+    )
+    digest = build_digest(config, make_signer(config), delivery, schedule, now=now)
+    return message_headers(config, delivery, digest, "Subject", now=now)

@@ -1,4 +1,4 @@
-"""The renderer: escaping, links, sizes, caching, subjects, template errors."""
+"""The renderer: escaping, links, sizes, subjects, the summary, ordinary Jinja, template errors."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pipeline.domain import Digest, DigestItem, Paper
 from pipeline.errors import TemplateError
 from pipeline.render import Renderer, RenderOptions, sample_digest
 from pipeline.render.environment import SHIPPED_TEMPLATES
+from pipeline.render.renderer import Memo
 
 WHEN = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
 
@@ -97,7 +98,11 @@ def test_feed_text_is_escaped_and_only_http_links_survive(renderer: Renderer) ->
     tags = {tag for tag, _ in page.tags}
     assert "script" not in tags and "img" not in tags and "b" not in tags and "i" not in tags
     hrefs = [attrs["href"] for tag, attrs in page.tags if tag == "a"]
+    # The hostile links are gone; the arXiv id gives the abstract (title and link) and PDF.
     assert hrefs == [
+        "https://arxiv.org/abs/2611.00001",
+        "https://arxiv.org/abs/2611.00001",
+        "https://arxiv.org/pdf/2611.00001",
         "https://huggingface.co/papers/2611.00001",
         "https://digest.lab.example/f/less/1?a=1&b=2",
     ]
@@ -113,7 +118,12 @@ def test_feed_text_is_escaped_and_only_http_links_survive(renderer: Renderer) ->
 def test_every_href_in_a_real_render_is_http(renderer: Renderer) -> None:
     rendered = renderer.render(sample_digest())
     hrefs = [attrs.get("href") or "" for tag, attrs in parse_html(rendered.html).tags if tag == "a"]
-    assert hrefs and all(h.startswith(("https://", "http://")) for h in hrefs)
+    summary = [h for h in hrefs if h.startswith("#")]
+    assert summary == ["#paper-1", "#paper-2", "#paper-3"]  # the summary at the top
+    ids = [a.get("id") for t, a in parse_html(rendered.html).tags if a.get("class") == "item"]
+    assert ids == ["paper-1", "paper-2", "paper-3"]  # ... links to the items below
+    rest = [h for h in hrefs if not h.startswith("#")]
+    assert rest and all(h.startswith(("https://", "http://")) for h in rest)
 
 
 def test_html_has_inlined_css_dark_mode_and_no_images(renderer: Renderer) -> None:
@@ -167,7 +177,7 @@ def test_default_cap_holds_for_a_big_digest(renderer: Renderer) -> None:
     assert len(rendered.html.encode()) <= 100_000
 
 
-def test_shared_papers_render_once_but_personal_parts_differ(renderer: Renderer) -> None:
+def test_shared_papers_carry_each_readers_personal_parts(renderer: Renderer) -> None:
     shared = paper(7)
     first = renderer.render(
         digest(DigestItem(shared, 1.0, "reason A", more_url="https://d.example/more/a"))
@@ -185,16 +195,15 @@ def test_shared_papers_render_once_but_personal_parts_differ(renderer: Renderer)
     assert " 2. Paper number 7" in second.text and " 1. Paper number 7" in first.text
 
 
-def test_placeholders_cannot_be_forged_by_data(renderer: Renderer) -> None:
+def test_template_syntax_in_data_is_printed_not_run(renderer: Renderer) -> None:
     item = DigestItem(
-        paper(1, title="<!--pp:0--> \x000\x00 \ue001 \ue004\ue004"),
-        1.0,
-        reason="<!--pp:0--> \x000\x00",
+        paper(1, title="{{ 7 * 7 }} {% if 1 %}x{% endif %}"), 1.0, reason="{{ 6 * 7 }}"
     )
-    rendered = renderer.render(digest(item, recipient_name="\ue001<!--pp:0-->"))
+    rendered = renderer.render(digest(item, recipient_name="{{ digest }}"))
     assert rendered.html.count('class="item"') == 1
-    assert "&lt;!--pp:0--&gt;" in rendered.html
-    assert "\x00" not in rendered.text and "\ue001" not in rendered.html + rendered.text
+    for part in (rendered.html, rendered.text):
+        assert "{{ 7 * 7 }} {% if 1 %}x{% endif %}" in part and "{{ 6 * 7 }}" in part
+        assert "49" not in part and "42" not in part and "Hi {{ digest }}," in part
 
 
 SUBJECTS = [
@@ -238,7 +247,127 @@ def test_empty_digest_says_so(renderer: Renderer) -> None:
     rendered = renderer.render(digest())
     assert "No new papers matched your interests this time." in rendered.html
     assert "No new papers matched your interests this time." in rendered.text
-    assert rendered.subject == "Paperpost — 0 new papers for Monday 23 November 2026"
+    assert rendered.subject == "Paperpost — No new papers for Monday 23 November 2026"
+    assert "In this digest" not in rendered.html and "IN THIS DIGEST" not in rendered.text
+
+
+def test_subject_and_body_count_trending_and_never_say_zero(renderer: Renderer) -> None:
+    trending = tuple(DigestItem(paper(n, upvotes=50 - n), 0.0, "trending") for n in range(4))
+    only = renderer.render(digest(trending=trending))
+    assert only.subject == (
+        "Paperpost — 4 trending papers for Monday 23 November 2026: "
+        "Paper number 0 about preference optimization"
+    )
+    for part in (only.html, only.text):
+        assert "No new papers" not in part and "0 new papers" not in part
+        assert "4 trending papers for Monday 23 November 2026" in part
+    both = renderer.render(digest(DigestItem(paper(9), 1.0, "matched x"), trending=trending))
+    assert both.subject.startswith("Paperpost — 5 new papers for Monday 23 November 2026: ")
+    assert "▲ 50 upvotes" in both.html and "▲ 50 upvotes" in both.text
+
+
+def test_preheader_and_numbered_summary_with_one_word_reasons(renderer: Renderer) -> None:
+    items = [
+        DigestItem(paper(1), 1.0, "matched ti:preference"),
+        DigestItem(paper(2), 0.9, "by Ada Lovelace"),
+        DigestItem(paper(3), 0.8, "similar to liked 2305.18290 (0.41)"),
+    ]
+    trending = (DigestItem(paper(4, upvotes=12), 0.0, "trending on Hugging Face (12 upvotes)"),)
+    rendered = renderer.render(digest(*items, trending=trending))
+    preheader = rendered.html.split('class="preheader"', 1)[1].split("</div>", 1)[0]
+    assert "display:none" in preheader.replace(" ", "")
+    assert "4 new papers for Monday 23 November 2026: Paper number 1" in preheader
+    assert rendered.html.index('class="preheader"') < rendered.html.index('class="headline"')
+    assert rendered.html.index('class="toc"') < rendered.html.index('id="paper-1"')
+    text = rendered.text
+    summary = text.split("IN THIS DIGEST\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [line.rsplit("[", 1)[1] for line in summary] == [
+        "query]",
+        "author]",
+        "similar]",
+        "trending]",
+    ]
+    assert summary[0].startswith(" 1. Paper number 1 ")
+
+
+def test_many_matches_are_grouped_by_what_admitted_them(renderer: Renderer) -> None:
+    reasons = ["matched ti:x", "by Alan Turing", "in cs.LG", "similar to liked 1 (0.5)"]
+    items = [DigestItem(paper(n), 1.0 - n / 100, reasons[n % 4]) for n in range(8)]
+    rendered = renderer.render(digest(*items))
+    headings = ["YOUR QUERY", "YOUR AUTHORS", "YOUR CATEGORIES", "SIMILAR TO WHAT YOU LIKED"]
+    positions = [rendered.text.index(h) for h in headings]
+    assert positions == sorted(positions)
+    # Numbered in the order shown: the query's papers (0 and 4) first.
+    assert " 1. Paper number 0 " in rendered.text and " 2. Paper number 4 " in rendered.text
+    few = renderer.render(digest(*items[:3]))
+    assert "YOUR QUERY" not in few.text and "Your query" not in few.html
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"url": None, "pdf_url": None}, ["https://arxiv.org/abs/2611.00001", "PDF"]),
+        (
+            {"id": "doi:10.1000/x y", "url": None, "pdf_url": None},
+            ["https://doi.org/10.1000/x%20y"],
+        ),
+        (
+            {"id": "url:https://blog.example/post", "url": None, "pdf_url": None},
+            ["https://blog.example/post"],
+        ),
+        (
+            {"id": "sha:e711222a", "url": None, "pdf_url": None, "title": 'A "quoted" title'},
+            [
+                "Search arXiv for this title:",
+                "https://arxiv.org/search/?query=%22A%20quoted%20title%22&searchtype=title",
+            ],
+        ),
+    ],
+    ids=["arxiv-id", "doi", "source-link", "title-search"],
+)
+def test_every_paper_has_a_link(
+    renderer: Renderer, changes: dict[str, object], expected: list[str]
+) -> None:
+    rendered = renderer.render(digest(DigestItem(paper(1, **changes), 1.0, "r")))
+    for needle in expected:
+        assert needle in rendered.text
+    hrefs = [a["href"] for t, a in parse_html(rendered.html).tags if t == "a" and a.get("href")]
+    assert any(h.startswith("https://") and "digest.lab.example" not in h for h in hrefs)
+
+
+def test_operators_write_ordinary_jinja(tmp_path: Path) -> None:
+    """Filters, loops over authors, conditions on values, macros: all work in an override
+    (``_item.*.j2`` define the macro ``paper(item)`` that the shipped shells call)."""
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "_item.txt.j2").write_text(
+        "{% macro name(n) %}<{{ n | upper }}>{% endmacro %}"
+        "{% macro paper(item) %}"
+        "{{ item.number }}) {{ item.paper.title | title }}\n"
+        "{% for a in item.paper.author_names %}    {{ loop.index }}: {{ name(a) }}\n{% endfor %}"
+        "{% if item.paper.upvotes and item.paper.upvotes > 10 %}"
+        "    hot ({{ item.paper.upvotes }})\n"
+        "{% endif %}{% if item.reason.startswith('matched') %}    query hit\n{% endif %}"
+        "{% endmacro %}",
+        encoding="utf-8",
+    )
+    (own / "_item.html.j2").write_text(
+        '{% macro paper(item) %}<div class="item" id="{{ item.anchor }}">'
+        "{% for a in item.paper.author_names | reverse %}<i>{{ a | lower }}</i>{% endfor %}"
+        "{{ item.reason | replace('matched', 'found') }}</div>{% endmacro %}",
+        encoding="utf-8",
+    )
+    renderer = Renderer(template_dir=own)
+    renderer.check()
+    rendered = renderer.render(
+        digest(
+            DigestItem(paper(1, upvotes=11), 1.0, "matched ti:x"), DigestItem(paper(2), 1.0, "r")
+        )
+    )
+    assert "1) Paper Number 1 About Preference Optimization" in rendered.text
+    assert "    1: <ADA LOVELACE>" in rendered.text and "    2: <ALAN TURING>" in rendered.text
+    assert "    hot (11)" in rendered.text and rendered.text.count("query hit") == 1
+    assert "<i>alan turing</i><i>ada lovelace</i>found ti:x" in rendered.html
 
 
 def copy_templates(tmp_path: Path) -> Path:
@@ -304,7 +433,7 @@ def test_render_options_are_validated() -> None:
         RenderOptions(snippet_chars=5)
 
 
-def test_cached_shells_carry_each_readers_own_fields(renderer: Renderer) -> None:
+def test_each_digest_carries_its_readers_own_fields(renderer: Renderer) -> None:
     item = DigestItem(paper(3), 1.0, "r")
     ada = renderer.render(
         digest(item, recipient_name='Ada <b>&"', unsubscribe_url="https://d.example/u/a?x=1&y=2")
@@ -313,14 +442,13 @@ def test_cached_shells_carry_each_readers_own_fields(renderer: Renderer) -> None
         digest(item, recipient_name="Bob", unsubscribe_url="https://d.example/u/b")
     )
     anonymous = renderer.render(digest(item, recipient_name=None, unsubscribe_url=None))
-    assert "Hi Ada &lt;b&gt;&amp;&#34;," in ada.html and "Hi Bob" not in ada.html
+    assert 'Hi Ada &lt;b&gt;&amp;",' in ada.html and "Hi Bob" not in ada.html
     assert 'href="https://d.example/u/a?x=1&amp;y=2"' in ada.html
     assert "Hi Bob," in bob.html and "Hi Ada" not in bob.html
     assert 'href="https://d.example/u/b"' in bob.html and "/u/a" not in bob.html
     assert "Hi " not in anonymous.html and "Unsubscribe" not in anonymous.html
     for rendered in (ada, bob, anonymous):
-        assert not any("\ue000" <= ch <= "\ue00f" for ch in rendered.html)
-        assert "<!--pp:" not in rendered.html
+        assert "one click" not in rendered.html + rendered.text
         title = [
             a
             for t, a in parse_html(rendered.html).tags
@@ -342,11 +470,10 @@ def test_cached_shells_carry_each_readers_own_fields(renderer: Renderer) -> None
     ],
     ids=["plain", "long-name", "no-name", "long-period", "long-list", "long-reason", "bare"],
 )
-def test_cached_text_shell_wraps_each_readers_fields_as_a_fresh_render(
+def test_text_is_the_same_from_a_used_renderer_and_a_fresh_one(
     changes: dict[str, object],
 ) -> None:
-    """The text shell is cached with slot markers for the fields; the lines holding them
-    are wrapped per reader, so the text is what wrapping a fresh render gives."""
+    """The paper views are cached per run; a digest's text is what a fresh renderer gives."""
     items = [DigestItem(paper(n), 1.0, "r") for n in range(3)]
     shared = Renderer()
     shared.render(digest(*items))  # the shell for this structure is now cached
@@ -358,3 +485,47 @@ def test_cached_text_shell_wraps_each_readers_fields_as_a_fresh_render(
     name = changes.get("recipient_name", "Ada")
     if isinstance(name, str):
         assert name.split()[0] in rendered.text
+
+
+def test_memo_renders_a_macro_once_per_distinct_arguments() -> None:
+    calls: list[tuple[object, ...]] = []
+
+    def macro(*args: object) -> str:
+        calls.append(args)
+        return f"out{len(calls)}"
+
+    memo = Memo(size=3)
+    assert [memo(macro, "a"), memo(macro, "a"), memo(macro, "b"), memo(macro, "a", 1)] == [
+        "out1",
+        "out1",
+        "out2",
+        "out3",
+    ]
+    assert calls == [("a",), ("b",), ("a", 1)]
+    assert memo(macro, "c") == "out4" and memo(macro, "a") == "out5"  # full: cleared, not stale
+
+
+def test_memoised_details_match_a_template_without_memo(tmp_path: Path) -> None:
+    """The shipped templates memoise a paper's details; rendering them directly gives the
+    same digest, whichever readers' digests came before."""
+    own = copy_templates(tmp_path)
+    for name in ("_item.html.j2", "_item.txt.j2"):
+        path = own / name
+        source = path.read_text(encoding="utf-8")
+        assert "memo(details, " in source
+        path.write_text(
+            source.replace("memo(details, item.paper)", "details(item.paper)").replace(
+                "memo(details, p)", "details(p)"
+            ),
+            encoding="utf-8",
+        )
+    plain = Renderer(template_dir=own)
+    memoised = Renderer()
+    shared = paper(5, upvotes=3)
+    for name in ("Ada", "Bob"):
+        d = digest(
+            DigestItem(shared, 1.0, f"by {name}", more_url=f"https://d.example/m/{name}"),
+            DigestItem(paper(6), 0.5, "in cs.LG"),
+            recipient_name=name,
+        )
+        assert memoised.render(d) == plain.render(d)

@@ -62,10 +62,31 @@ def empty() -> Digest:
     return dataclasses.replace(minimal(), items=(), recipient_name="Bob")
 
 
+def trending_only() -> Digest:
+    """A reader with no interests but ``trending``: one paper known by its arXiv id only,
+    one known only by title and abstract (a sample listing's), which gets a title search."""
+    lora = dataclasses.replace(minimal().items[0].paper, url=None, pdf_url=None, upvotes=42)
+    bare = Paper(
+        id="sha:e711222a9d3c",
+        title="MLGym: A New Framework and Benchmark for Advancing AI Research Agents",
+        abstract="We introduce MLGym. It is a gym environment for research agents.",
+        upvotes=7,
+    )
+    return dataclasses.replace(
+        minimal(),
+        items=(),
+        trending=(
+            DigestItem(lora, 0.0, "trending on Hugging Face (42 upvotes)"),
+            DigestItem(bare, 0.0, "trending on Hugging Face (7 upvotes)"),
+        ),
+    )
+
+
 CASES: list[tuple[str, Callable[[], Digest]]] = [
     ("sample", sample_digest),
     ("minimal", minimal),
     ("empty", empty),
+    ("trending", trending_only),
 ]
 
 

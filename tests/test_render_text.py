@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from pipeline.render.text import (
     _HTTP_URL,
     clean_text,
+    first_sentence,
     format_day,
     plain_text,
     safe_url,
@@ -19,6 +20,7 @@ from pipeline.render.text import (
     truncate,
     wrap_text,
 )
+from pipeline.render.views import reason_kind
 
 ABSTRACT = (
     "We study preference optimization. Our method, e.g. DPO, is simple and stable. "
@@ -89,7 +91,6 @@ URLS = [
     ("none", None, None),
     ("too-long", "https://x.example/" + "a" * 3000, None),
     ("surrounding-space", "  https://arxiv.org/abs/1  ", "https://arxiv.org/abs/1"),
-    ("placeholder-character", "https://ok.example/c?t=\ue002", None),
     ("upper-case-scheme", "HTTPS://arxiv.org/abs/1", "HTTPS://arxiv.org/abs/1"),
     ("backslash-host", "https://arxiv.org\\evil.example/", None),
     ("empty-host", "https:///path", None),
@@ -123,7 +124,6 @@ def test_safe_url_fast_path_agrees_with_the_pattern(scheme: str, host: str, rest
 CLEAN = [
     ("controls", "a\x00b\x07c\x1bd", "abcd"),
     ("whitespace", " a \r\n\t b \u2028 c ", "a b c"),
-    ("placeholders", "a\ue001b\ue004", "ab"),
     ("unchanged", "Débruitage Ω", "Débruitage Ω"),
 ]
 
@@ -178,3 +178,44 @@ def test_truncate_and_format_day() -> None:
     assert truncate("one two three four", 10) == "one two…"
     assert format_day(datetime(2026, 11, 3, tzinfo=UTC)) == "3 Nov 2026"
     assert format_day(None) == ""
+
+
+FIRST_SENTENCES = [
+    ("plain", "We study X. Then Y.", "We study X."),
+    ("abbreviation", "Methods, e.g. DPO, work. More follows.", "Methods, e.g. DPO, work."),
+    ("one-sentence", "No end in sight", "No end in sight"),
+    ("long", "word " * 100, ("word " * 59).strip() + "…"),
+    ("whitespace", "  Spread\nacross   lines. Next.", "Spread across lines."),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(t, e) for _, t, e in FIRST_SENTENCES],
+    ids=[i for i, *_ in FIRST_SENTENCES],
+)
+def test_first_sentence(text: str, expected: str) -> None:
+    assert first_sentence(text) == expected
+    assert len(first_sentence(text)) <= 300
+
+
+REASONS = [
+    ('matched ti:"preference optimization"; in cs.LG', "query"),
+    ("by Y. LeCun; in cs.CV", "author"),
+    ("followed author Edward J. Hu", "author"),
+    ("in cs.LG, stat.ML", "category"),
+    ("category cs.LG", "category"),
+    ("similar to liked 2106.09685 (0.41)", "similar"),
+    ("close to your about text (0.23)", "similar"),
+    ("trending on Hugging Face (57 upvotes)", "trending"),
+    ("something else", "match"),
+    ("", "match"),
+]
+
+
+@pytest.mark.parametrize(
+    ("reason", "kind"), REASONS, ids=[k + str(i) for i, (_, k) in enumerate(REASONS)]
+)
+def test_one_word_reason(reason: str, kind: str) -> None:
+    assert reason_kind(reason) == kind
+    assert reason_kind(reason, trending=True) == "trending"

@@ -63,6 +63,7 @@ EXPECTED_HEADERS = Counter(
         "List-Id",
         "List-Unsubscribe",
         "List-Unsubscribe-Post",
+        "Auto-Submitted",
         "Content-Type",
     ]
 )

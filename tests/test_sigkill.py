@@ -71,14 +71,12 @@ def command_line(pid: int) -> bytes:
         return b""
 
 
-@pytest.mark.parametrize("render_processes", [0, 1], ids=["in-sender", "render-worker"])
-def test_sigkill_mid_batch_then_restart(
-    write_config, smtp_server_factory, render_processes: int
-) -> None:
+def test_sigkill_mid_batch_then_restart(write_config, smtp_server_factory) -> None:
+    render_processes = 0  # the compose pool is retired: the sender composes
     handler = SignallingHandler()
     server = smtp_server_factory(handler)
     extra = (
-        f"concurrency = 1\nrender_processes = {render_processes}\n\n"
+        "concurrency = 1\n\n"
         f'[mail.smtp]\nhost = "127.0.0.1"\nport = {server.port}\nsecurity = "none"\n'
     )
     path = write_config(transport="smtp", mail_extra=extra, subscribers=READERS)

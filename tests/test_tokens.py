@@ -284,7 +284,7 @@ def _reference(keys: list[str]) -> _UncompressedSerializer:
 
 
 def _payload(subscriber: str, action: str, paper: str | None, now: datetime) -> dict[str, Any]:
-    lifetime = timedelta(days=366 if action == "unsubscribe" else 90)
+    lifetime = timedelta(days=366 if action in ("unsubscribe", "manage") else 90)
     payload: dict[str, Any] = {
         "s": subscriber,
         "a": action,

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from pipeline.config.locate import key_lines, line_for
-from pipeline.config.models import ConfigFile, SourceConfig, SubscriberConfig
+from pipeline.config.models import MAX_DISPLAY_NAME, ConfigFile, SourceConfig, SubscriberConfig
 from pipeline.domain import Profile, Schedule, Subscriber
 from pipeline.errors import ConfigError, EmbeddingError
 
@@ -27,6 +27,7 @@ class Secrets:
     smtp_password: str | None
     link_keys: tuple[str, ...]  # the first signs new links; all are accepted
     admin_token: str | None
+    imap_password: str | None = None  # [bounces.imap] password_env
 
     def __repr__(self) -> str:  # never print secrets by accident
         return "Secrets(<redacted>)"
@@ -45,6 +46,8 @@ class Config:
     template_dir: Path | None
     # [match] embedding_model with a relative path resolved (a package name as written)
     embedding_model: str | None = None
+    # [mail.dkim] key_file resolved against the config's folder (checked at load)
+    dkim_key_file: Path | None = None
 
     @property
     def sources(self) -> list[SourceConfig]:
@@ -227,6 +230,14 @@ def semantic_checks(data: Mapping[str, Any], problems: Problems) -> None:
                 )
             else:
                 seen_emails[key] = i
+            _check_local_part(problems, i, email)
+        name = sub.get("name")
+        if isinstance(name, str) and len(name.strip()) > MAX_DISPLAY_NAME:
+            problems.add(
+                ("subscribers", i, "name"),
+                f"subscriber {_who(email)}: the name is {len(name.strip())} characters; at most "
+                f"{MAX_DISPLAY_NAME} are allowed (it goes into the To: header)",
+            )
         frequency = sub.get("frequency")
         if isinstance(frequency, str):
             try:
@@ -249,6 +260,27 @@ def semantic_checks(data: Mapping[str, Any], problems: Problems) -> None:
                     ("subscribers", i, "interests", "like", j),
                     f"expected an arXiv id such as '2305.18290', found {liked!r}",
                 )
+
+
+def _check_local_part(problems: Problems, index: int, email: str) -> None:
+    """RFC 5321 caps a local part at 64 octets; servers refuse longer ones at RCPT."""
+    from pipeline.mail.headers import MAX_LOCAL_PART
+
+    local = email.strip().rpartition("@")[0]
+    size = len(local.encode("utf-8"))
+    if size > MAX_LOCAL_PART:
+        problems.add(
+            ("subscribers", index, "email"),
+            f"subscriber {_who(email)}: the part before '@' is {size} octets; RFC 5321 "
+            f"allows at most {MAX_LOCAL_PART} and mail servers refuse longer ones",
+        )
+
+
+def _who(email: object) -> str:
+    if not isinstance(email, str):
+        return "(no email)"
+    shown = email.strip()
+    return repr(shown if len(shown) <= 80 else shown[:77] + "...")
 
 
 def _env_secret(
@@ -289,7 +321,20 @@ def _read_secrets(
         admin = _env_secret(
             problems, ("web", "admin_token_env"), cfg.web.admin_token_env, env, required=required
         )
-    return Secrets(smtp_password=smtp_password, link_keys=tuple(keys), admin_token=admin)
+    imap = cfg.bounces.imap if cfg.bounces else None
+    imap_password = (
+        _env_secret(
+            problems, ("bounces", "imap", "password_env"), imap.password_env, env, required=required
+        )
+        if imap
+        else None
+    )
+    return Secrets(
+        smtp_password=smtp_password,
+        link_keys=tuple(keys),
+        admin_token=admin,
+        imap_password=imap_password,
+    )
 
 
 def _file_secret(path: Path) -> str:
@@ -338,6 +383,7 @@ def load_config(
     base = main.parent
     read = _read_secrets(cfg, base, problems, env, required=secrets)
     embedding_model = _embedding_model(cfg.match.embedding_model, base, problems)
+    dkim_key_file = _dkim_key_file(cfg, base, problems, check=secrets)
     if problems.items:
         raise ConfigError(str(main), problems.items)
     return Config(
@@ -351,7 +397,24 @@ def load_config(
         if cfg.render.template_dir
         else None,
         embedding_model=embedding_model,
+        dkim_key_file=dkim_key_file,
     )
+
+
+def _dkim_key_file(cfg: ConfigFile, base: Path, problems: _Problems, *, check: bool) -> Path | None:
+    """The ``[mail.dkim]`` key file, resolved; unless ``check`` is off (read-only commands,
+    like the other secrets) it must be readable and hold an RSA or Ed25519 private key."""
+    if cfg.mail.dkim is None:
+        return None
+    path = (base / cfg.mail.dkim.key_file.expanduser()).resolve()
+    if check:
+        from pipeline.mail.dkim import DkimError, load_key
+
+        try:
+            load_key(path)
+        except DkimError as exc:
+            problems.add(("mail", "dkim", "key_file"), str(exc))
+    return path
 
 
 def _embedding_model(spec: str | None, base: Path, problems: _Problems) -> str | None:

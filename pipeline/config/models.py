@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -24,6 +25,7 @@ from pydantic import (
 SOURCE_KIND_NAMES = ("arxiv-rss", "arxiv-api", "hf-daily", "feed")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SEND_AT_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_DOMAIN_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
 _PACKAGE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -100,6 +102,56 @@ class MaildirConfig(_Model):
     path: Path = Path("var/maildir")
 
 
+# What a DKIM signature covers by default: the headers a reader sees and acts on, the
+# one-click unsubscribe pair (RFC 8058 asks that both be signed) and the MIME structure.
+DKIM_HEADERS = (
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "List-Id",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "Auto-Submitted",
+    "MIME-Version",
+    "Content-Type",
+)
+_DNS_NAME_RE = re.compile(
+    r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$"
+)
+_FIELD_NAME_RE = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field-name: printable ASCII but ':'
+# A display name longer than this is refused at load (a header line must stay under 998
+# octets, and no reader's name needs more); the builder folds any length anyway.
+MAX_DISPLAY_NAME = 200
+
+
+class DkimConfig(_Model):
+    """``[mail.dkim]``: sign every digest with DKIM (docs/deliverability.md)."""
+
+    selector: str
+    key_file: Path  # RSA (PEM) or Ed25519 (base64 seed, or PKCS#8 PEM) private key
+    domain: str | None = None  # the signing domain (d=); default: the From address's domain
+    headers: list[str] = list(DKIM_HEADERS)
+
+    @field_validator("selector", "domain")
+    @classmethod
+    def _dns_name(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > 253 or not _DNS_NAME_RE.match(v)):
+            raise ValueError(f"expected a DNS name such as 'pp2026' or 'lab.example', found {v!r}")
+        return None if v is None else v.lower()
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: list[str]) -> list[str]:
+        bad = [h for h in v if not _FIELD_NAME_RE.match(h)]
+        if bad:
+            raise ValueError(f"expected header names such as 'Subject', found {bad[0]!r}")
+        if "from" not in {h.lower() for h in v}:
+            raise ValueError("must include 'From' (RFC 6376 requires the From header signed)")
+        return v
+
+
 class MailConfig(_Model):
     from_: str = Field(alias="from")
     transport: Literal["smtp", "maildir"] = "maildir"
@@ -108,9 +160,9 @@ class MailConfig(_Model):
     unsubscribe_mailto: str | None = None  # address for List-Unsubscribe mailto:
     batch_size: int = Field(50, ge=1, le=10_000)
     concurrency: int = Field(4, ge=1, le=256)
-    # Worker processes that sign, render and build digests while this one sends (0: render
-    # here). Worth 1 on a machine with a spare core and runs of thousands of digests.
-    render_processes: int = Field(0, ge=0, le=64)
+    # Retired (the compose process pool): several cores mean several `paperpost worker`
+    # processes (docs/scaling.md). Still read, so old files with 0 load; more is an error.
+    render_processes: int = Field(0, ge=0)
     retry_max_age_hours: float = Field(48.0, gt=0)
     ambiguous_policy: Literal["at-most-once", "at-least-once"] = "at-most-once"
     # A claim older than this (a sender on another host, or one that hangs) is taken back
@@ -118,6 +170,29 @@ class MailConfig(_Model):
     stale_claim_minutes: int = Field(10, ge=1)
     smtp: SmtpConfig | None = None
     maildir: MaildirConfig = MaildirConfig()
+    dkim: DkimConfig | None = None
+
+    @property
+    def sender_domain(self) -> str:
+        """The domain of the From address (lower case)."""
+        return self.from_.rsplit("<", 1)[-1].rstrip(">").strip().rsplit("@", 1)[-1].lower()
+
+    @property
+    def unsubscribe_address(self) -> str:
+        """The List-Unsubscribe mailto address: ``unsubscribe_mailto``, or when unset
+        ``unsubscribe@`` the From domain (docs/email.md: that mailbox must exist)."""
+        return self.unsubscribe_mailto or f"unsubscribe@{self.sender_domain}"
+
+    @field_validator("render_processes")
+    @classmethod
+    def _no_compose_pool(cls, v: int) -> int:
+        if v:
+            raise ValueError(
+                "the compose process pool was retired: remove the key and run several "
+                '`paperpost worker` processes (daemon.runner = "procrastinate", '
+                "docs/scaling.md)"
+            )
+        return v
 
     @field_validator("from_")
     @classmethod
@@ -150,11 +225,31 @@ class MailConfig(_Model):
 
 class WebConfig(_Model):
     base_url: str = "http://127.0.0.1:8025"
+    # Local testing only: accept an http:// base_url (digests then lose the one-click
+    # List-Unsubscribe-Post, and readers' links travel in clear text).
+    allow_insecure_links: bool = False
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(8025, ge=0, le=65535)
     secret_env: str | list[str] | None = None
     secret_file: Path | None = None
     admin_token_env: str | None = None
+    # The reader's self-service pages (docs/readers.md): /subscribe with double opt-in.
+    subscribe: bool = True
+    subscribe_domains: list[str] = []  # empty: any domain; else only these (and subdomains)
+    confirm_hours: int = Field(48, ge=1, le=24 * 30)  # confirmation link; then it expires
+    subscribe_per_address_per_hour: int = Field(3, ge=1)  # in-process limits, per daemon
+    subscribe_per_client_per_hour: int = Field(20, ge=1)
+
+    @field_validator("subscribe_domains")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        out = []
+        for domain in v:
+            d = domain.strip().lower().lstrip("@").rstrip(".")
+            if not _DOMAIN_RE.match(d):
+                raise ValueError(f"expected a domain such as 'lab.example', found {domain!r}")
+            out.append(d)
+        return out
 
     @field_validator("base_url")
     @classmethod
@@ -162,12 +257,19 @@ class WebConfig(_Model):
         match = re.match(r"^(https?)://([^/\s:]+|\[[0-9a-fA-F:]+\])(:\d+)?(/\S*)?$", v)
         if not match:
             raise ValueError(f"expected an http:// or https:// URL, found {v!r}")
-        if match.group(1) == "http" and match.group(2) not in ("127.0.0.1", "localhost", "[::1]"):
-            raise ValueError(
-                "readers' links must use https:// (plain http only for a loopback host), "
-                f"found {v!r}"
-            )
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _https_links(self) -> WebConfig:
+        if self.base_url.startswith("http://") and not self.allow_insecure_links:
+            raise ValueError(
+                f"base_url {self.base_url!r} is not https://: digests would lose the one-click "
+                "List-Unsubscribe-Post header (RFC 8058 needs https; Gmail and Yahoo require "
+                "it of bulk senders), and readers' unsubscribe and feedback links would "
+                "travel in clear text; use https://, or set allow_insecure_links = true "
+                "for local testing only"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_secret(self) -> WebConfig:
@@ -229,6 +331,19 @@ class DaemonConfig(_Model):
     lease_seconds: float = Field(90.0, ge=10)  # scheduler lease; a standby takes over after it
     maintenance_minutes: int = Field(60, ge=1)
     pid_file: Path | None = None  # default: var/paperpost.pid beside the config file
+    # Who delivers: the daemon itself ("embedded"), or `paperpost worker` processes on any
+    # number of machines, through procrastinate jobs in PostgreSQL (docs/scaling.md).
+    runner: Literal["embedded", "procrastinate"] = "embedded"
+
+
+class WorkerConfig(_Model):
+    """`paperpost worker` (runner = "procrastinate"): one process, one event loop, one SMTP
+    pool; several cores or machines mean several workers."""
+
+    concurrency: int = Field(4, ge=1, le=64)  # jobs one worker runs at once
+    queue: str = Field("paperpost", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    delivery_jobs: int = Field(4, ge=1, le=1024)  # delivery jobs kept queued while rows wait
+    sweep_seconds: int = Field(30, ge=5, le=3600)  # how often workers re-defer waiting rows
 
 
 class SourceConfig(_Model):
@@ -315,6 +430,81 @@ class SubscriberConfig(_Model):
         return time(int(hh), int(mm))
 
 
+class BounceImapConfig(_Model):
+    """``[bounces.imap]``: the bounce mailbox on an IMAP server, polled (docs/bounces.md)."""
+
+    host: str
+    port: int = Field(993, ge=1, le=65535)
+    user: str
+    password_env: str  # the environment variable holding the password
+    folder: str = "INBOX"
+    tls: Literal["tls", "starttls", "none"] = "tls"  # none: only to a loopback host
+    ca_file: Path | None = None
+    timeout_seconds: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _loopback_plain(self) -> BounceImapConfig:
+        if self.tls == "none" and self.host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError(f"tls 'none' is only allowed to a loopback host, found {self.host!r}")
+        if any(c in self.folder for c in '\r\n"\\'):
+            raise ValueError(
+                f"folder must not contain quotes, backslashes or line breaks: {self.folder!r}"
+            )
+        return self
+
+
+class BouncesConfig(_Model):
+    """``[bounces]``: VERP return paths and the bounce mailbox (docs/bounces.md)."""
+
+    maildir: Path | None = None  # a Maildir the bounces are delivered to, or ...
+    imap: BounceImapConfig | None = None  # ... an IMAP folder
+    verp: bool = True  # a return path of its own per digest: <verp_local>+<token>@<domain>
+    verp_local: str = "bounces"
+    verp_domain: str | None = None  # default: the domain of [mail] from
+    soft_bounce_limit: int = Field(3, ge=1, le=100)  # this many soft bounces ...
+    soft_bounce_days: int = Field(7, ge=1, le=365)  # ... within this many days suppress
+    poll_minutes: int = Field(5, ge=1)  # the daemon reads the mailbox this often
+    rate_days: int = Field(7, ge=1, le=90)  # the window of the bounce and complaint rates
+
+    @field_validator("verp_local")
+    @classmethod
+    def _local(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$", v) or ".." in v:
+            raise ValueError(
+                f"expected letters, digits, '.', '_' or '-' (at most 40, no '+'), found {v!r}"
+            )
+        return v
+
+    @field_validator("verp_domain")
+    @classmethod
+    def _domain(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if len(v) > 253 or not _DOMAIN_RE.match(v.lower()):
+            raise ValueError(f"expected a domain name such as 'lab.example', found {v!r}")
+        return v.lower()
+
+    @model_validator(mode="after")
+    def _one_mailbox(self) -> BouncesConfig:
+        if (self.maildir is None) == (self.imap is None):
+            raise ValueError("set exactly one of maildir or [bounces.imap]")
+        return self
+
+
+def validate_subscriber(
+    record: dict[str, Any],
+) -> tuple[SubscriberConfig | None, list[tuple[tuple[str | int, ...], str]]]:
+    """A ``[[subscribers]]`` record from elsewhere (the web forms): the model, or every
+    problem as (location, message), so callers need not know pydantic."""
+    try:
+        return SubscriberConfig.model_validate(record), []
+    except ValidationError as exc:
+        return None, [
+            (tuple(err["loc"]), str(err["msg"]).removeprefix("Value error, "))
+            for err in exc.errors()
+        ]
+
+
 class ConfigFile(_Model):
     """The whole file after includes are merged."""
 
@@ -327,5 +517,19 @@ class ConfigFile(_Model):
     match: MatchConfig = MatchConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     daemon: DaemonConfig = DaemonConfig()
+    worker: WorkerConfig = WorkerConfig()
+    bounces: BouncesConfig | None = None
     sources: list[SourceConfig] = []
     subscribers: list[SubscriberConfig] = []
+
+    @model_validator(mode="after")
+    def _runner_needs_postgres(self) -> ConfigFile:
+        if self.daemon.runner == "procrastinate" and not self.database.url.startswith(
+            "postgresql"
+        ):
+            raise ValueError(
+                'daemon.runner = "procrastinate" needs PostgreSQL (its jobs live in the same '
+                f"database as the outbox): database.url is {self.database.url.split(':')[0]}:, "
+                'set a postgresql+psycopg:// URL or runner = "embedded"'
+            )
+        return self

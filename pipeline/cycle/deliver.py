@@ -16,6 +16,7 @@ import os
 import random
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -110,10 +111,15 @@ class DeliverSettings:
     stale_claim: timedelta  # a claim older than this is returned by recovery
     at_least_once: bool  # [mail] ambiguous_policy
     preview_dir: Path
+    # [bounces] VERP: the envelope sender of outbox row N (docs/bounces.md); else ``sender``
+    return_path: Callable[[int], str] | None = None
 
 
 def deliver_settings(config: Config) -> DeliverSettings:
+    from pipeline.bounces.settings import verp_signer
+
     mail = config.file.mail
+    verp = verp_signer(config)
     return DeliverSettings(
         sender=sender_address(config),
         concurrency=mail.concurrency,
@@ -122,6 +128,7 @@ def deliver_settings(config: Config) -> DeliverSettings:
         stale_claim=timedelta(minutes=mail.stale_claim_minutes),
         at_least_once=mail.ambiguous_policy == "at-least-once",
         preview_dir=config.preview_dir,
+        return_path=verp.address if verp is not None else None,
     )
 
 
@@ -138,6 +145,7 @@ class Deliverer:
         clock: Clock,
         holder: str,
         write_previews: bool = False,
+        on_settled: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -152,6 +160,32 @@ class Deliverer:
         # Rows this run claimed and has not yet committed (``sending``) or settled: the
         # run gives back what is left when it ends, however it ends. None: not yet loaded.
         self._held: dict[int, Delivery | None] = {}
+        # Outcomes since the last ``batch.sent`` record (one INFO line per batch_size
+        # settled digests); ``on_settled`` is told of each (a progress display).
+        self.on_settled = on_settled
+        self._batch: Counter[str] = Counter()
+        self._batches = 0
+
+    def _settled(self, outcome: str) -> None:
+        """One digest reached ``outcome`` (sent, failed, deferred, ambiguous, lost)."""
+        if self.on_settled is not None:
+            self.on_settled(outcome)
+        self._batch[outcome] += 1
+        if self._batch.total() >= self.settings.batch_size:
+            self._log_batch()
+
+    def _log_batch(self) -> None:
+        if not self._batch:
+            return
+        self._batches += 1
+        counts = {k: self._batch[k] for k in ("sent", "failed", "deferred", "ambiguous")}
+        self._batch.clear()
+        log.info(
+            "batch %d: %d sent, %d failed, %d deferred, %d ambiguous",
+            self._batches,
+            *counts.values(),
+            extra={"event": "batch.sent", "batch": self._batches, **counts},
+        )
 
     async def recover(self) -> None:
         """Deal with rows a stopped sender left behind (see README: delivery guarantees):
@@ -229,6 +263,7 @@ class Deliverer:
                 await letters.aclose()
             finally:
                 await self._give_back()  # also when cancelled (SIGTERM's grace ran out)
+                self._log_batch()
         return self.report
 
     async def _give_back(self) -> None:
@@ -284,7 +319,11 @@ class Deliverer:
             path.write_text(letter.html, encoding="utf-8")
             self.report.previews[delivery.email] = path
         envelope = Envelope(
-            sender=self.settings.sender,
+            sender=(
+                self.settings.return_path(delivery.id)
+                if self.settings.return_path is not None
+                else self.settings.sender
+            ),
             recipient=delivery.email,
             data=letter.data,
             message_id=delivery.message_id,
@@ -338,7 +377,8 @@ class Deliverer:
             await _db(self.store.mark_sent, delivery_id, reply=reply, now=self.clock())
             self.report.sent += 1
             self.report.delivered[delivery.email] = reply
-            log.info(
+            self._settled("sent")
+            log.debug(  # one line per digest: -v only (the batch line is INFO)
                 "sent digest %s to %s (%d papers): %s",
                 delivery.period_key,
                 delivery.email,
@@ -352,6 +392,7 @@ class Deliverer:
         sender): whoever holds it now sends it, not us."""
         self._held.pop(delivery.id, None)
         self.report.lost_claims += 1
+        self._settled("lost")
         log.warning(
             "digest %s for %s: no longer claimed by this sender, not sent",
             delivery.period_key,
@@ -368,6 +409,7 @@ class Deliverer:
             return
         self._held.pop(delivery.id, None)
         self.report.failed += 1
+        self._settled("failed")
         log.error(
             "digest %s for %s %s: %s",
             delivery.period_key,
@@ -398,6 +440,7 @@ class Deliverer:
             return
         self._held.pop(delivery.id, None)
         self.report.deferred += 1
+        self._settled("deferred")
         log.warning(
             "digest for %s deferred until %s: %s",
             delivery.email,
@@ -421,6 +464,7 @@ class Deliverer:
                 holder=holder,
             ):
                 self.report.ambiguous += 1
+                self._settled("ambiguous")
                 log.warning(
                     "digest %d: delivery ambiguous (%s); resending with the same Message-ID",
                     delivery_id,
@@ -428,6 +472,7 @@ class Deliverer:
                 )
         elif await _db(self.store.mark_ambiguous, delivery_id, error=error, now=now):
             self.report.ambiguous += 1
+            self._settled("ambiguous")
             log.warning(
                 "digest %d: delivery ambiguous (%s); not resent (at-most-once)", delivery_id, error
             )

@@ -8,8 +8,8 @@ from datetime import datetime
 from urllib.parse import quote
 
 from pipeline.config import Config
+from pipeline.cycle.wording import describe_schedule, zoned_label
 from pipeline.domain import Digest, DigestItem, MessageHeaders, Period, Schedule
-from pipeline.schedule.periods import period_label
 from pipeline.store import Delivery
 from pipeline.web.tokens import TokenSigner
 
@@ -47,7 +47,7 @@ def build_digest(
 
     interest = [item(i) for i, e in enumerate(delivery.items) if not e.trending]
     trending = [item(i) for i, e in enumerate(delivery.items) if e.trending]
-    label = period_label(schedule, Period(key=delivery.period_key, due_at=delivery.window_end))
+    label = zoned_label(schedule, Period(key=delivery.period_key, due_at=delivery.window_end))
     return Digest(
         recipient_email=delivery.email,
         recipient_name=delivery.name,
@@ -57,11 +57,13 @@ def build_digest(
         items=tuple(interest),
         trending=tuple(trending),
         unsubscribe_url=unsubscribe_url(config, signer, delivery.email, now=now),
+        manage_url=_link(
+            config, "manage", signer.sign(subscriber=delivery.email, action="manage", now=now)
+        ),
         list_name=config.file.mail.list_name,
         reason_for_receiving=(
             f"You receive this because {delivery.email} is subscribed to "
-            f"{config.file.mail.list_name} ({schedule.frequency} at "
-            f"{schedule.send_at:%H:%M} {schedule.timezone})."
+            f"{config.file.mail.list_name}, {describe_schedule(schedule, now=now)}."
         ),
     )
 
@@ -70,7 +72,7 @@ def message_headers(
     config: Config, delivery: Delivery, digest: Digest, subject: str, *, now: datetime
 ) -> MessageHeaders:
     mail = config.file.mail
-    domain = mail.from_.rsplit("<", 1)[-1].rstrip(">").strip().rsplit("@", 1)[-1]
+    domain = mail.sender_domain
     # RFC 2919: a stable list identifier under the operator's domain, e.g.
     # "Lab digest <lab-digest.lab.example>".
     slug = re.sub(r"[^a-z0-9]+", "-", mail.list_name.lower()).strip("-") or "paperpost"
@@ -82,16 +84,13 @@ def message_headers(
         message_id=delivery.message_id,
         date=now,
         list_id=f"{mail.list_name} <{slug}.{domain}>",
-        # RFC 8058 one-click needs an https URL; a plain-http base URL (a local set-up such as
-        # the demo) keeps its link in the body and only the mailto in the header.
+        # RFC 8058 one-click needs an https URL; a plain-http base URL (allowed only with
+        # [web] allow_insecure_links, for local testing) keeps its link in the body and
+        # only the mailto in the header. The mailto is always there (docs/email.md).
         unsubscribe_url=(
             digest.unsubscribe_url
             if digest.unsubscribe_url and digest.unsubscribe_url.startswith("https://")
             else None
         ),
-        unsubscribe_mailto=(
-            f"mailto:{mail.unsubscribe_mailto}?subject=unsubscribe"
-            if mail.unsubscribe_mailto
-            else None
-        ),
+        unsubscribe_mailto=f"mailto:{mail.unsubscribe_address}?subject=unsubscribe",
     )

@@ -124,7 +124,7 @@ def outbox_key(installation: str, subscriber_id: int, period_key: str) -> str:
 def due_subscribers(store: Store, *, now: datetime) -> list[Due]:
     """Active readers (from the database) whose latest due period has no outbox row yet."""
     candidates: dict[int, Period] = {}
-    for reader_id, schedule in store.active_schedules().items():
+    for reader_id, schedule in store.active_schedules(now=now).items():
         period = latest_due_period(schedule, now)
         if period is not None:
             candidates[reader_id] = period

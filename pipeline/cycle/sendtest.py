@@ -1,4 +1,9 @@
-"""``paperpost send-test EMAIL``: one real message through the configured transport."""
+"""``paperpost send-test EMAIL``: one real message through the configured transport.
+
+A test message goes where the operator says, but an address that is not a subscriber,
+or one that unsubscribed, is most likely a typo or a person who asked for no more mail:
+:func:`recipient_warning` names the problem and the command refuses without ``--force``.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,24 @@ from uuid import uuid4
 
 from pipeline.config import Config
 from pipeline.config.models import check_address
-from pipeline.cycle.compose import make_renderer, make_signer
+from pipeline.cycle.compose import make_dkim, make_renderer, make_signer
 from pipeline.cycle.digest import build_digest, message_headers
 from pipeline.cycle.plan import message_domain, sender_address
-from pipeline.domain import Envelope, Mailer, Paper, Schedule
+from pipeline.domain import Envelope, Mailer, Paper, Reader, Schedule
 from pipeline.errors import PaperpostError, TransportError
 from pipeline.mail import build_message, make_message_id
 from pipeline.store import Delivery, DeliveryItem
+
+
+def recipient_warning(email: str, reader: Reader | None) -> str | None:
+    """Why ``email`` should not get a test message (None: it is an active reader)."""
+    if reader is None:
+        return f"{email} is not a subscriber of this list (unknown address)"
+    if reader.status == "active":
+        return None
+    if reader.status == "unsubscribed":
+        return f"{email} unsubscribed from this list"
+    return f"{email} is not an active subscriber (status {reader.status})"
 
 
 async def send_test(
@@ -51,10 +67,12 @@ async def send_test(
     digest = build_digest(config, make_signer(config), delivery, schedule, now=now)
     rendered = make_renderer(config).render(digest)
     headers = message_headers(config, delivery, digest, f"[test] {rendered.subject}", now=now)
+    data = build_message(headers, rendered)
+    dkim = make_dkim(config)
     envelope = Envelope(
         sender=sender_address(config),
         recipient=address,
-        data=build_message(headers, rendered),
+        data=dkim.sign(data) if dkim is not None else data,
         message_id=delivery.message_id,
     )
     try:

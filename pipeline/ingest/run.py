@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -39,7 +39,7 @@ __all__ = [
     "ingest_sources",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("paperpost.ingest")
 ARXIV_API = "https://export.arxiv.org/api/query"
 LIKED_SOURCE = "arxiv-api:liked"
 _ID_LIST_CHUNK = 50
@@ -137,18 +137,25 @@ async def ingest_sources(
     *,
     now: datetime,
     failure_alert: int = 3,
+    on_outcome: Callable[[SourceOutcome], None] | None = None,
 ) -> list[SourceOutcome]:
     """Ingest all ``specs`` concurrently (the fetcher bounds concurrency and politeness).
 
     Returns one outcome per spec, in order. A source failing ``failure_alert`` times in a
-    row is logged at ERROR level on every further failure.
+    row is logged at ERROR level on every further failure. ``on_outcome`` is told of each
+    source as it finishes (a progress display).
     """
     saving = asyncio.Lock()  # one source's read-merge-save at a time
-    tasks = [
-        _ingest_one(store, spec, fetcher, saving, now=now, failure_alert=failure_alert)
-        for spec in specs
-    ]
-    return list(await asyncio.gather(*tasks))
+
+    async def one(spec: SourceSpec) -> SourceOutcome:
+        outcome = await _ingest_one(
+            store, spec, fetcher, saving, now=now, failure_alert=failure_alert
+        )
+        if on_outcome is not None:
+            on_outcome(outcome)
+        return outcome
+
+    return list(await asyncio.gather(*(one(spec) for spec in specs)))
 
 
 async def _ingest_one(
@@ -175,7 +182,19 @@ async def _ingest_one(
         message = reason(exc)
         failures = await asyncio.to_thread(_record_failure, store, spec.name, message, now=now)
         level = logging.ERROR if failures >= failure_alert else logging.WARNING
-        log.log(level, "source %s failed (%d in a row): %s", spec.name, failures, message)
+        log.log(
+            level,
+            "source %s failed (%d in a row): %s",
+            spec.name,
+            failures,
+            message,
+            extra={
+                "event": "source.failed",
+                "source": spec.name,
+                "failures": failures,
+                "error": message,
+            },
+        )
         return SourceOutcome(name=spec.name, ok=False, error=message, consecutive_failures=failures)
     new = updated = 0
     if listing.papers:
@@ -202,6 +221,15 @@ async def _ingest_one(
         updated,
         listing.skipped,
         " (not modified)" if listing.not_modified else "",
+        extra={
+            "event": "source.fetched",
+            "source": spec.name,
+            "entries": len(listing.papers),
+            "new": new,
+            "updated": updated,
+            "skipped": listing.skipped,
+            "not_modified": listing.not_modified,
+        },
     )
     return SourceOutcome(
         name=spec.name,

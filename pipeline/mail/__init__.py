@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pipeline.mail.headers import make_message_id, safe_header_value
 from pipeline.mail.maildir import MaildirMailer
-from pipeline.mail.message import build_message, build_message_reference
+from pipeline.mail.message import build_message
 from pipeline.mail.smtp import SmtpMailer, SmtpSettings, SmtpStats
 
 __all__ = [
@@ -18,7 +18,6 @@ __all__ = [
     "SmtpSettings",
     "SmtpStats",
     "build_message",
-    "build_message_reference",
     "make_message_id",
     "safe_header_value",
 ]

@@ -8,10 +8,16 @@ is not relied on to stop header injection: we reject CR, LF, every other
 control character and RFC 2047 encoded-word sequences up front, and encode
 the rest ourselves.
 
-Encoding follows RFC 5322 / RFC 2047: ASCII text is folded at whitespace, any
-non-ASCII text becomes a run of ``=?utf-8?b?...?=`` encoded-words, each at most
-75 characters and holding whole characters only. Domains are sent as IDNA 2008
-(UTS #46) punycode; a non-ASCII local part would need SMTPUTF8 and is refused.
+Encoding follows RFC 5322 / RFC 2047: ASCII text (a subject, or a display name
+as atoms or a quoted-string) is folded at its spaces into lines of at most 78
+characters; text that is not ASCII, or that holds a word too long for such a
+line, becomes a run of ``=?utf-8?b?...?=`` encoded-words, each at most 75
+characters, one per line and holding whole characters only. So no header line
+this module writes is longer than 78 characters, whatever the value's length,
+except an address (at most 64 + 1 + 253 characters, RFC 5321), which gets a line
+of its own when it does not fit after the name. Domains are sent as IDNA 2008
+(UTS #46) punycode; a non-ASCII local part would need SMTPUTF8 and is refused,
+and so is a local part longer than RFC 5321's 64 octets.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pipeline.domain import Envelope
 from pipeline.errors import HeaderInjectionError, PermanentDeliveryError
 
 __all__ = [
+    "MAX_LOCAL_PART",
     "encode_address",
     "encode_phrase",
     "encode_unstructured",
@@ -51,6 +58,7 @@ _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 _URL_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
 
 _MAX_LINE = 78  # RFC 5322 SHOULD; the MUST (998) is never approached
+MAX_LOCAL_PART = 64  # octets, RFC 5321 section 4.5.3.1.1
 _WORD_BYTES = 39  # utf-8 bytes per encoded-word: " =?utf-8?b?" + 52 b64 + "?=" fits in 78
 
 
@@ -99,27 +107,46 @@ def encode_unstructured(value: str, *, field: str) -> str:
     """
     safe_header_value(value, field=field)
     if value.isascii():
-        return _fold_ascii(value, first=len(field) + 2)
+        folded = _fold_ascii(value, first=len(field) + 2)
+        if folded is not None:
+            return folded
     return _encoded_words(value)
 
 
 def encode_phrase(value: str, *, field: str) -> str:
-    """Encode a display name (RFC 5322 phrase): atoms, a quoted-string or encoded-words."""
+    """Encode a display name (RFC 5322 phrase): atoms, a quoted-string or encoded-words.
+
+    An ASCII name is written as atoms when it has no specials and single spaces only
+    (so it parses back unchanged), else as a quoted-string; either is folded at its
+    spaces. A name that is not ASCII, or has a word too long to fold, is encoded-words.
+    """
     safe_header_value(value, field=field)
-    if not value.isascii():
-        return _encoded_words(value)
-    if _ATEXT_PHRASE.fullmatch(value) is not None and value.strip() == value and value:
-        return value
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
+    if value.isascii():
+        if value and _ATEXT_PHRASE.fullmatch(value) and " ".join(value.split()) == value:
+            text = value
+        else:
+            escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+            text = f'"{escaped}"'
+        folded = _fold_ascii(text, first=len(field) + 2)
+        if folded is not None:
+            return folded
+    return _encoded_words(value)
 
 
 def encode_address(addr: str, name: str | None, *, field: str) -> str:
-    """``Name <local@punycode-domain>`` (or the bare address), every part checked."""
+    """``Name <local@punycode-domain>`` (or the bare address), every part checked.
+
+    The address goes on a line of its own when it does not fit after the name.
+    """
     spec = ascii_addr_spec(addr, field=field)
     if not name:
         return spec
-    return f"{encode_phrase(name, field=field)} <{spec}>"
+    phrase = encode_phrase(name, field=field)
+    last = phrase.rsplit("\r\n", 1)[-1]
+    column = len(last) + (len(field) + 2 if "\r\n" not in phrase else 0)
+    if column + len(spec) + 3 > _MAX_LINE:
+        return f"{phrase}\r\n <{spec}>"
+    return f"{phrase} <{spec}>"
 
 
 def ascii_addr_spec(addr: str, *, field: str) -> str:
@@ -132,6 +159,11 @@ def ascii_addr_spec(addr: str, *, field: str) -> str:
         raise HeaderInjectionError(
             f"header {field}: local part of {_preview(addr)} is not an ASCII dot-atom "
             f"(non-ASCII local parts need SMTPUTF8, which Paperpost does not use)"
+        )
+    if len(local) > MAX_LOCAL_PART:
+        raise HeaderInjectionError(
+            f"header {field}: local part of {_preview(addr)} is {len(local)} octets; "
+            f"RFC 5321 allows at most {MAX_LOCAL_PART}"
         )
     return f"{local}@{ascii_domain(domain, field=field)}"
 
@@ -182,7 +214,13 @@ def make_message_id(key: str, domain: str) -> str:
     return f"<{digest}.paperpost@{ascii_domain(domain, field='Message-ID')}>"
 
 
-def _fold_ascii(value: str, *, first: int) -> str:
+def _fold_ascii(value: str, *, first: int) -> str | None:
+    """``value`` folded at its spaces into lines of at most 78 characters (``first``:
+    the columns taken before it on the first line), or None when a word is too long.
+
+    A fold puts CRLF before one of the value's own spaces, so unfolding (removing the
+    CRLF) gives back exactly ``value``.
+    """
     words = value.split(" ")
     lines: list[str] = []
     current = words[0]
@@ -195,6 +233,8 @@ def _fold_ascii(value: str, *, first: int) -> str:
         else:
             current = f"{current} {word}"
     lines.append(current)
+    if first + len(lines[0]) > _MAX_LINE or any(len(line) + 1 > _MAX_LINE for line in lines[1:]):
+        return None
     return "\r\n ".join(lines)
 
 

@@ -1,32 +1,27 @@
-"""Build the bytes of one digest message: a fast path and an ``email``-package reference.
+"""Build the bytes of one digest message: the one MIME builder.
 
-Both produce the same message: the same header set in the same order, and a
-multipart/alternative body with a text/plain and a text/html part, both
+The message is assembled directly as bytes: the header set in a fixed order,
+then a multipart/alternative body with a text/plain and a text/html part, both
 UTF-8 and base64 with 76-character lines (far below SMTP's 998 octets).
-Base64 rather than quoted-printable because it costs a third as much to
-produce for these mostly-ASCII, long-lined parts; with ``charset="utf-8"``
-declared it does not trip spam heuristics aimed at base64-disguised ASCII
-(SpamAssassin's MIME_BASE64_TEXT only fires for ASCII or missing charsets).
-A test proves that the ``email`` package parses each fast-path message back to
-exactly the headers and part contents of the reference path.
+Base64 rather than quoted-printable because it is cheap to produce for these
+mostly-ASCII, long-lined parts; with ``charset="utf-8"`` declared it does not
+trip spam heuristics aimed at base64-disguised ASCII (SpamAssassin's
+MIME_BASE64_TEXT only fires for ASCII or missing charsets).
 
-Why a fast path: ``EmailMessage`` build + serialise costs about 3 ms per
-digest, directly assembled bytes a tenth of that (bench/SEND.md). Every
-header value still goes through :func:`pipeline.mail.headers.safe_header_value`
-(via the ``encode_*`` helpers) on both paths.
+Why not ``email.message.EmailMessage``: every header value must go through
+:mod:`pipeline.mail.headers` (the machine's Python has CVE-2024-6923, so the
+``email`` package's folding is not trusted with outside data), and building and
+serialising an ``EmailMessage`` costs several times the rest of composing a
+digest (bench/SEND.md). The ``email`` package is the tests' oracle instead: they
+parse the built bytes under ``policy.default`` and compare the structure.
 """
 
 from __future__ import annotations
 
 import hashlib
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP
+from binascii import b2a_base64
 from email.utils import parseaddr
 from functools import lru_cache
-
-import numpy as np
-import pybase64
 
 from pipeline.domain import MessageHeaders, RenderedDigest
 from pipeline.errors import HeaderInjectionError
@@ -40,16 +35,15 @@ from pipeline.mail.headers import (
     safe_header_value,
 )
 
-__all__ = ["build_message", "build_message_reference", "header_values"]
+__all__ = ["build_message", "header_values"]
 
 _ONE_CLICK = "List-Unsubscribe=One-Click"
+# RFC 3834: tells vacation responders and other auto-repliers not to answer.
+_AUTO_SUBMITTED = "auto-generated"
 
 
 def header_values(headers: MessageHeaders) -> list[tuple[str, str]]:
-    """The checked, still unencoded header values in sending order (MIME headers excluded).
-
-    Both builders start from this list, so both apply the same safety checks.
-    """
+    """The checked, still unencoded header values in sending order (MIME headers excluded)."""
     _, from_addr = _split_mailbox(headers.from_addr, field="From")
     ascii_addr_spec(from_addr, field="From")
     ascii_addr_spec(headers.to_addr, field="To")
@@ -80,11 +74,13 @@ def header_values(headers: MessageHeaders) -> list[tuple[str, str]]:
         values.append(("List-Unsubscribe", ", ".join(targets)))
     if headers.unsubscribe_url is not None:
         values.append(("List-Unsubscribe-Post", _ONE_CLICK))
+    values.append(("Auto-Submitted", _AUTO_SUBMITTED))
     return values
 
 
 def build_message(headers: MessageHeaders, rendered: RenderedDigest) -> bytes:
-    """Assemble the message bytes directly (CRLF line endings, ready for DATA)."""
+    """The message bytes: CRLF line endings, 7-bit, no line over 78 characters in the
+    head or 76 in the body, ready for DATA (and for DKIM signing)."""
     lines: list[str] = []
     for name, value in header_values(headers):
         lines.append(f"{name}: {_encode_header(name, value, headers)}")
@@ -108,29 +104,6 @@ def build_message(headers: MessageHeaders, rendered: RenderedDigest) -> bytes:
             b"--\r\n",
         )
     )
-
-
-def build_message_reference(headers: MessageHeaders, rendered: RenderedDigest) -> bytes:
-    """The same message through ``email.message.EmailMessage`` (slow; the yardstick)."""
-    msg = EmailMessage(policy=SMTP)
-    for name, value in header_values(headers):
-        if name == "From":
-            from_name, from_addr = _split_mailbox(value, field="From")
-            msg[name] = _address(from_addr, from_name)
-        elif name == "To":
-            msg[name] = _address(value, headers.to_name)
-        elif name == "MIME-Version":
-            continue  # set_content adds it in this position
-        else:
-            msg[name] = value
-        if name == "Message-ID":
-            msg["MIME-Version"] = "1.0"
-    msg.set_content(_lf(rendered.text), subtype="plain", charset="utf-8", cte="base64")
-    msg.add_alternative(_lf(rendered.html), subtype="html", charset="utf-8", cte="base64")
-    for part in msg.iter_parts():
-        del part["MIME-Version"]  # add_alternative puts one in the html part only
-    msg.set_boundary(_boundary(headers.message_id))
-    return msg.as_bytes()
 
 
 def _encode_header(name: str, value: str, headers: MessageHeaders) -> str:
@@ -161,12 +134,6 @@ def _encode_repeated(name: str, value: str) -> str:
     return encode_unstructured(value, field="List-Id")
 
 
-def _address(addr: str, name: str | None) -> Address:
-    spec = ascii_addr_spec(addr, field="To")
-    local, _, domain = spec.rpartition("@")
-    return Address(display_name=name or "", username=local, domain=domain)
-
-
 @lru_cache(maxsize=256)
 def _split_mailbox(value: str, *, field: str) -> tuple[str | None, str]:
     safe_header_value(value, field=field)
@@ -177,14 +144,8 @@ def _split_mailbox(value: str, *, field: str) -> tuple[str | None, str]:
 
 
 def _boundary(message_id: str) -> str:
-    # "=_" never occurs in quoted-printable output, so the boundary cannot collide.
+    # "=_" never occurs in base64 or quoted-printable output, so the boundary cannot collide.
     return "=_pp_" + hashlib.sha256(message_id.encode("utf-8")).hexdigest()[:28]
-
-
-def _lf(text: str) -> str:
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text if text.endswith("\n") else text + "\n"
 
 
 _PART_HEADS = {
@@ -194,15 +155,13 @@ _PART_HEADS = {
     ).encode("ascii")
     for subtype in ("plain", "html")
 }
-_CRLF = np.frombuffer(b"\r\n", dtype=np.uint8)
 _LINE = 76  # base64 characters per line (RFC 2045)
 
 
 def _crlf_utf8(body: str) -> bytes:
-    """``body`` as UTF-8 with CRLF line endings and a final line break (as ``_lf`` then CRLF).
+    """``body`` as UTF-8 with CRLF line endings and a final line break.
 
-    Works on the encoded bytes: CR and LF never occur inside a UTF-8 sequence,
-    and bytes.replace is far cheaper than str.replace on a non-Latin-1 string.
+    Works on the encoded bytes: CR and LF never occur inside a UTF-8 sequence.
     """
     data = body.encode("utf-8")
     if b"\r" in data:
@@ -215,20 +174,9 @@ def _crlf_utf8(body: str) -> bytes:
 def _base64_lines(data: bytes) -> bytes:
     """Base64 of ``data`` in lines of 76 characters, each ended by CRLF.
 
-    One SIMD base64 pass over the whole body (pybase64: about 2 µs for a 37 KB
-    part, against 45-90 µs for ``binascii.b2a_base64``), then the line breaks
-    are laid in with one strided numpy copy instead of slicing line by line.
+    One ``binascii`` pass over the whole part, then cut into lines (rather than
+    ``email.base64mime.body_encode``, which makes one call per line).
     """
-    encoded = pybase64.b64encode(data)
-    full, rest = divmod(len(encoded), _LINE)
-    if not full:
-        return encoded + b"\r\n"
-    source = np.frombuffer(encoded, dtype=np.uint8)
-    out = np.empty(full * (_LINE + 2) + (rest + 2 if rest else 0), dtype=np.uint8)
-    grid = out[: full * (_LINE + 2)].reshape(full, _LINE + 2)
-    grid[:, :_LINE] = source[: full * _LINE].reshape(full, _LINE)
-    grid[:, _LINE:] = _CRLF
-    if rest:
-        out[full * (_LINE + 2) : -2] = source[full * _LINE :]
-        out[-2:] = _CRLF
-    return out.tobytes()
+    encoded = b2a_base64(data, newline=False)
+    lines = [encoded[i : i + _LINE] for i in range(0, len(encoded), _LINE)]
+    return b"\r\n".join(lines) + b"\r\n"

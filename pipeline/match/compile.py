@@ -31,6 +31,7 @@ import scipy.sparse as sp
 from pipeline.domain import Paper, Profile
 from pipeline.match.lsa import Lsa
 from pipeline.match.period import Period
+from pipeline.match.ranking import RankTables
 from pipeline.match.settings import MatchSettings
 from pipeline.match.similarity import TfidfModel
 from pipeline.match.tables import RuleTables, TextTables
@@ -50,6 +51,7 @@ class Compiled:
 
     rules: RuleTables
     texts: TextTables
+    ranking: RankTables  # ranking terms per distinct rule, added to admitted papers
     query: I32  # row of rules.query (0: none)
     exclude: I32
     categories: I32
@@ -66,8 +68,10 @@ class Compiled:
     max_items: I64
     min_score: F32
     trending: I64
-    sent_rows: I64  # (profile, paper) pairs already sent, sorted by profile
+    sent_rows: I64  # (profile, paper) pairs already sent or liked/disliked, by profile
     sent_cols: I64
+    own_rows: I64  # the (profile, paper) pairs among them that the reader liked or disliked
+    own_cols: I64
 
 
 def _intern(values: list[H]) -> tuple[I32, list[H]]:
@@ -176,9 +180,17 @@ def compile_profiles(
                 if pid in large:
                     sent_rows.append(r)
                     sent_cols.append(position[pid])
+    # A paper the reader liked or disliked is never sent back (it is its own best match).
+    own_rows, own_cols = _own_pairs(
+        like_id, [(), *like_tuples], dislike_id, [(), *dislike_tuples], period
+    )
+    all_rows = np.concatenate([np.array(sent_rows, dtype=np.int64), own_rows])
+    all_cols = np.concatenate([np.array(sent_cols, dtype=np.int64), own_cols])
+    by_row = np.argsort(all_rows, kind="stable")
     return Compiled(
         rules=rules,
         texts=texts,
+        ranking=RankTables(period, rules, settings, lsa),
         query=query,
         exclude=exclude,
         categories=cats,
@@ -199,6 +211,43 @@ def compile_profiles(
         trending=np.maximum(
             np.fromiter(map(attrgetter("trending"), profiles), dtype=np.int64, count=n), 0
         ),
-        sent_rows=np.array(sent_rows, dtype=np.int64),
-        sent_cols=np.array(sent_cols, dtype=np.int64),
+        sent_rows=all_rows[by_row],
+        sent_cols=all_cols[by_row],
+        own_rows=own_rows,
+        own_cols=own_cols,
     )
+
+
+def _own_pairs(
+    like_id: I32,
+    likes: Sequence[tuple[str, ...]],
+    dislike_id: I32,
+    dislikes: Sequence[tuple[str, ...]],
+    period: Period,
+) -> tuple[I64, I64]:
+    """(profile, paper) for every liked or disliked paper that is among the period's
+    papers, sorted by profile: per distinct list, then spread over its profiles."""
+    rows: list[I64] = []
+    cols: list[I64] = []
+    position = period.position
+    if not any(p in position for t in (*likes, *dislikes) for p in t):
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    for ids, lists in ((like_id, likes), (dislike_id, dislikes)):
+        found = [[position[p] for p in dict.fromkeys(t) if p in position] for t in lists]
+        size = np.fromiter(map(len, found), dtype=np.int64, count=len(found))
+        if not size.any():
+            continue
+        flat = np.fromiter(chain.from_iterable(found), dtype=np.int64, count=int(size.sum()))
+        first = np.concatenate([[0], np.cumsum(size)[:-1]]).astype(np.int64)
+        per = size[ids]
+        owner = np.repeat(np.arange(ids.size, dtype=np.int64), per)
+        offset = np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per)
+        rows.append(owner)
+        cols.append(flat[np.repeat(first[ids], per) + offset])
+    if not rows:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    order = np.lexsort((c, r))
+    return r[order], c[order]

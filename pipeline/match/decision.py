@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from pipeline.domain import MatchItem
+from pipeline.match.ranking import RankPart
 from pipeline.match.reasons import Reasons
 from pipeline.match.scoring import boost_table, chunk_scores, pick_trending, rounded, top_k
 from pipeline.match.tables import AUTHOR, CATEGORY, EXCLUDE, QUERY
@@ -40,9 +41,10 @@ __all__ = [
 # What let the paper in: a rule hit, similarity at or above the threshold, a trending slot.
 Admission = Literal["query", "authors", "categories", "similarity", "trending"]
 # What keeps it out whatever its score: the profile's exclude query, an earlier digest.
-Exclusion = Literal["exclude", "already_sent"]
+Exclusion = Literal["exclude", "already_sent", "own_feedback"]
 # Why a paper is not in the digest (first that applies, in this order).
 WhyNot = Literal[
+    "own_feedback",  # the reader liked or disliked it: never sent back
     "already_sent",  # in the reader's already-sent (or reserved) set
     "excluded",  # the exclude query matches it
     "not_admitted",  # no rule hit, and the profile has no similarity to admit with
@@ -99,10 +101,11 @@ class Decision:
     admitted_by: tuple[Admission, ...]  # possibly several, in this order of kinds
     excluded_by: tuple[Exclusion, ...]
     rules: tuple[RuleCheck, ...]  # query, authors, categories, exclude (always all four)
-    # the score and its terms: score = Σ boosts of hit rules + similarity
+    # the score and its terms: score = Σ boosts of hit rules + similarity + Σ ranking
     score: float  # rounded to 1e-6, as ranked (computed also when not eligible)
     similarity: float | None  # None: the profile has no text term (similarity counts 0)
     terms: tuple[Term, ...]  # sums to ``similarity`` (up to float32 rounding)
+    ranking: tuple[RankPart, ...]  # ranking terms (eligible papers only; value × weight)
     blend: tuple[tuple[str, float], ...]  # each cosine = Σ weight × part, e.g. ("TF-IDF", 0.7)
     ignored: tuple[str, ...]  # liked/disliked ids without metadata (not counted)
     # what it was compared with
@@ -126,6 +129,10 @@ class Decision:
     @property
     def boost(self) -> float:
         return sum(r.boost for r in self.rules if r.hit)
+
+    @property
+    def rank_bonus(self) -> float:
+        return sum(p.contribution for p in self.ranking)
 
 
 def decision(result: MatchResult, i: int, paper_id: str, *, lsa: Lsa | None = None) -> Decision:
@@ -151,6 +158,7 @@ def decision(result: MatchResult, i: int, paper_id: str, *, lsa: Lsa | None = No
     # The row as ``select`` scored it: codes, similarities, eligible scores, sent pairs −inf.
     scored = chunk_scores(c, rows, settings)
     sent = c.sent_cols[c.sent_rows == i]
+    own = bool((c.own_cols[c.own_rows == i] == col).any())
     scored.score[0, sent] = -np.inf
     code = int(scored.code[0, col])
     sim = None if scored.sims is None else scored.sims[0, col]
@@ -171,7 +179,8 @@ def decision(result: MatchResult, i: int, paper_id: str, *, lsa: Lsa | None = No
         score = float(ranked_scores[at[0]])
     else:  # not eligible: the same sum, before the −inf that keeps it out
         boost = boost_table(settings, unmatched=0.0)[hits]
-        score = float(rounded(boost + (np.float32(0.0) if sim is None else sim)))
+        total = boost + (np.float32(0.0) if sim is None else sim)
+        score = float(rounded(total))  # below min_score: no ranking terms were added
     trending = result.trending_papers[t : t + int(result.trending_count[i])]
     slots = int(c.trending[i])
     trending_rank = None
@@ -201,13 +210,17 @@ def decision(result: MatchResult, i: int, paper_id: str, *, lsa: Lsa | None = No
     excluded: list[Exclusion] = []
     if code & EXCLUDE:
         excluded.append("exclude")
-    already_sent = bool((sent == col).any())
+    already_sent = bool((sent == col).any()) and not own
     if already_sent:
         excluded.append("already_sent")
+    if own:
+        excluded.append("own_feedback")
 
     why: WhyNot | None = None
     if not (in_interest or in_trending):
-        if already_sent:
+        if own:
+            why = "own_feedback"
+        elif already_sent:
             why = "already_sent"
         elif code & EXCLUDE:
             why = "excluded"
@@ -261,6 +274,13 @@ def decision(result: MatchResult, i: int, paper_id: str, *, lsa: Lsa | None = No
         ),
         score=score,
         similarity=None if sim is None else float(sim),
+        ranking=(
+            c.ranking.parts(
+                q, a, k, col, (bool(hits & QUERY), bool(hits & AUTHOR), bool(hits & CATEGORY))
+            )
+            if rank is not None or in_interest  # the terms its ranked score includes
+            else ()
+        ),
         terms=_terms(result, i, col) if sim is not None else (),
         blend=_blend(settings.lsa_weight, lsa, period.embedding),
         ignored=tuple(

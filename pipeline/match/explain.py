@@ -7,10 +7,12 @@ made (``pipeline.match.decision``); nothing here scores, admits or ranks.
 from __future__ import annotations
 
 from pipeline.match.decision import Decision, RuleCheck, Term
+from pipeline.match.ranking import RankPart
 
 __all__ = ["format_decision"]
 
 _WHY = {
+    "own_feedback": "the reader liked or disliked it (a paper is never sent back to its reader)",
     "already_sent": "already sent to this reader (or reserved for a planned digest)",
     "excluded": "the exclude query matches it",
     "not_admitted": "not admitted: no rule hit, and no about text or known liked paper",
@@ -22,14 +24,18 @@ def format_decision(d: Decision) -> str:
     score = f"score {d.score:.6f}"
     if d.slot == "trending":
         score += f"  (as a trending item its score is its {d.upvotes} upvotes)"
-    lines = [f"paper {d.paper_id}: {d.title}", score]
+    # A content hash or link id means nothing to a reader: the title first, the id after.
+    hashed = d.paper_id.startswith(("sha:", "url:"))
+    named = f"“{d.title}” (id {d.paper_id})" if hashed else f"{d.paper_id}: {d.title}"
+    lines = [f"paper {named}", score]
     lines += [_rule(r) for r in d.rules if r.kind != "exclude" or r.rule]
     lines += _similarity(d)
+    lines += _ranking(d)
     lines.append(f"  {'admitted':<11} {_admitted(d)}")
     if d.why_not == "below_min_score":
         verdict = f"FAILS: the paper is dropped ({d.score:.6f} < {d.min_score:.2f})"
     elif d.rank is not None:
-        verdict = "passes"
+        verdict = f"passes ({d.score - d.rank_bonus:.6f} before ranking terms)"
     else:
         verdict = "not reached"
     lines.append(f"  {'min_score':<11} {d.min_score:.2f} → {verdict}")
@@ -72,6 +78,20 @@ def _similarity(d: Decision) -> list[str]:
     if d.ignored:
         lines.append(f"      ignored (no metadata found): {', '.join(d.ignored)}")
     return lines
+
+
+def _ranking(d: Decision) -> list[str]:
+    if not d.ranking:
+        why = "none apply" if d.rank is not None else "none (added to eligible papers only)"
+        return [f"  {'ranking':<11} {why}"]
+    lines = [f"  {'ranking':<11} +{d.rank_bonus:.4f}"]
+    lines += [_rank_part(p) for p in d.ranking]
+    return lines
+
+
+def _rank_part(p: RankPart) -> str:
+    name = f"{p.kind} ({p.rule})" if p.rule else p.kind
+    return f"      {name:<22} {p.value:.4f} × {p.weight:.2f}  {p.detail}"
 
 
 def _term(t: Term) -> str:

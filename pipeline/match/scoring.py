@@ -7,6 +7,7 @@ For a chunk of profiles (rows) × papers (columns)::
     score = boosts(code) + sims
     eligible: code names a rule hit (and no exclude), or sims ≥ threshold with similarity,
               and score ≥ min_score, and not already sent
+    score += ranking terms (pipeline.match.ranking) on eligible papers only
     top-k per row: each row's k-th value, then exact ties on the score rounded to 1e-6 resolved
                    by the period's order (new, cross, replace; then id).
 
@@ -62,6 +63,7 @@ class ChunkScores:
     code: U8  # rows × papers
     sims: F32 | None  # rows × papers, None when no row of the chunk has a similarity vector
     score: F32  # rows × papers, −inf where not eligible (already-sent pairs not yet removed)
+    bonus: F32 | None  # rows × papers: the ranking terms (pipeline.match.ranking), or None
 
 
 def chunk_scores(compiled: Compiled, rows: I64, settings: MatchSettings) -> ChunkScores:
@@ -72,24 +74,34 @@ def chunk_scores(compiled: Compiled, rows: I64, settings: MatchSettings) -> Chun
     code |= r.rows(r.categories, c.categories[rows], CATEGORY)
     code |= r.rows(r.exclude, c.exclude[rows], EXCLUDE)
     min_score = c.min_score[rows]
+    bonus = c.ranking.bonus(c.query[rows], c.authors[rows], c.categories[rows])
     if c.product[rows].any():
         sims = np.asarray(c.weights[rows] @ c.texts.rows, dtype=np.float32)
         score = np.take(boost_table(settings, unmatched=0.0), code)
         score += sims
-        # With no rule hit the score is the similarity, so "similarity ≥ threshold and
-        # score ≥ min_score" is one comparison against the larger of the two.
-        floor_matched = min_score
-        floor_unmatched = np.maximum(min_score, np.float32(settings.similarity_threshold))
+        # Admission: a rule hit, or (no rule hit) similarity ≥ threshold for a profile
+        # with similarity; excluded codes are −inf through the table.
+        floor_unmatched = np.full(rows.size, np.float32(settings.similarity_threshold))
         floor_unmatched[~c.has_sim[rows]] = np.inf
-        floor = np.where(code == 0, floor_unmatched[:, None], floor_matched[:, None])
-        np.copyto(score, _NEG, where=score < floor)
-        return ChunkScores(code, sims, score)
+        np.copyto(score, _NEG, where=(code == 0) & (sims < floor_unmatched[:, None]))
+        _finish(score, bonus, min_score, -np.inf)
+        return ChunkScores(code, sims, score, bonus)
     table = boost_table(settings, unmatched=-np.inf)
     score = np.take(table, code)
-    lowest = table[np.isfinite(table)].min(initial=np.inf)
+    _finish(score, bonus, min_score, float(table[np.isfinite(table)].min(initial=np.inf)))
+    return ChunkScores(code, None, score, bonus)
+
+
+def _finish(score: F32, bonus: F32 | None, min_score: F32, lowest: float) -> None:
+    """Drop what falls below ``min_score`` (boosts + similarity: the admission score),
+    then add the ranking terms to what is left. Ranking terms order, never admit: a
+    "less like this" look-alike pushed below ``min_score`` stays out. ``lowest``: no
+    admitted score is below it, so a chunk whose ``min_score`` are all at or below it
+    skips the comparison."""
     if (min_score > lowest).any():
         np.copyto(score, _NEG, where=score < min_score[:, None])
-    return ChunkScores(code, None, score)
+    if bonus is not None:
+        np.add(score, bonus, out=score, where=score > _NEG)
 
 
 def top_k(score: F32, k: I64) -> tuple[I64, I64, F64]:

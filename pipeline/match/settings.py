@@ -66,6 +66,15 @@ class MatchSettings:
     threads: int = 2
     # At most this many query terms are named in a reason line.
     reason_terms: int = 3
+    # Ranking terms added to ADMITTED papers only (pipeline.match.ranking; each value in
+    # [0, 1]): BM25F of the matched query terms, share of the query's terms present,
+    # cosine with the centroid of the rule's hits, primary category followed, Hugging
+    # Face upvotes decayed by age. Measured in bench/MATCH.md ("Ranking hard matches").
+    rank_bm25: float = 0.2
+    rank_clauses: float = 0.1
+    rank_typical: float = 0.2
+    rank_primary: float = 0.05
+    rank_trending: float = 0.1
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
@@ -90,5 +99,9 @@ class MatchSettings:
             raise ValueError(f"MatchSettings.min_df must be >= 1, got {self.min_df}")
         if not 0.0 < self.max_df <= 1.0:
             raise ValueError(f"MatchSettings.max_df must be in (0, 1], got {self.max_df}")
+        for name in ("rank_bm25", "rank_clauses", "rank_typical", "rank_primary", "rank_trending"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"MatchSettings.{name} must be in [0, 1], got {value}")
         if self.title_weight < 1:
             raise ValueError(f"MatchSettings.title_weight must be >= 1, got {self.title_weight}")

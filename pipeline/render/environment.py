@@ -80,6 +80,10 @@ class TemplateSet:
         )
         self._cache: dict[str, jinja2.Template] = {}
 
+    def set_global(self, name: str, value: object) -> None:
+        """A name every template sees (the renderer's ``memo``)."""
+        self._env.globals[name] = value
+
     def get(self, name: str) -> jinja2.Template:
         """The compiled template ``name``; ``TemplateError`` names the file and line if broken."""
         template = self._cache.get(name)

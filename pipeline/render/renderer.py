@@ -1,64 +1,48 @@
 """Render one digest into subject, HTML (CSS inlined, size-capped) and text (72 columns).
 
-Speed comes from rendering each paper once per run. ``_item.html.j2`` and
-``_item.txt.j2`` are rendered per (paper, shape), where the shape says which
-personal parts the entry has (a reason, a "more" link, a "less" link), with
-the personal values replaced by private-use slot marker characters. The HTML
-is CSS-inlined and the text wrapped at that point, and the result cached. Per
-digest, each entry is the cached chunk with its slot markers replaced by the
-escaped personal values (and the few text lines holding them re-wrapped).
-The small shells (header, section titles, footer) go through Jinja (and the
-HTML one through css-inline) once per structure: which text fields are
-empty, the counts, the sections and ``extra``; the fields themselves are
-slot markers there too, so shell templates may print the text fields and
-test them for presence, nothing more. The shells carry slots where the
-entries go; HTML slots are comments (autoescaping turns any ``<`` from data
-into ``&lt;``) and text slots use NUL, so data cannot forge either. Cleaning
-removes the slot marker characters and NUL from every value.
+Templates are ordinary Jinja: each digest is one render of ``digest.html.j2`` and
+one of ``digest.txt.j2`` with the real values, so an operator's template may use any
+filter, loop or condition. The shipped shells include ``_item.*.j2`` once per paper.
+The HTML is then CSS-inlined (css-inline) and the text wrapped.
+
+Caches, all of pure functions: the per-paper view (cleaning, links, TL;DR, snippet),
+kept by the paper object's identity (a run's digests share the same Paper objects);
+the wrapping of long text lines, kept by the line (a paper's lines recur in every
+digest that lists it); and ``memo(macro, *args)``, which templates may call to render
+a macro once per distinct arguments (the shipped ones do for a paper's details).
+Nothing restricts what a template may do. bench/E2E.md has the cost per digest.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import css_inline
 import jinja2
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from pipeline.domain import Digest, DigestItem, Paper, RenderedDigest
 from pipeline.errors import TemplateError
 from pipeline.render.environment import REQUIRED_TEMPLATES, TemplateSet
-from pipeline.render.pieces import (
-    FIELD_SENTINELS,
-    LESS,
-    MORE,
-    NUMBER,
-    REASON,
-    SUBJECT,
-    Entry,
-    EntryChunk,
-    Shell,
-    TextShell,
-    compile_chunk,
-    compile_shell,
-    compile_text_shell,
-    fill_entry,
-    fill_shell,
-    fill_text_shell,
-)
 from pipeline.render.sample import sample_digest
-from pipeline.render.text import clean_text, collapse_whitespace, safe_url, truncate, wrap_text
-from pipeline.render.views import DigestView, ItemView, Section, digest_view, paper_view
+from pipeline.render.text import clean_text, collapse_whitespace, truncate, wrap_text
+from pipeline.render.views import (
+    GROUP_TITLES,
+    DigestView,
+    ItemView,
+    PaperView,
+    Section,
+    digest_view,
+    item_view,
+    paper_view,
+    reason_kind,
+)
 
 __all__ = ["RenderOptions", "Renderer"]
-
-Shape = tuple[bool, bool, bool]  # has reason, has "more" link, has "less" link
-# Which text fields are present, count, trending count, omitted, extra, has a subject.
-ShellKey = tuple[tuple[bool, ...], int, int, int, tuple[tuple[str, str], ...], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +54,8 @@ class RenderOptions:
     max_authors: int = 3  # "A, B, C … +12"
     text_width: int = 72
     subject_max_chars: int = 110
-    fragment_cache_size: int = 20_000  # (paper, shape) chunks kept per run
+    fragment_cache_size: int = 20_000  # paper views kept per run
+    group_from: int = 6  # matches in a digest from which they are grouped by what admitted them
 
     def __post_init__(self) -> None:
         if self.snippet_chars < 40 or self.max_html_bytes < 5_000 or self.text_width < 40:
@@ -96,12 +81,10 @@ class Renderer:
             keep_at_rules=True, load_remote_stylesheets=False, minify_css=True
         )
         self._css: str | None = None
-        self._chunks: dict[tuple[Paper, Shape], EntryChunk] = {}
-        self._by_identity: dict[tuple[int, Shape], tuple[Paper, EntryChunk]] = {}
-        self._shells: dict[ShellKey, Shell] = {}
-        self._text_shells: dict[ShellKey, TextShell] = {}
-        self._slots: dict[tuple[int, bool], list[Markup]] = {}
-        self._subjects: dict[tuple[str, str, int, str], str] = {}
+        self._papers: dict[int, tuple[Paper, PaperView]] = {}
+        self._memo = Memo(options.fragment_cache_size)
+        self._templates.set_global("memo", self._memo)
+        self._wrapped: dict[str, str] = {}  # long text line -> wrapped at text_width
 
     @property
     def template_dirs(self) -> tuple[Path, ...]:
@@ -117,6 +100,11 @@ class Renderer:
         self.render(sample_digest())
         self._clear()
 
+    def _clear(self) -> None:
+        self._papers.clear()
+        self._wrapped.clear()
+        self._memo.clear()
+
     def render(self, digest: Digest) -> RenderedDigest:
         """Subject, HTML (CSS inlined, under ``max_html_bytes``) and text for one digest."""
         try:
@@ -127,192 +115,143 @@ class Renderer:
             raise TemplateError(f"CSS inlining failed ({self.template_dirs[0]}): {exc}") from exc
 
     def _render(self, digest: Digest) -> RenderedDigest:
-        items = [self._entry(item, n) for n, item in enumerate(digest.items, 1)]
-        trending = [self._entry(item, n) for n, item in enumerate(digest.trending, 1)]
+        matched = [(item, self._paper(item.paper)) for item in digest.items]
+        trending = [(item, self._paper(item.paper)) for item in digest.trending]
         omitted = 0
         while True:
-            view = digest_view(
-                digest, count=len(items), trending_count=len(trending), omitted=omitted
-            )
-            subject = self._subject(view.list_name, view.period_label, digest.items, len(items))
-            entries = [*items, *trending]
-            fields = [_escape(getattr(view, name) or "") for name, _ in FIELD_SENTINELS]
-            fields.append(_escape(clean_text(subject)))
-            html, size = fill_shell(self._html_shell(view, subject), entries, fields)
+            view, sections, summary = self._layout(digest, matched, trending, omitted)
+            subject = self._subject(view, summary)
+            html = self._html(view, sections, summary, subject)
+            size = len(html.encode("utf-8"))
             over = size - self._options.max_html_bytes
             if over <= 0:
-                text = self._text(view, entries, subject)
+                text = self._text(view, sections, summary, subject)
                 return RenderedDigest(subject=subject, html=html, text=text)
-            if not items and not trending:
+            if not summary:
                 raise TemplateError(
                     f"the digest without any paper is {size} bytes, over max_html_bytes "
                     f"({self._options.max_html_bytes}); shorten the templates in "
                     f"{self.template_dirs[0]}"
                 )
-            # Drop trending first, then the lowest-ranked matches, until the estimate fits.
-            while over > 0 and (items or trending):
+            # Drop trending first, then the lowest-ranked matches. Each paper is taken to
+            # cost the page's average (an overestimate, as the shell counts too), so this
+            # never drops more than needed; another round drops more if still over.
+            drop = max(1, -(-over * len(summary) // size))
+            while drop and (matched or trending):
                 if trending:
-                    dropped = trending.pop()
+                    trending.pop()
                 else:
-                    dropped = items.pop()
+                    matched.pop()
                     omitted += 1
-                over -= dropped.size
+                drop -= 1
 
-    def _sections(self, view: DigestView, html: bool) -> list[Section]:
-        # Slots are built from ints, never from data, and reused across digests.
-        marks = self._slots.get((view.count + view.trending_count, html))
-        if marks is None:
-            slot = "<!--pp:{}-->" if html else "\x00{}\x00"
-            count = view.count + view.trending_count
-            marks = [Markup(slot.format(k)) for k in range(count)]  # noqa: S704
-            self._slots[(count, html)] = marks
-        result = [Section("", marks[: view.count], view.omitted)]
-        if view.trending_count:
-            result.append(Section("Trending", marks[view.count :]))
-        return result
+    def _layout(
+        self,
+        digest: Digest,
+        matched: Sequence[tuple[DigestItem, PaperView]],
+        trending: Sequence[tuple[DigestItem, PaperView]],
+        omitted: int,
+    ) -> tuple[DigestView, list[Section], list[ItemView]]:
+        """The sections in display order, numbered 1, 2 ... across them, and the summary."""
+        groups: dict[str, list[tuple[DigestItem, PaperView]]] = {}
+        for item, paper in matched:
+            groups.setdefault(reason_kind(clean_text(item.reason)), []).append((item, paper))
+        grouped = len(matched) >= self._options.group_from and len(groups) > 1
+        if grouped:
+            order = [k for k in GROUP_TITLES if k in groups]
+            parts = [(GROUP_TITLES[k], groups[k]) for k in order]
+        else:
+            parts = [("", list(matched))]
+        sections: list[Section] = []
+        summary: list[ItemView] = []
+        for title, entries in parts:
+            items = [item_view(i, p, len(summary) + n) for n, (i, p) in enumerate(entries, 1)]
+            summary.extend(items)
+            sections.append(Section(title, items))
+        if omitted:
+            last = sections[-1]
+            sections[-1] = Section(last.title, last.items, omitted)
+        if trending:
+            items = [
+                item_view(i, p, len(summary) + n, trending=True)
+                for n, (i, p) in enumerate(trending, 1)
+            ]
+            summary.extend(items)
+            sections.append(Section("Trending", items))
+        view = digest_view(
+            digest,
+            count=len(matched),
+            trending_count=len(trending),
+            omitted=omitted,
+            titles=[i.paper.title for i in summary],
+        )
+        return view, sections, summary
 
-    def _text(self, view: DigestView, entries: list[Entry], subject: str) -> str:
-        """The text part: the cached text shell filled with this digest's fields and entries.
-
-        Cached like the HTML shell (see ``_html_shell``), by the same key; the
-        lines holding text fields are wrapped per digest, the rest once.
-        """
-        key = self._shell_key(view, subject)
-        shell = self._text_shells.get(key)
-        if shell is None:
-            markers = self._field_markers(key[0])
-            document = self._templates.get("digest.txt.j2").render(
-                digest=replace(view, **markers),
-                sections=self._sections(view, html=False),
-                subject=SUBJECT if subject else "",
-            )
-            shell = compile_text_shell(document, self._options.text_width)
-            if len(self._text_shells) >= 1024:
-                self._text_shells.clear()
-            self._text_shells[key] = shell
-        fields = [getattr(view, name) or "" for name, _ in FIELD_SENTINELS]
-        fields.append(clean_text(subject))
-        return fill_text_shell(shell, entries, fields, self._options.text_width)
-
-    def _shell_key(self, view: DigestView, subject: str) -> ShellKey:
-        """What can change a shell's structure: which fields are empty, counts, sections, extra."""
-        present = tuple(bool(getattr(view, name)) for name, _ in FIELD_SENTINELS)
-        extra = tuple(sorted(view.extra.items()))
-        return (present, view.count, view.trending_count, view.omitted, extra, bool(subject))
-
-    @staticmethod
-    def _field_markers(present: tuple[bool, ...]) -> dict[str, Any]:
-        return {
-            name: sentinel
-            for (name, sentinel), on in zip(FIELD_SENTINELS, present, strict=True)
-            if on
-        }
-
-    def _html_shell(self, view: DigestView, subject: str) -> Shell:
-        """The CSS-inlined HTML shell with slots for the entries and the digest's text fields.
-
-        Inlining the shell is the costliest step of a render, and shells differ
-        mostly in those text fields, so the inlined result is cached by what
-        can change its structure: which fields are empty, the counts, the
-        sections and ``extra``. Shell templates may print the text fields and
-        test them for presence; the counts behave normally.
-        """
-        key = self._shell_key(view, subject)
-        cached = self._shells.get(key)
-        if cached is not None:
-            return cached
-        markers = self._field_markers(key[0])
+    def _html(
+        self, view: DigestView, sections: list[Section], summary: list[ItemView], subject: str
+    ) -> str:
         document = self._templates.get("digest.html.j2").render(
-            digest=replace(view, **markers),
-            sections=self._sections(view, html=True),
-            subject=SUBJECT if subject else "",
+            digest=view,
+            sections=sections,
+            summary=summary,
+            subject=subject,
             css=Markup(self._stylesheet()),  # noqa: S704 -- the operator's stylesheet, not data
         )
-        shell = compile_shell(self._inliner.inline(document))
-        if len(self._shells) >= 1024:
-            self._shells.clear()
-        self._shells[key] = shell
-        return shell
+        html = self._inliner.inline(document)
+        return html if html.endswith("\n") else html + "\n"
 
-    def _subject(
-        self, list_name: str, period_label: str, items: tuple[DigestItem, ...], count: int
+    def _text(
+        self, view: DigestView, sections: list[Section], summary: list[ItemView], subject: str
     ) -> str:
+        document = self._templates.get("digest.txt.j2").render(
+            digest=view, sections=sections, summary=summary, subject=subject
+        )
+        width = self._options.text_width
+        wrapped = self._wrapped
+        out = []
+        for line in document.strip("\n").split("\n"):
+            if len(line) > width:
+                # A paper's long lines recur in every digest that lists it: wrap each once.
+                found = wrapped.get(line)
+                if found is None:
+                    if len(wrapped) >= self._options.fragment_cache_size:
+                        wrapped.clear()
+                    found = wrapped[line] = wrap_text(line, width)
+                line = found
+            out.append(line.rstrip())
+        return "\n".join(out) + "\n"
+
+    def _subject(self, view: DigestView, summary: list[ItemView]) -> str:
         # Titles are hostile. Whitespace (CR, LF, tabs ...) collapses here, and a title
         # that would still be refused in a header (other controls, RFC 2047
         # encoded-words) is passed over for the next one, so one hostile feed entry
         # cannot block every digest it tops. build_message checks the result again.
-        top_title = next((i.paper.title for i in items[:count] if _fits_subject(i.paper.title)), "")
-        key = (list_name, period_label, count, top_title)
-        subject = self._subjects.get(key)
-        if subject is None:
-            line = self._templates.get("subject.txt.j2").render(
-                list_name=list_name,
-                period_label=period_label,
-                count=count,
-                top_title=collapse_whitespace(top_title),
-            )
-            subject = truncate(collapse_whitespace(line), self._options.subject_max_chars)
-            if len(self._subjects) >= 4096:
-                self._subjects.clear()
-            self._subjects[key] = subject
-        return subject
-
-    def _entry(self, item: DigestItem, number: int) -> Entry:
-        reason = clean_text(item.reason)
-        more, less = safe_url(item.more_url), safe_url(item.less_url)
-        chunk = self._chunk(item.paper, (bool(reason), more is not None, less is not None))
-        more, less = more or "", less or ""
-        return fill_entry(
-            chunk,
-            number,
-            (reason, more, less),
-            (_escape(reason), _escape(more), _escape(less)),
-            self._options.text_width,
+        top_title = next((i.paper.title for i in summary if _fits_subject(i.paper.title)), "")
+        line = self._templates.get("subject.txt.j2").render(
+            list_name=view.list_name,
+            period_label=view.period_label,
+            count=view.total,
+            matched=view.count,
+            trending=view.trending_count,
+            headline=view.headline,
+            top_title=collapse_whitespace(top_title),
         )
+        return truncate(collapse_whitespace(line), self._options.subject_max_chars)
 
-    def _chunk(self, paper: Paper, shape: Shape) -> EntryChunk:
+    def _paper(self, paper: Paper) -> PaperView:
         # Papers are usually the very same objects across a run's digests: look them
-        # up by identity first (hashing a Paper hashes all its fields).
-        fast = self._by_identity.get((id(paper), shape))
-        if fast is not None and fast[0] is paper:
-            return fast[1]
-        key = (paper, shape)
-        cached = self._chunks.get(key)
-        if cached is not None:
-            self._by_identity[(id(paper), shape)] = (paper, cached)
-            return cached
-        view = ItemView(
-            paper=paper_view(
-                paper,
-                snippet_chars=self._options.snippet_chars,
-                max_authors=self._options.max_authors,
-            ),
-            number=NUMBER,
-            reason=REASON if shape[0] else "",
-            more_url=MORE if shape[1] else None,
-            less_url=LESS if shape[2] else None,
+        # up by identity (hashing a Paper hashes all its fields); the stored paper keeps
+        # the id from being reused while its entry lives.
+        found = self._papers.get(id(paper))
+        if found is not None and found[0] is paper:
+            return found[1]
+        view = paper_view(
+            paper, snippet_chars=self._options.snippet_chars, max_authors=self._options.max_authors
         )
-        html = self._inliner.inline_fragment(
-            self._templates.get("_item.html.j2").render(item=view), self._stylesheet()
-        )
-        raw_text = self._templates.get("_item.txt.j2").render(item=view).strip("\n")
-        # Wrap with a real-looking number so "NN. " gets its hanging indent.
-        wrapped = wrap_text(raw_text.replace(NUMBER, "00", 1), self._options.text_width)
-        chunk = compile_chunk(html.strip(), wrapped.replace("00", NUMBER, 1).split("\n"))
-        if len(self._chunks) >= self._options.fragment_cache_size:
-            self._chunks.clear()
-            self._by_identity.clear()
-        self._chunks[key] = chunk
-        self._by_identity[(id(paper), shape)] = (paper, chunk)
-        return chunk
-
-    def _clear(self) -> None:
-        self._chunks.clear()
-        self._by_identity.clear()
-        self._shells.clear()
-        self._text_shells.clear()
-        self._subjects.clear()
-        self._slots.clear()
+        if len(self._papers) >= self._options.fragment_cache_size:
+            self._papers.clear()
+        self._papers[id(paper)] = (paper, view)
+        return view
 
     def _stylesheet(self) -> str:
         if self._css is None:
@@ -328,18 +267,40 @@ class Renderer:
         return f"{where}: {exc.__class__.__name__}: {exc}"
 
 
+class Memo:
+    """The templates' ``memo(macro, *args)``: the macro's output for these arguments,
+    rendered once per run and then reused.
+
+    Correct for a macro whose output depends on its arguments alone, which is what a
+    macro in an imported template sees (its arguments and the environment's globals),
+    unless it draws random values. The shipped ``_item.*.j2`` memoise a paper's
+    details (authors, categories, TL;DR, links), the same for every reader; the number,
+    reason and feedback links are rendered per digest.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._outputs: dict[tuple[object, ...], object] = {}
+
+    def __call__(self, macro: Callable[..., object], *args: object) -> object:
+        key = (macro, *args)
+        found = self._outputs.get(key)
+        if found is None:
+            if len(self._outputs) >= self._size:
+                self._outputs.clear()
+            found = self._outputs[key] = macro(*args)
+        return found
+
+    def clear(self) -> None:
+        self._outputs.clear()
+
+
 _UNFIT_FOR_SUBJECT = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]|=\\?.*\\?=", re.DOTALL)
 
 
 def _fits_subject(title: str) -> bool:
     """Whether ``title``, once whitespace is collapsed, is fit for a Subject header."""
     return _UNFIT_FOR_SUBJECT.search(title) is None
-
-
-def _escape(value: str) -> str:
-    if "&" in value or "<" in value or ">" in value or '"' in value or "'" in value:
-        return str(escape(value))
-    return value
 
 
 def _template_frame(tb: TracebackType | None) -> tuple[str, int] | None:

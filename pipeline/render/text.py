@@ -14,6 +14,7 @@ import nh3
 __all__ = [
     "clean_text",
     "collapse_whitespace",
+    "first_sentence",
     "format_day",
     "plain_text",
     "safe_url",
@@ -24,16 +25,15 @@ __all__ = [
 ]
 
 _WS = re.compile(r"\s+")
-# Controls left after whitespace collapsing, plus the private-use characters the
-# renderer uses as slot markers.
-_CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ue000-\ue00f]")
+# Controls left after whitespace collapsing.
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s+[A-Z0-9(\"'])")
 # Abbreviations that end in "." without ending a sentence.
 _ABBREVIATIONS = ("e.g.", "i.e.", "et al.", "etc.", "vs.", "cf.", "Fig.", "Eq.", "Sec.", "approx.")
 _MAX_URL = 2048
 _HTTP_URL = re.compile(
-    r"[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@\\\x00-\x1f\x7f-\x9f\ue000-\ue00f]+"
-    r"(?:[/?#][^\s\x00-\x1f\x7f-\x9f\ue000-\ue00f]*)?"
+    r"[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@\\\x00-\x1f\x7f-\x9f]+"
+    r"(?:[/?#][^\s\x00-\x1f\x7f-\x9f]*)?"
 )
 
 
@@ -59,8 +59,8 @@ def plain_text(value: str) -> str:
 def safe_url(value: str | None) -> str | None:
     """``value`` if it is an absolute http(s) URL fit for an ``href``; ``None`` otherwise.
 
-    No user-info (``user@host``), no whitespace or control characters, none of
-    the renderer's slot marker characters, at most 2048 characters.
+    No user-info (``user@host``), no whitespace or control characters, at most
+    2048 characters.
     Autoescaping then handles ``&`` and quotes.
     """
     if not value:
@@ -123,6 +123,18 @@ def snippet(text: str, limit: int) -> str:
         return head[:best]
     cut = head[:limit].rsplit(" ", 1)[0].rstrip(",;:-–— ")
     return cut + " …"
+
+
+def first_sentence(text: str, limit: int = 300) -> str:
+    """The first sentence of ``text`` (abbreviations such as "e.g." do not end one),
+    cleaned; cut at a word with "…" when it runs past ``limit`` characters."""
+    text = clean_text(text)
+    for match in _SENTENCE_END.finditer(text):
+        end = match.end()
+        if not text[:end].endswith(_ABBREVIATIONS):
+            text = text[:end]
+            break
+    return truncate(text, limit)
 
 
 def truncate(text: str, limit: int) -> str:

@@ -14,31 +14,47 @@ from pipeline.errors import StoreError
 from pipeline.store import migrate
 from pipeline.store.deliveries import Delivery, DeliveryItem, DeliveryStore, PaperCache
 from pipeline.store.engine import make_engine
+from pipeline.store.lifecycle import FeedbackMark, LifecycleStore, ReaderRecord, Signup
 from pipeline.store.ops import OpsStore, Run
 from pipeline.store.outbox import OutboxStore
 from pipeline.store.papers import PaperStore, SaveStats, SourceState
 from pipeline.store.planning import PlannedDelivery, PlannedItem, PlanningStore
 from pipeline.store.port import Outbox, OutboxEntry
 from pipeline.store.subscribers import SubscriberState, SubscriberStore, SyncStats
+from pipeline.store.suppression import BounceRates, SuppressionStore, address_hash
 
 __all__ = [
+    "BounceRates",
     "Delivery",
     "DeliveryItem",
+    "FeedbackMark",
     "Outbox",
     "OutboxEntry",
     "PaperCache",
     "PlannedDelivery",
     "PlannedItem",
+    "ReaderRecord",
     "Run",
     "SaveStats",
+    "Signup",
     "SourceState",
     "Store",
     "SubscriberState",
     "SyncStats",
+    "address_hash",
 ]
 
 
-class Store(PaperStore, SubscriberStore, PlanningStore, OutboxStore, DeliveryStore, OpsStore):
+class Store(
+    PaperStore,
+    SubscriberStore,
+    LifecycleStore,
+    PlanningStore,
+    OutboxStore,
+    DeliveryStore,
+    OpsStore,
+    SuppressionStore,
+):
     """All persistent state. One instance per process; thread-safe like its engine."""
 
     @classmethod

@@ -187,8 +187,9 @@ class OutboxStore(StoreBase):
         """Rows held by processes of ``host`` that are gone (``alive(pid)`` is False):
         their ``claimed`` rows go back to pending at once (nothing left the process);
         their ``sending`` rows are returned for the ambiguous-delivery policy, as
-        :meth:`recover_stale` does. Holders are ``f"{host}:{pid}"``; others are left
-        alone. Returns (rows returned to the queue, ids of stuck ``sending`` rows).
+        :meth:`recover_stale` does. Holders are ``f"{host}:{pid}"`` (a runner's job adds
+        ``:job-N``); others are left alone. Returns (rows returned to the queue, ids of
+        stuck ``sending`` rows).
         """
         d = _deliveries.c
         prefix = f"{host}:"
@@ -204,7 +205,7 @@ class OutboxStore(StoreBase):
         for _, _, holder in held:
             if holder in dead or not holder.startswith(prefix):
                 continue
-            pid = holder[len(prefix) :]
+            pid = holder[len(prefix) :].split(":", 1)[0]  # host:pid, or host:pid:job-N
             if pid.isdigit() and int(pid) > 0:
                 dead[holder] = not alive(int(pid))
         gone = sorted(holder for holder, is_dead in dead.items() if is_dead)

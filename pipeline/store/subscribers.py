@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime, time
 from typing import Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 
 from pipeline.domain import Profile, Reader, Schedule, Subscriber
 from pipeline.store.base import StoreBase
-from pipeline.store.rows import META, SUBSCRIBERS, FeedbackRow, SubscriberRow
+from pipeline.store.rows import META, SUBSCRIBERS, SUPPRESSIONS, FeedbackRow, SubscriberRow
 
 _subscribers = SUBSCRIBERS
 _CHUNK = 500  # rows per multi-row INSERT (SQLite allows 32,766 bound values)
@@ -72,23 +72,43 @@ class SubscriberStore(StoreBase):
         now: datetime,
         remove_missing: bool,
     ) -> SyncStats:
+        from pipeline.store.lifecycle import address_hash, apply_overrides
+
         wanted = {s.email: s for s in subscribers}
         records = {email: _record(sub) for email, sub in wanted.items()}
         c = _subscribers.c
         with self.begin() as conn:
             present = {
                 r.email: r
-                for r in conn.execute(select(c.id, c.email, c.status, c.origin, c.fingerprint))
+                for r in conn.execute(
+                    select(c.id, c.email, c.status, c.origin, c.fingerprint, c.overrides)
+                )
             }
             skipped = (
                 {e for e in wanted if e in present and present[e].origin not in (origin, "import")}
                 if origin == "import"
-                else set()
+                # The subscribe page's readers belong to the readers, never to the file.
+                else {e for e in wanted if e in present and present[e].origin == "self-service"}
             )
+            # An erased (or otherwise suppressed) address that has no row is not added again.
+            hashes = {address_hash(e): e for e in wanted if e not in present}
+            erased = {
+                hashes[h]
+                for i in range(0, len(hashes), _CHUNK)
+                for h in conn.scalars(
+                    select(SUPPRESSIONS.c.address_hash).where(
+                        SUPPRESSIONS.c.address_hash.in_(list(hashes)[i : i + _CHUNK])
+                    )
+                )
+            }
+            skipped_or_erased = skipped | erased
+            for e, row in present.items():  # the reader's own edits win over the file's
+                if e in records and row.origin == "config" and row.overrides:
+                    records[e] = apply_overrides(records[e], row.overrides)
             changed = sorted(
                 e
                 for e, rec in records.items()
-                if e not in skipped
+                if e not in skipped_or_erased
                 and (
                     e not in present
                     or present[e].fingerprint != rec["fingerprint"]
@@ -120,9 +140,8 @@ class SubscriberStore(StoreBase):
             added=added,
             updated=len(changed) - added,
             removed=removed,
-            suppressed=sum(
-                1 for e in wanted if e in present and present[e].status == "unsubscribed"
-            ),
+            suppressed=len(erased)
+            + sum(1 for e in wanted if e in present and present[e].status == "unsubscribed"),
             skipped=len(skipped),
         )
 
@@ -159,14 +178,16 @@ class SubscriberStore(StoreBase):
         )
 
     # -- reading readers -----------------------------------------------------------------------
-    def active_schedules(self) -> dict[int, Schedule]:
+    def active_schedules(self, *, now: datetime | None = None) -> dict[int, Schedule]:
         """{reader id: schedule} of every active reader: what the dispatch tick needs to
-        find who is due, without reading profiles."""
+        find who is due, without reading profiles. With ``now``, readers paused past it
+        (the manage page's pause) are left out."""
         c = _subscribers.c
+        query = select(c.id, c.frequency, c.send_at, c.timezone).where(c.status == "active")
+        if now is not None:
+            query = query.where(or_(c.paused_until.is_(None), c.paused_until <= now))
         with self.connect() as conn:
-            rows = conn.execute(
-                select(c.id, c.frequency, c.send_at, c.timezone).where(c.status == "active")
-            )
+            rows = conn.execute(query)
             return {r.id: reader_schedule(r.frequency, r.send_at, r.timezone) for r in rows}
 
     def readers(self, ids: Collection[int]) -> dict[int, Reader]:

@@ -44,7 +44,10 @@ from starlette.routing import Route
 
 from pipeline.errors import PaperpostError
 from pipeline.web import pages
+from pipeline.web.manage import manage_routes
 from pipeline.web.metrics import Metric, exposition
+from pipeline.web.readers import ReaderBackend, SubscribeSettings
+from pipeline.web.subscribe import manage_path, subscribe_routes
 from pipeline.web.tokens import InvalidTokenError, TokenClaims, TokenSigner
 
 log = logging.getLogger("paperpost.web")
@@ -109,8 +112,11 @@ def create_app(
     admin_token: str | None,
     clock: Callable[[], datetime],
     list_name: str = "Paperpost",
+    readers: ReaderBackend | None = None,
+    subscribe: SubscribeSettings | None = None,
 ) -> Starlette:
-    """The ASGI app. ``admin_token`` None disables admin access to ``/preview``."""
+    """The ASGI app. ``admin_token`` None disables admin access to ``/preview``.
+    ``readers`` mounts the subscribe, confirm and manage pages (docs/readers.md)."""
     requests: Counter[tuple[str, str, int]] = Counter()
 
     def counted(name: str, endpoint: Endpoint) -> Endpoint:
@@ -145,13 +151,27 @@ def create_app(
         except PaperpostError as exc:
             log.error("could not unsubscribe %s: %s", claims.subscriber, exc, extra=_who(claims))
             return _html(pages.unavailable(), 503)
-        if was_active:
-            log.info("unsubscribed %s via link", claims.subscriber, extra=_who(claims))
+        if was_active:  # the backend's use case logs the "unsubscribe" event (INFO)
+            log.debug("unsubscribed %s via link", claims.subscriber, extra=_who(claims))
         else:
             log.info(
                 "unsubscribe link for %s: already not active", claims.subscriber, extra=_who(claims)
             )
-        return _html(pages.unsubscribed(claims.subscriber, list_name))
+        manage = manage_path(signer, claims.subscriber, now=clock()) if readers else None
+        return _html(pages.unsubscribed(claims.subscriber, list_name, manage))
+
+    async def paper_title(paper_id: str) -> str | None:
+        """The paper's title for the feedback pages, from a backend with an optional
+        ``paper_title(paper_id)``; None (the page shows the id) when it has none."""
+        lookup = getattr(backend, "paper_title", None)
+        if lookup is None:
+            return None
+        try:
+            title = await run_in_threadpool(lookup, paper_id)
+        except PaperpostError as exc:
+            log.warning("no title for paper %s: %s", paper_id, exc)
+            return None
+        return title if isinstance(title, str) else None
 
     async def feedback(request: Request) -> Response:
         try:
@@ -162,7 +182,12 @@ def create_app(
             log.info("rejected feedback link for %s: no paper", claims.subscriber)
             return _html(pages.invalid_link(), 400)
         if request.method != "POST":  # GET and HEAD: scanners fetch links, only ask
-            return _html(pages.confirm_feedback(claims.action, claims.paper))
+            title = await paper_title(claims.paper)
+            return _html(
+                pages.confirm_feedback(
+                    claims.action, claims.paper, title=title, list_name=list_name
+                )
+            )
         try:
             recorded = await run_in_threadpool(
                 backend.record_feedback, claims.subscriber, claims.paper, claims.action, now=clock()
@@ -179,14 +204,17 @@ def create_app(
                 extra=_who(claims),
             )
             return _html(pages.link_inactive(), 410)
-        log.info(
+        log.debug(  # the backend's use case logs the "feedback" event (INFO)
             "feedback %s on %s from %s",
             claims.action,
             claims.paper,
             claims.subscriber,
             extra=_who(claims),
         )
-        return _html(pages.feedback_recorded(claims.action, claims.paper))
+        title = await paper_title(claims.paper)
+        return _html(
+            pages.feedback_recorded(claims.action, claims.paper, title=title, list_name=list_name)
+        )
 
     async def preview(request: Request) -> Response:
         subscriber = request.path_params["subscriber"]
@@ -214,7 +242,11 @@ def create_app(
             status = dict(await run_in_threadpool(backend.health))
         except Exception as exc:  # a health check reports failures, it does not raise them
             log.error("health check failed: %s", exc)
-            return JSONResponse({"ok": False, "error": type(exc).__name__}, status_code=503)
+            return JSONResponse(
+                {"ok": False, "status": "down", "error": type(exc).__name__}, status_code=503
+            )
+        # "degraded" (the pipeline has trouble, the endpoints work) is still 200; only a
+        # backend that says ok: False (no database) answers 503.
         status.setdefault("ok", True)
         return JSONResponse(status, status_code=200 if status["ok"] else 503)
 
@@ -237,6 +269,15 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+    if readers is not None:
+        for route in subscribe_routes(
+            readers,
+            signer,
+            settings=subscribe or SubscribeSettings(),
+            clock=clock, list_name=list_name, html=_html
+        ) + manage_routes(readers, signer, clock=clock, list_name=list_name, html=_html):
+            name = route.path.strip("/").split("/")[0]
+            routes.append(Route(route.path, counted(name, route.endpoint), methods=["GET", "POST"]))
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
 
 

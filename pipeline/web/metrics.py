@@ -113,3 +113,38 @@ def pipeline_metrics(
         ),
     ]
     return families
+
+
+def bounce_metrics(*, days: int, sent: int, bounces: int, complaints: int) -> list[Metric]:
+    """Bounce and complaint rates over the last ``days`` (events / digests sent; 0 without
+    sends), with the counts they come from (docs/bounces.md)."""
+    window = {"window": f"{days}d"}
+    return [
+        Metric(
+            "paperpost_bounce_rate",
+            "gauge",
+            "Bounces (hard and soft) per digest sent over the window.",
+            ((window, bounces / sent if sent else 0.0),),
+        ),
+        Metric(
+            "paperpost_complaint_rate",
+            "gauge",
+            "Complaints (ARF reports) per digest sent over the window.",
+            ((window, complaints / sent if sent else 0.0),),
+        ),
+        Metric(
+            "paperpost_bounce_events",
+            "gauge",
+            "Bounces and complaints received over the window.",
+            (
+                ({**window, "kind": "bounce"}, bounces),
+                ({**window, "kind": "complaint"}, complaints),
+            ),
+        ),
+        Metric(
+            "paperpost_digests_sent_window",
+            "gauge",
+            "Digests sent over the window (the rates' denominator).",
+            ((window, sent),),
+        ),
+    ]

@@ -52,38 +52,65 @@ def confirm_unsubscribe(email: str, list_name: str) -> str:
     )
 
 
-def unsubscribed(email: str, list_name: str) -> str:
+def unsubscribed(email: str, list_name: str, manage_url: str | None = None) -> str:
+    """``manage_url``: the reader's signed manage page, where they can subscribe again."""
+    again = (
+        f'<p class="muted">Changed your mind? <a id="manage" href="{escape(manage_url)}">'
+        "Subscribe again or change your settings</a>.</p>"
+        if manage_url
+        else '<p class="muted">Changed your mind? Reply to any digest to be subscribed again.</p>'
+    )
     return _page(
         "You are unsubscribed",
         f"<p><strong>{escape(email)}</strong> will get no more digests from "
-        f"{escape(list_name)}.</p>"
-        '<p class="muted">Changed your mind? Ask the sender to resubscribe you.</p>',
+        f"{escape(list_name)}.</p>" + again,
     )
 
 
-def confirm_feedback(signal: str, paper: str) -> str:
+def _paper_name(paper: str, title: str | None) -> str:
+    """What the reader knows the paper by: its title; else an arXiv id or DOI, never a
+    content hash (``sha:...``) or a bare link id."""
+    if title and title.strip():
+        return " ".join(title.split())
+    if paper.startswith(("sha:", "url:")):
+        return "this paper"
+    return paper.removeprefix("doi:")
+
+
+def _digests_of(list_name: str | None) -> str:
+    return f"{escape(list_name)} digests" if list_name else "digests"
+
+
+def confirm_feedback(
+    signal: str, paper: str, *, title: str | None = None, list_name: str | None = None
+) -> str:
     """GET /feedback/{token}: nothing is recorded until the reader presses the button.
 
     Link scanners fetch every URL in a message; only the form's POST (to the
     same URL, no body needed: the signed token says what to record) acts.
+    The page names the paper by ``title`` (its id when unknown) and the list.
     """
     wording, button = (
         ("more", "More like this") if signal == "more" else ("fewer", "Less like this")
     )
+    name = _paper_name(paper, title)
     return _page(
-        f"{wording.capitalize()} papers like {paper}?",
-        f"<p>Show {wording} papers like <strong>{escape(paper)}</strong> in your next digests?</p>"
+        f"{wording.capitalize()} papers like {name}?",
+        f"<p>Show {wording} papers like <strong>{escape(name)}</strong> in your next "
+        f"{_digests_of(list_name)}?</p>"
         f'<form method="post"><button type="submit" id="feedback">{button}</button></form>'
         '<p class="muted">You can close this page to change nothing.</p>',
     )
 
 
-def feedback_recorded(signal: str, paper: str) -> str:
+def feedback_recorded(
+    signal: str, paper: str, *, title: str | None = None, list_name: str | None = None
+) -> str:
     wording = "more" if signal == "more" else "fewer"
     return _page(
         "Thanks, noted",
-        f"<p>Your next digests will show {wording} papers like "
-        f"<strong>{escape(paper)}</strong>.</p>"
+        f"<p>Your next {_digests_of(list_name)} will show {wording} papers like "
+        f"<strong>{escape(_paper_name(paper, title))}</strong>.</p>"
         '<p class="muted">You can close this page.</p>',
     )
 

@@ -26,7 +26,10 @@ from itsdangerous.url_safe import URLSafeSerializerMixin
 
 from pipeline.errors import PaperpostError
 
-ACTIONS: Final = ("unsubscribe", "more", "less", "preview")
+ACTIONS: Final = ("unsubscribe", "more", "less", "preview", "confirm", "manage")
+# Links that must keep working from old mail (RFC 8058 unsubscribe, the digest's "manage
+# your subscription") live a year; a sign-up's "confirm" link carries its own lifetime.
+LONG_LIVED: Final = ("unsubscribe", "manage")
 # RFC 8058 links in old mail must keep working: unsubscribe links live a year.
 UNSUBSCRIBE_MAX_AGE_SECONDS: Final = 366 * 86400
 _SALT: Final = "paperpost.link.v1"
@@ -51,7 +54,7 @@ class InvalidTokenError(PaperpostError):
 class TokenClaims:
     subscriber: str
     action: str
-    paper: str | None
+    paper: str | None  # the paper of "more"/"less"; the sign-up nonce of "confirm"
     expires_at: datetime  # UTC
 
 
@@ -104,16 +107,29 @@ class TokenSigner:
         self._heads: dict[tuple[str, str, int], str] = {}
 
     def lifetime(self, action: str) -> timedelta:
-        return self._unsubscribe_max_age if action == "unsubscribe" else self._max_age
+        return self._unsubscribe_max_age if action in LONG_LIVED else self._max_age
 
-    def sign(self, *, subscriber: str, action: str, paper: str | None = None, now: datetime) -> str:
+    def sign(
+        self,
+        *,
+        subscriber: str,
+        action: str,
+        paper: str | None = None,
+        now: datetime,
+        lifetime: timedelta | None = None,
+    ) -> str:
+        """A token for ``action``. ``paper`` is the paper of a "more"/"less" token and the
+        sign-up's single-use nonce of a "confirm" token; ``lifetime`` overrides the
+        action's default (a confirmation link lives as long as ``[web] confirm_hours``)."""
         if action not in ACTIONS:
             raise ValueError(f"unknown token action {action!r}; expected one of {ACTIONS}")
         if action in ("more", "less") and not paper:
             raise ValueError(f"a {action!r} token needs the paper it is about")
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
-        expires = int((now + self.lifetime(action)).timestamp())
+        if lifetime is not None and lifetime <= timedelta(0):
+            raise ValueError("a token lifetime must be positive")
+        expires = int((now + (lifetime or self.lifetime(action))).timestamp())
         # Encoding to UTF-8 raises on a lone surrogate, as itsdangerous does.
         body = base64_encode(self._json(subscriber, action, expires, paper).encode("utf-8"))
         mac = self._mac.copy()
