@@ -1000,6 +1000,10 @@ def run_procrastinate(args: argparse.Namespace) -> None:
             while (counts := app.outbox_counts()).get("sent", 0) < plan.planned:
                 if any(w.poll() is not None for w in workers):
                     sys.exit(f"a worker exited: {counts}")
+                if counts.get("failed", 0) or counts.get("ambiguous", 0):
+                    for w in workers:
+                        w.terminate()
+                    sys.exit(f"digests failed (see `paperpost outbox --status failed`): {counts}")
                 time.sleep(0.1)
             wall = time.perf_counter() - t0
             workers_cpu = sum(process_cpu(w.pid) - c for w, c in zip(workers, cpu0, strict=True))

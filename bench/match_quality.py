@@ -330,12 +330,13 @@ def main() -> None:
     pairs = Counter((a, b) for p in papers.values() for a in p.categories for b in p.categories)
     hidden: dict[str, str] = {}
     for c in categories:
-        for (a, d), _ in sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0])):
+        for (a, other), _ in sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0])):
             enough = (
-                a == c != d and sum(c in labels[i] and d in labels[i] for i in ranked_ids) >= 10
+                a == c != other
+                and sum(c in labels[i] and other in labels[i] for i in ranked_ids) >= 10
             )
             if enough:
-                hidden[c] = d
+                hidden[c] = other
                 break
 
     def relevant_to(c: str, kind: str) -> set[str]:

@@ -422,9 +422,11 @@ class DaemonWebBackend:
             return None
         if upcoming.html is None:  # a clearly marked page, never a digest that is not sent
             return (
-                "<!doctype html><title>Nothing would be sent</title>"
+                '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+                "<title>Nothing would be sent</title></head><body>"
                 f"<p>Nothing would be sent to {html.escape(upcoming.email)} for "
                 f"{html.escape(upcoming.period_key)}: {html.escape(upcoming.nothing or '')}.</p>"
+                "</body></html>"
             )
         return upcoming.html
 

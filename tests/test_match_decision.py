@@ -324,7 +324,6 @@ def test_score_terms_add_up_to_the_ranked_score(matcher: Matcher) -> None:
         ("clauses", "query"),
         ("typical", "query"),
         ("typical", "categories"),
-        ("primary", "categories"),
         ("trending", ""),  # the paper has Hugging Face upvotes
     ]
     assert all(0.0 <= p.value <= 1.0 for p in decision.ranking)
@@ -334,7 +333,7 @@ def test_score_terms_add_up_to_the_ranked_score(matcher: Matcher) -> None:
     )
     text = format_decision(decision)
     assert f"ranking     +{decision.rank_bonus:.4f}" in text
-    assert "bm25 (query)" in text and "primary (categories)" in text
+    assert "bm25 (query)" in text and "typical (categories)" in text
     assert decision.ignored == ("9999.99999",)
     assert decision.similarity_threshold == 0.10
 

@@ -39,7 +39,7 @@ def titles(html: str) -> list[str]:
 
 def delivered_to(maildir: Path, address: str) -> email.message.EmailMessage:
     box = mailbox.Maildir(maildir, factory=None, create=False)
-    for key in box.keys():
+    for key in box.iterkeys():
         raw = box.get_bytes(key)
         message = email.message_from_bytes(raw, policy=email.policy.default)
         if message["To"] and address in str(message["To"]):
@@ -157,3 +157,21 @@ async def test_send_test_refusal_is_a_clear_error_in_the_application(write_confi
         app.sync()
         with pytest.raises(RecipientRefusedError, match="unknown address"):
             await app.send_test("who@lab.example")
+
+
+def test_the_daemons_preview_page_says_when_nothing_would_be_sent(
+    write_config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.daemon import Daemon, DaemonWebBackend
+
+    path = write_config(subscribers=NOBODY_MATCHES.format(on_empty="skip"))
+    assert main(["-c", str(path), "ingest"]) == 0
+    daemon = Daemon(load_config(path))
+    try:
+        page = DaemonWebBackend(daemon).render_preview("quiet@lab.example")
+        assert page is not None and "<html" in page
+        assert "Nothing would be sent to quiet@lab.example for " in page
+        assert "on_empty is skip" in page
+        assert DaemonWebBackend(daemon).render_preview("nobody@lab.example") is None
+    finally:
+        daemon.core.close()

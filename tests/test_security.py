@@ -23,10 +23,11 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage, Message
+from html import unescape as html_unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 from xml.sax.saxutils import escape as xml_escape
 
 import httpx
@@ -77,7 +78,10 @@ ALLOWED_HOSTS = {
     "ok.example",
 }
 # Every tag the shipped templates emit; anything else in a digest came from data.
-TEMPLATE_TAGS = {"html", "head", "meta", "title", "style", "body", "div", "p", "h1", "a", "span"}
+TEMPLATE_TAGS = {
+    *("html", "head", "meta", "title", "style", "body", "div", "p", "h1", "a", "span"),
+    *("ol", "li", "strong"),  # the summary at the top, "TL;DR"
+}
 URL_ATTRIBUTES = {
     "href",
     "src",
@@ -457,10 +461,14 @@ def check_html(html: str) -> list[str]:
         assert tag in TEMPLATE_TAGS, f"tag <{tag}> is not one the templates emit"
         for name, value in attrs:
             assert not name.startswith("on"), f"event handler {name}={value!r} on <{tag}>"
-            assert name in ("href", "class", "style", "lang", "charset", "name", "content"), (
+            assert name in ("href", "class", "style", "lang", "charset", "name", "content", "id"), (
                 f"unexpected attribute {name}={value!r} on <{tag}>"
             )
-            if name in URL_ATTRIBUTES:
+            if name == "id":  # the anchors the summary links to, numbered by the renderer
+                assert re.fullmatch(r"paper-\d+", value or ""), f"id={value!r} on <{tag}>"
+            if name == "href" and (value or "").startswith("#"):  # the summary's anchors
+                assert re.fullmatch(r"#paper-\d+", value or ""), f"href={value!r} on <{tag}>"
+            elif name in URL_ATTRIBUTES:
                 assert value is not None
                 check_link(value, f"<{tag} {name}>")
                 hrefs.append(value)
@@ -484,7 +492,7 @@ def check_text(text: str) -> None:
     assert "\x00" not in body
     for label, url in re.findall(
         r"(Abstract|PDF|Hugging Face|DOI|Code|More like this|Less like this|"
-        r"Unsubscribe \(one click\)): (\S+)",
+        r"Search arXiv for this title|Unsubscribe \(opens a page where you confirm\)):\s+(\S+)",
         body,
     ):
         check_link(url, f"text part {label}")
@@ -669,7 +677,8 @@ async def test_markup_in_feed_text_is_shown_as_text(
 async def test_a_hostile_link_never_becomes_an_href(
     hostile_run: tuple[Config, CycleReport, dict[str, Received]], link: str
 ) -> None:
-    """Each entry keeps its title (so it is in the digest) but shows no link at all."""
+    """Each entry keeps its title (so it is in the digest) but shows no link of its own:
+    only our feedback links and the labelled arXiv search for its exact title."""
     _config, _report, messages = hostile_run
     if link.startswith("xml:"):
         title = f"zebrafish entity link {HOSTILE_LINKS_XML.index(link[4:])}"
@@ -682,8 +691,13 @@ async def test_a_hostile_link_never_becomes_an_href(
         re.S,
     )
     assert entry, f"{title} missing from the digest"
-    links = re.findall(r'href="([^"]*)"', entry.group(0))
-    assert all(urlsplit(unquote(h)).hostname == "digest.paperpost.example" for h in links), links
+    links = [html_unescape(h) for h in re.findall(r'href="([^"]*)"', entry.group(0))]
+    search = "https://arxiv.org/search/?" + urlencode(
+        {"query": f'"{title}"', "searchtype": "title"}, quote_via=quote
+    )
+    assert all(
+        urlsplit(unquote(h)).hostname == "digest.paperpost.example" or h == search for h in links
+    ), links
     text = messages[ADA].text.split(f"{title}\n", 1)[1].split("\n\n", 1)[0]
     assert "Abstract:" not in text and "PDF:" not in text, text
 
@@ -988,8 +1002,9 @@ def check_html_page(html: str) -> None:
 
 async def test_feedback_page_escapes_the_paper_id_from_a_hostile_feed(web: Web) -> None:
     """Non-arXiv papers are identified by their link ("url:..."), which a feed chose. Ingest
-    no longer lets markup into links, so sign a token for such an id directly: the page
-    must show it back escaped: on the confirmation page (GET) and the noted page (POST)."""
+    no longer lets markup into links, so sign a token for such an id directly: the pages
+    (GET asks, POST notes) name a paper by its title and never show a link id, so none
+    of it reaches the page, escaped or not (titles are escaped: test_render_wording)."""
     hostile = 'url:https://ok.example/q?a="><script>alert(12)</script>'
     for action in ("more", "less"):
         token = web.signer.sign(subscriber=ADA, action=action, paper=hostile, now=NOW)
@@ -997,7 +1012,7 @@ async def test_feedback_page_escapes_the_paper_id_from_a_hostile_feed(web: Web) 
             response = await web.client.request(method, f"/feedback/{quote(token, safe='')}")
             assert response.status_code == 200, response.text
             assert_page_safe(response)
-            assert "&lt;script&gt;alert(12)&lt;/script&gt;" in response.text
+            assert "this paper" in response.text and "alert(12)" not in response.text
 
 
 async def test_unsubscribe_pages_escape_the_address(web: Web) -> None:

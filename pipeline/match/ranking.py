@@ -145,7 +145,7 @@ class RankTables:
         self.categories = self._rows(
             self.category_hits,
             len(rules.category_lists),
-            {"typical": s.rank_typical, "primary": s.rank_primary},
+            {"typical": s.rank_category_typical, "primary": s.rank_primary},
         )
         self.trending_value, self.trending_age = _trending(period)
         self.trending = (np.float32(s.rank_trending) * self.trending_value).astype(np.float32)
@@ -186,7 +186,7 @@ class RankTables:
         col: int,
         code_hits: tuple[bool, bool, bool],
     ) -> tuple[RankPart, ...]:
-        """The terms that apply to paper ``col`` for these rule rows (hit flags given)."""
+        """The weighted terms that apply to paper ``col`` for these rule rows (hit flags given)."""
         s = self.settings
         out: list[RankPart] = []
         if code_hits[0]:
@@ -239,7 +239,7 @@ class RankTables:
                         "typical",
                         "categories",
                         v["typical"],
-                        s.rank_typical,
+                        s.rank_category_typical,
                         "cosine with the centroid of the category hits",
                     )
                 )
@@ -256,7 +256,7 @@ class RankTables:
                     f"Hugging Face upvotes, {age:.1f} day(s) old",
                 )
             )
-        return tuple(out)
+        return tuple(p for p in out if p.weight)  # a term with weight 0 moved nothing
 
     # --- building -----------------------------------------------------------------------
 

@@ -210,7 +210,9 @@ class Renderer:
         wrapped = self._wrapped
         out = []
         for line in document.strip("\n").split("\n"):
-            if len(line) > width:
+            if len(line) > width and "://" in line:
+                line = wrap_text(line, width)  # a link line: often a reader's own
+            elif len(line) > width:
                 # A paper's long lines recur in every digest that lists it: wrap each once.
                 found = wrapped.get(line)
                 if found is None:

@@ -18,7 +18,6 @@ anything of it left in readable form.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,18 +40,16 @@ from pipeline.store.rows import (
     SubscriberRow,
 )
 from pipeline.store.subscribers import _reader, _record
+from pipeline.store.suppression import address_hash
 
 # What a reader may change on the manage page: columns, then fields of ``profile``.
 EDITABLE_COLUMNS = ("frequency", "send_at", "timezone")
 EDITABLE_PROFILE = ("categories", "about", "query", "authors", "trending")
 EDITABLE = EDITABLE_COLUMNS + EDITABLE_PROFILE
 
+__all__ = ["EDITABLE", "LifecycleStore", "ReaderRecord", "Signup", "address_hash"]
+
 SignupOutcome = Literal["created", "renewed", "known", "suppressed"]
-
-
-def address_hash(email: str) -> str:
-    """The sha256 (hex) of the normalised address: what ``suppressions`` keeps."""
-    return hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
 
 
 def apply_overrides(

@@ -242,9 +242,7 @@ def create_app(
             status = dict(await run_in_threadpool(backend.health))
         except Exception as exc:  # a health check reports failures, it does not raise them
             log.error("health check failed: %s", exc)
-            return JSONResponse(
-                {"ok": False, "status": "down", "error": type(exc).__name__}, status_code=503
-            )
+            return JSONResponse({"ok": False, "error": type(exc).__name__}, status_code=503)
         # "degraded" (the pipeline has trouble, the endpoints work) is still 200; only a
         # backend that says ok: False (no database) answers 503.
         status.setdefault("ok", True)
@@ -274,7 +272,9 @@ def create_app(
             readers,
             signer,
             settings=subscribe or SubscribeSettings(),
-            clock=clock, list_name=list_name, html=_html
+            clock=clock,
+            list_name=list_name,
+            html=_html,
         ) + manage_routes(readers, signer, clock=clock, list_name=list_name, html=_html):
             name = route.path.strip("/").split("/")[0]
             routes.append(Route(route.path, counted(name, route.endpoint), methods=["GET", "POST"]))

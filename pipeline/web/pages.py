@@ -16,7 +16,8 @@ main{max-width:32rem;margin:0 auto;background:#fff;border:1px solid #ddd;border-
 padding:1.5rem 2rem}
 h1{font-size:1.3rem;margin-top:0}
 h1,strong{overflow-wrap:anywhere}
-button{font:inherit;padding:.5rem 1.2rem;border-radius:6px;border:1px solid #888;cursor:pointer}
+button{font:inherit;padding:.5rem 1.2rem;border-radius:6px;border:1px solid #888;cursor:pointer;
+min-height:44px;min-width:44px}
 .muted{color:#555;font-size:.9rem}
 @media (prefers-color-scheme:dark){body{background:#111;color:#eee}
 main{background:#1c1c1f;border-color:#333}.muted{color:#aaa}
