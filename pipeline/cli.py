@@ -586,6 +586,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # A database that refuses the connection (down, wrong role, wrong password) is an
+        # operator's problem to fix, not a traceback to read; the driver's own words say why.
+        if type(exc).__module__ == "sqlalchemy.exc" and type(exc).__name__ in _UNREACHABLE:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            print(f"paperpost: error: cannot use the database ([database] url): {reason}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        raise
+
+
+_UNREACHABLE = ("OperationalError", "InterfaceError")
 
 
 if __name__ == "__main__":

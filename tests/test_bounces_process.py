@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 import mailbox
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -132,14 +133,22 @@ async def test_soft_bounces_far_apart_do_not_suppress(setup) -> None:
         assert status(app, "grace@lab.example") == "active"
 
 
-async def test_a_complaint_suppresses(setup) -> None:
+async def test_a_complaint_suppresses(setup, caplog) -> None:
     config, box = setup
     with App(config, clock=at(NOW + timedelta(days=2))) as app:
         app.sync()
         drop(box, "arf_complaint.eml")
-        report = app.process_bounces()
+        with caplog.at_level(logging.INFO, logger="paperpost.bounces"):
+            report = app.process_bounces()
         assert (report.complaints, report.suppressed) == (1, ["ada@lab.example"])
         assert app.status_reasons() == {"ada@lab.example": "complaint"}
+    [record] = [r for r in caplog.records if getattr(r, "event", None) == "bounce"]
+    assert (record.levelno, record.subscriber, record.kind, record.outcome) == (
+        logging.WARNING,
+        "ada@lab.example",
+        "complaint",
+        "suppressed",
+    )
 
 
 async def test_the_verp_token_wins_over_the_reported_address(setup) -> None:

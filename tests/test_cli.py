@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,17 @@ def test_read_only_commands_run_without_secrets(write_config, monkeypatch, capsy
     assert code == 0, err
     code, _, err = run(capsys, "-c", str(path), "preview", "zoe@lab.example")
     assert code == 1 and "PAPERPOST_TEST_SECRET is not set" in err
+
+
+def test_status_on_an_unreachable_database_is_one_clear_line(write_config, capsys) -> None:
+    # A real PostgreSQL driver against a loopback port nothing listens on: the operator gets
+    # one line naming the setting and the driver's reason, not a SQLAlchemy traceback.
+    pytest.importorskip("psycopg", reason="the [postgres] extra is not installed")
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = write_config(db_url=f"postgresql+psycopg://nobody@127.0.0.1:{port}/none")
+    code, _, err = run(capsys, "-c", str(path), "status")
+    assert code == 1
+    assert err.startswith("paperpost: error: cannot use the database ([database] url):")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -97,7 +97,13 @@ def _record(
         event.kind, "unsubscribes"
     )
     setattr(report, counter, getattr(report, counter) + 1)
-    fields = {"subscriber": address, "delivery": event.delivery_id}
+    fields = {
+        "event": "bounce",
+        "subscriber": address,
+        "kind": event.kind,
+        "delivery": event.delivery_id,
+        "outcome": outcome,
+    }
     if outcome == "suppressed":
         report.suppressed.append(address)
         log.warning(

@@ -141,8 +141,9 @@ class LifecycleStore(StoreBase):
                     **values,
                 )
                 .on_conflict_do_nothing(index_elements=[c.email])
+                .returning(c.id)  # rowcount is -1 for this on psycopg; RETURNING tells
             )  # fmt: skip
-            if not result.rowcount:  # a second sign-up of the same address won the race
+            if result.first() is None:  # a second sign-up of the same address won the race
                 return Signup("known", None)
         return Signup("created", nonce)
 
