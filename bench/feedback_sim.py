@@ -102,33 +102,39 @@ def main() -> None:
     results: dict[str, list[list[float]]] = {
         k: [[] for _ in sim_days] for k in ("learning", "none", "svm")
     }
-    for draw in range(args.draws):
-        for c, d in readers:
-            rng = random.Random(f"{draw}:{c}:{d}")
-            state: dict[str, tuple[list[str], list[str]]] = {k: ([], []) for k in results}
-            for day_no, day in enumerate(sim_days):
-                today = [papers[i] for i in by_day[day]]
-                wanted = {p.id for p in today if c in labels[p.id] and d in labels[p.id]}
-                base = Profile(categories=(c,), max_items=DIGEST)
-                digests = {
-                    "learning": _ours(
-                        matcher, profile_with_feedback(base, *state["learning"]), today
-                    ),
-                    "none": _ours(matcher, base, today),
-                }
-                if x is not None:
-                    seen = [pid for past in sim_days[: day_no + 1] for pid in by_day[past]]
-                    history = [pid for past in days[: args.history_days] for pid in by_day[past]]
-                    digests["svm"] = _svm(
-                        x, where, state["svm"][0], [*history, *seen], today, c, digests["none"]
-                    )
-                for kind, digest in digests.items():
-                    hits = sum(pid in wanted for pid in digest[:DIGEST])
-                    results[kind][day_no].append(hits / DIGEST)
-                    more, less = state[kind]
-                    for pid in digest:  # presses, each with probability 0.5
-                        if rng.random() < 0.5:
-                            (more if pid in wanted else less).append(pid)
+    readers_drawn = [(draw, c, d) for draw in range(args.draws) for c, d in readers]
+    rngs = [random.Random(f"{draw}:{c}:{d}") for draw, c, d in readers_drawn]
+    state: list[dict[str, tuple[list[str], list[str]]]] = [
+        {k: ([], []) for k in results} for _ in readers_drawn
+    ]  # (more, less) presses
+    history = [pid for past in days[: args.history_days] for pid in by_day[past]]
+    for day_no, day in enumerate(sim_days):
+        today = [papers[i] for i in by_day[day]]
+        bases = [Profile(categories=(c,), max_items=DIGEST) for _, c, _ in readers_drawn]
+        # every reader of the day in one call, as the planner matches a window group
+        learning = matcher.match(
+            [profile_with_feedback(b, *s["learning"]) for b, s in zip(bases, state, strict=True)],
+            today,
+        )
+        plain = matcher.match(bases, today)
+        seen = [pid for past in sim_days[: day_no + 1] for pid in by_day[past]]
+        for j, (_, c, d) in enumerate(readers_drawn):
+            wanted = {p.id for p in today if c in labels[p.id] and d in labels[p.id]}
+            digests = {
+                "learning": [i.paper_id for i in learning[j]],
+                "none": [i.paper_id for i in plain[j]],
+            }
+            if x is not None:
+                digests["svm"] = _svm(
+                    x, where, state[j]["svm"][0], [*history, *seen], today, c, digests["none"]
+                )
+            for kind, digest in digests.items():
+                hits = sum(pid in wanted for pid in digest[:DIGEST])
+                results[kind][day_no].append(hits / DIGEST)
+                more, less = state[j][kind]
+                for pid in digest:  # presses, each with probability 0.5
+                    if rngs[j].random() < 0.5:
+                        (more if pid in wanted else less).append(pid)
 
     interests = ", ".join(f"{c} ∩ {d}" for c, d in readers)
     print(f"file: {args.file.name}; readers: {len(readers)} ({interests}); ", end="")
@@ -157,11 +163,6 @@ def _per_draw(values: list[float], draws: int) -> list[float]:
     )
 
 
-def _ours(matcher: Matcher, profile: Profile, today: list[Paper]) -> list[str]:
-    [items] = matcher.match([profile], today)
-    return [i.paper_id for i in items]
-
-
 def _svm(
     x: object,
     where: dict[str, int],
@@ -181,6 +182,8 @@ def _svm(
     clf = LinearSVC(class_weight="balanced", max_iter=1_000_000, tol=1e-6, C=0.01)
     clf.fit(x[rows], y)  # type: ignore[index]
     candidates = [p.id for p in today if category in p.categories]
+    if not candidates:
+        return []
     scores = clf.decision_function(x[[where[i] for i in candidates]])  # type: ignore[index]
     ranked = np.argsort(-scores, kind="stable")[:DIGEST]
     return [candidates[i] for i in ranked]

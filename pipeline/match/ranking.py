@@ -380,14 +380,23 @@ class RankTables:
             centroid = np.asarray(members @ space, dtype=np.float32)
             norms = np.linalg.norm(centroid, axis=1, keepdims=True)
             centroid /= np.where(norms > 0, norms, 1.0).astype(np.float32)
-            values = np.einsum("ij,ij->i", centroid[rule], space[col])
+            values = np.empty(col.size, dtype=np.float32)
+            step = max(1, BLOCK_ELEMENTS // max(space.shape[1], 1))  # pairs × dims per block
+            for a in range(0, col.size, step):
+                b = a + step
+                values[a:b] = np.einsum("ij,ij->i", centroid[rule[a:b]], space[col[a:b]])
         else:
             centroid = sp.csr_matrix(members @ space)
             norms = np.sqrt(np.asarray(centroid.multiply(centroid).sum(axis=1))).ravel()
             centroid = (
                 sp.diags((1.0 / np.where(norms > 0, norms, 1.0)).astype(np.float32)) @ centroid
             )
-            values = np.asarray(centroid[rule].multiply(space[col]).sum(axis=1)).ravel()
+            values = np.empty(col.size, dtype=np.float32)
+            step = 65_536  # pairs per block (sparse rows)
+            for a in range(0, col.size, step):
+                b = a + step
+                part = centroid[rule[a:b]].multiply(space[col[a:b]])
+                values[a:b] = np.asarray(part.sum(axis=1)).ravel()
         out: F32 = np.maximum(values, 0.0).astype(np.float32)
         return out
 

@@ -16,6 +16,7 @@ Nothing restricts what a template may do. bench/E2E.md has the cost per digest.
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,7 @@ class Renderer:
         )
         self._css: str | None = None
         self._papers: dict[int, tuple[Paper, PaperView]] = {}
-        self._memo = Memo(options.fragment_cache_size)
+        self._memo = Memo(options.fragment_cache_size, self._inline_fragment)
         self._templates.set_global("memo", self._memo)
         self._wrapped: dict[str, str] = {}  # long text line -> wrapped at text_width
 
@@ -115,6 +116,7 @@ class Renderer:
             raise TemplateError(f"CSS inlining failed ({self.template_dirs[0]}): {exc}") from exc
 
     def _render(self, digest: Digest) -> RenderedDigest:
+        self._memo.trim()
         matched = [(item, self._paper(item.paper)) for item in digest.items]
         trending = [(item, self._paper(item.paper)) for item in digest.trending]
         omitted = 0
@@ -197,8 +199,11 @@ class Renderer:
             subject=subject,
             css=Markup(self._stylesheet()),  # noqa: S704 -- the operator's stylesheet, not data
         )
-        html = self._inliner.inline(document)
+        html = self._memo.splice(self._inliner.inline(document))
         return html if html.endswith("\n") else html + "\n"
+
+    def _inline_fragment(self, fragment: str) -> str:
+        return self._inliner.inline_fragment(fragment, self._stylesheet())
 
     def _text(
         self, view: DigestView, sections: list[Section], summary: list[ItemView], subject: str
@@ -211,7 +216,12 @@ class Renderer:
         out = []
         for line in document.strip("\n").split("\n"):
             if len(line) > width and "://" in line:
-                line = wrap_text(line, width)  # a link line: often a reader's own
+                # A link line, often a reader's own: "    Label: URL" breaks before the URL.
+                link = _LINK_LINE.fullmatch(line)
+                if link is not None and len(link.group(2)) <= width:
+                    line = f"{link.group(2)}\n{link.group(1)}{link.group(3)}"
+                else:
+                    line = wrap_text(line, width)
             elif len(line) > width:
                 # A paper's long lines recur in every digest that lists it: wrap each once.
                 found = wrapped.get(line)
@@ -275,28 +285,55 @@ class Memo:
 
     Correct for a macro whose output depends on its arguments alone, which is what a
     macro in an imported template sees (its arguments and the environment's globals),
-    unless it draws random values. The shipped ``_item.*.j2`` memoise a paper's
-    details (authors, categories, TL;DR, links), the same for every reader; the number,
-    reason and feedback links are rendered per digest.
+    unless it draws random values. HTML output (autoescaped templates) is also
+    CSS-inlined once, on its own, and stands in the document as a comment until the
+    rest is inlined (``splice``). Data cannot forge the comment: autoescaping turns
+    ``<`` in text to ``&lt;``, and the comment carries a random nonce, for the places
+    where the serialiser writes ``<`` back as is (attribute values). The shipped
+    ``_item.*.j2`` memoise a paper's details (authors, categories, TL;DR, links), the
+    same for every reader; the number, reason and feedback links are rendered per
+    digest.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, inline: Callable[[str], str]) -> None:
         self._size = size
+        self._inline = inline
         self._outputs: dict[tuple[object, ...], object] = {}
+        self._fragments: list[str] = []
+        self._nonce = secrets.token_hex(8)
+        self._slot = re.compile(f"<!--pp-memo:{self._nonce}:(\\d+)-->")
 
     def __call__(self, macro: Callable[..., object], *args: object) -> object:
         key = (macro, *args)
         found = self._outputs.get(key)
         if found is None:
-            if len(self._outputs) >= self._size:
-                self._outputs.clear()
-            found = self._outputs[key] = macro(*args)
+            found = macro(*args)
+            if isinstance(found, Markup):
+                self._fragments.append(self._inline(str(found)))
+                slot = f"<!--pp-memo:{self._nonce}:{len(self._fragments) - 1}-->"
+                found = Markup(slot)  # noqa: S704 -- from ints and the nonce, never data
+            self._outputs[key] = found
         return found
+
+    def splice(self, html: str) -> str:
+        """``html`` with every memoised fragment in place of its comment."""
+        if "<!--pp-memo:" not in html:
+            return html
+        fragments = self._fragments
+        return self._slot.sub(lambda m: fragments[int(m.group(1))], html)
+
+    def trim(self) -> None:
+        """Start afresh when full; called between digests, never during one."""
+        if len(self._outputs) >= self._size:
+            self.clear()
 
     def clear(self) -> None:
         self._outputs.clear()
+        self._fragments.clear()
 
 
+# "    More like this: https://..." (indentation, a label ending in ":", one URL).
+_LINK_LINE = re.compile(r"(( *)[^ :][^:]*:) (https?://\S+)")
 _UNFIT_FOR_SUBJECT = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]|=\\?.*\\?=", re.DOTALL)
 
 
