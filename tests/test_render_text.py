@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pipeline.render.renderer import _LINK_LINE
 from pipeline.render.text import (
     _HTTP_URL,
     clean_text,
@@ -219,3 +220,18 @@ REASONS = [
 def test_one_word_reason(reason: str, kind: str) -> None:
     assert reason_kind(reason) == kind
     assert reason_kind(reason, trending=True) == "trending"
+
+
+@given(
+    indent=st.sampled_from(["", "    ", "  "]),
+    label=st.from_regex(r"[A-Za-z(][A-Za-z() ]{0,40}[A-Za-z)]", fullmatch=True),
+    url=st.from_regex(r"https?://[a-z]{1,20}\.example/[A-Za-z0-9%&=?]{0,120}", fullmatch=True),
+)
+def test_the_renderers_link_line_shortcut_wraps_as_wrap_text(
+    indent: str, label: str, url: str
+) -> None:
+    line = f"{indent}{label}: {url}"
+    match = _LINK_LINE.fullmatch(line)
+    if len(line) <= 72 or match is None or len(match.group(1)) > 72:
+        return  # the renderer calls wrap_text itself then
+    assert f"{match.group(1)}\n{match.group(2)}{match.group(3)}" == wrap_text(line, 72)

@@ -1,19 +1,15 @@
 """Wording the reader sees: schedules and periods in the digest's footer and subject, and
-the feedback pages naming the paper and the list."""
+the feedback pages naming the paper (by title, never a hash) and the list."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 
-import httpx
 import pytest
 
 from pipeline.cycle.wording import describe_schedule, zoned_label
 from pipeline.domain import Period, Schedule
-from pipeline.web.app import create_app
-from pipeline.web.tokens import TokenSigner
-from tests.web_fakes import FakeBackend, FakeClock
+from pipeline.web import pages
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # a Monday
 
@@ -67,43 +63,23 @@ def test_a_period_with_a_time_of_day_names_the_zone() -> None:
     assert zoned_label(daily, Period("2026-11-23", NOW)) == "Monday 23 November 2026"
 
 
-# -- the feedback pages name the paper by its title, and the list ---------------------------
-@dataclass
-class TitledBackend(FakeBackend):
-    titles: dict[str, str] = field(default_factory=dict)
-
-    def paper_title(self, paper_id: str) -> str | None:
-        return self.titles.get(paper_id)
-
-
-HASHED = "sha:e711222a9d3c4b5a"
-
-
 @pytest.mark.parametrize(
-    ("paper", "titles", "named"),
+    ("paper", "title", "named"),
     [
-        (HASHED, {HASHED: "Attention <is> all you need"}, "Attention &lt;is&gt; all you need"),
-        (HASHED, {}, "this paper"),  # never the content hash
-        ("2305.18290", {}, "2305.18290"),
+        ("sha:e711222a", "Attention <is> all you need", "Attention &lt;is&gt; all you need"),
+        ("sha:e711222a", None, "this paper"),
+        ("url:https://ok.example/p", None, "this paper"),
+        ("doi:10.1000/xyz", None, "10.1000/xyz"),
+        ("2305.18290", None, "2305.18290"),
     ],
-    ids=["title", "unknown-hash", "unknown-arxiv-id"],
+    ids=["title", "hash", "link-id", "doi", "arxiv-id"],
 )
-async def test_feedback_pages_name_the_paper_and_the_list(
-    paper: str, titles: dict[str, str], named: str
+def test_feedback_pages_name_the_paper_never_a_hash(
+    paper: str, title: str | None, named: str
 ) -> None:
-    clock = FakeClock()
-    backend = TitledBackend(active={"ada@lab.example"}, titles=titles)
-    signer = TokenSigner(["current-signing-key-0123456789"])
-    app = create_app(backend, signer, admin_token=None, clock=clock, list_name="Lab & friends")
-    token = signer.sign(subscriber="ada@lab.example", action="more", paper=paper, now=clock())
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="https://d.example") as client:
-        asked = await client.get(f"/feedback/{token}")
-        done = await client.post(f"/feedback/{token}")
-    assert f"<h1>More papers like {named}?</h1>" in asked.text
-    assert f"<strong>{named}</strong> in your next Lab &amp; friends digests?" in asked.text
-    assert f"next Lab &amp; friends digests will show more papers like <strong>{named}" in (
-        done.text
-    )
-    assert "sha:" not in asked.text + done.text
-    assert backend.feedback == {("ada@lab.example", paper): "more"}
+    asked = pages.confirm_feedback("less", paper, title=title, list_name="Lab & friends")
+    done = pages.feedback_recorded("less", paper, title=title, list_name="Lab & friends")
+    assert f"<h1>Fewer papers like {named}?</h1>" in asked
+    assert f"<strong>{named}</strong> in your next Lab &amp; friends digests?" in asked
+    assert f"next Lab &amp; friends digests will show fewer papers like <strong>{named}" in done
+    assert "sha:" not in asked + done and "url:" not in asked + done

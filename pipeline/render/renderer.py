@@ -217,9 +217,10 @@ class Renderer:
         for line in document.strip("\n").split("\n"):
             if len(line) > width and "://" in line:
                 # A link line, often a reader's own: "    Label: URL" breaks before the URL.
+                # (What wrap_text gives for such a line, without its general search.)
                 link = _LINK_LINE.fullmatch(line)
-                if link is not None and len(link.group(2)) <= width:
-                    line = f"{link.group(2)}\n{link.group(1)}{link.group(3)}"
+                if link is not None and len(link.group(1)) <= width:
+                    line = f"{link.group(1)}\n{link.group(2)}{link.group(3)}"
                 else:
                     line = wrap_text(line, width)
             elif len(line) > width:
@@ -333,7 +334,9 @@ class Memo:
 
 
 # "    More like this: https://..." (indentation, a label ending in ":", one URL).
-_LINK_LINE = re.compile(r"(( *)[^ :][^:]*:) (https?://\S+)")
+# No list marker ("- ", "1. ") and no double space in the label: wrap_text treats those
+# differently.
+_LINK_LINE = re.compile(r"(( *)[^ :\d*•-](?:[^: ]| (?! ))*:) (https?://\S+)")
 _UNFIT_FOR_SUBJECT = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]|=\\?.*\\?=", re.DOTALL)
 
 
