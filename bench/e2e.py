@@ -899,7 +899,7 @@ def report_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# == --runner procrastinate: the daemon's plan here, delivery by worker processes ================
+# == --runner procrastinate: the daemon's tick here, planning and delivery by worker processes ===
 WORKER_TABLES = """
 [daemon]
 runner = "procrastinate"
@@ -927,14 +927,16 @@ def _pg_stats(url: str) -> dict[str, float]:
 
 
 def run_procrastinate(args: argparse.Namespace) -> None:
-    """Plan the day in this process (the daemon's half), then time ``--workers`` worker
-    processes delivering it: digests/s, rows claimed/s, the workers', sink's and (whole
-    server's) PostgreSQL CPU, and the load, appended to bench/E2E.md."""
+    """Ingest the day in this process, then time the daemon's dispatch tick (who is due,
+    the matcher's input digest, plan_block jobs) and ``--workers`` worker processes
+    planning the blocks and delivering them: digests/s, rows claimed/s, the workers',
+    sink's and (whole server's) PostgreSQL CPU, the matcher fits the workers logged, and
+    the load, appended to bench/E2E.md."""
     from send import process_cpu, sink
 
     from pipeline.app import App
     from pipeline.config import load_config
-    from pipeline.runner.jobs import Dispatcher
+    from pipeline.runner.jobs import Dispatcher, PlanDispatch
     from pipeline.runner.schema import apply_schema_async
 
     if args.db != "postgresql":
@@ -973,39 +975,51 @@ def run_procrastinate(args: argparse.Namespace) -> None:
             app.sync()
             asyncio.run(app.ingest())
             asyncio.run(apply_schema_async(config))
-            plan = app.plan()
-            plan_wall = time.perf_counter() - began
-            workers = [
-                subprocess.Popen(
-                    [sys.executable, "-m", "pipeline.cli", "-c", str(path), "worker"],
-                    env=env,
-                    stderr=subprocess.DEVNULL,
-                )
-                for _ in range(args.workers)
-            ]
+            setup_wall = time.perf_counter() - began
+            logs = [directory / f"worker-{n}.log" for n in range(args.workers)]
+            workers = []
+            for log in logs:
+                with log.open("ab") as stderr:
+                    workers.append(
+                        subprocess.Popen(
+                            [sys.executable, "-m", "pipeline.cli", "-c", str(path), "worker"],
+                            env=env,
+                            stderr=stderr,
+                        )
+                    )
             time.sleep(3)  # imports and connections: not part of the delivery rate
             pg0, sink0 = _pg_stats(url), process_cpu(sink_pid)
             cpu0 = [process_cpu(w.pid) for w in workers]
             t0 = time.perf_counter()
 
-            async def defer() -> int:
+            async def tick() -> PlanDispatch:
                 dispatcher = Dispatcher(config)
                 await dispatcher.open()
                 try:
-                    return await dispatcher.defer_deliveries(app)
+                    return await dispatcher.defer_plan(app, now=WHEN)
                 finally:
                     await dispatcher.close()
 
-            asyncio.run(defer())
-            while (counts := app.outbox_counts()).get("sent", 0) < plan.planned:
+            plan = asyncio.run(tick())
+            tick_wall = time.perf_counter() - t0
+            plan_wall = 0.0
+            open_states = ("pending", "deferred", "claimed", "sending")
+            while sum((counts := app.outbox_counts()).values()) < plan.due or any(
+                counts.get(state, 0) for state in open_states
+            ):
+                if not plan_wall and sum(counts.values()) >= plan.due:
+                    plan_wall = time.perf_counter() - t0
                 if any(w.poll() is not None for w in workers):
                     sys.exit(f"a worker exited: {counts}")
-                if counts.get("failed", 0) or counts.get("ambiguous", 0):
+                failed = counts.get("failed", 0) or counts.get("ambiguous", 0)
+                if failed or "with status: Error" in "".join(log.read_text() for log in logs):
                     for w in workers:
                         w.terminate()
-                    sys.exit(f"digests failed (see `paperpost outbox --status failed`): {counts}")
+                    sys.exit(f"digests or plan_block jobs failed (see {logs}): {counts}")
                 time.sleep(0.1)
             wall = time.perf_counter() - t0
+            plan_wall = plan_wall or wall
+            fits = [log.read_text(encoding="utf-8").count("matcher fitted") for log in logs]
             workers_cpu = sum(process_cpu(w.pid) - c for w, c in zip(workers, cpu0, strict=True))
             sink_cpu, pg1 = process_cpu(sink_pid) - sink0, _pg_stats(url)
             for w in workers:
@@ -1017,8 +1031,12 @@ def run_procrastinate(args: argparse.Namespace) -> None:
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "readers": args.readers,
         "workers": args.workers,
-        "planned": plan.planned,
+        "due": plan.due,
+        "plan_blocks": plan.blocks,
+        "setup_wall_s": setup_wall,
+        "tick_wall_s": tick_wall,
         "plan_wall_s": plan_wall,
+        "fits": fits,
         "sent": sent,
         "deliver_wall_s": wall,
         "digests_per_s": sent / wall,
@@ -1036,9 +1054,11 @@ def run_procrastinate(args: argparse.Namespace) -> None:
     text = (
         f"\n### procrastinate runner, {args.workers} worker(s), {args.readers:,} readers "
         f"({result['date']})\n\n"
-        f"- planned {plan.planned:,} digests in {plan_wall:.1f} s (this process: import, sync, "
-        f"ingest, plan)\n"
-        f"- delivered {sent:,} in {wall:.1f} s: **{sent / wall:.0f} digests/s**; rows claimed "
+        f"- this process: import, sync, ingest in {setup_wall:.1f} s; the daemon's tick "
+        f"({plan.due:,} due, {plan.blocks} plan_block jobs) {tick_wall:.2f} s; every row "
+        f"planned by the workers {plan_wall:.1f} s after it; matcher fits per worker {fits}\n"
+        f"- planned and delivered {sent:,} in {wall:.1f} s: **{sent / wall:.0f} digests/s**; "
+        f"rows claimed "
         f"{result['claims_per_s']:.0f}/s in {result['claim_txns_per_s']:.1f} claim "
         f"transactions/s; PostgreSQL {result['pg_commits_per_s']:.0f} commits/s, "
         f"{result['pg_rows_updated_per_s']:.0f} rows updated/s (whole database)\n"

@@ -265,6 +265,7 @@ def main() -> None:
             rank_bm25=0.0,
             rank_clauses=0.0,
             rank_typical=0.0,
+            rank_category_typical=0.0,
             rank_primary=0.0,
             rank_trending=0.0,
         )

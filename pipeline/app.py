@@ -18,6 +18,7 @@ import importlib.util
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -46,8 +47,9 @@ if TYPE_CHECKING:
     from pipeline.cycle.plan import PlanReport, PlanSettings
     from pipeline.ingest.fetch import FetchPolicy
     from pipeline.ingest.run import SourceOutcome
+    from pipeline.match import Matcher
     from pipeline.render import Renderer
-    from pipeline.web.readers import ManagedReader, ReaderForm
+    from pipeline.web.readers import LinkedDigest, ManagedReader, ReaderForm
     from pipeline.web.tokens import TokenSigner
 
 log = logging.getLogger("paperpost.app")
@@ -69,6 +71,20 @@ def holder_name() -> str:
 
 class UnknownReaderError(PaperpostError, LookupError):
     """No reader with that address in the database."""
+
+
+class FitMismatchError(PaperpostError):
+    """A ``plan_block`` job's refit read other inputs than its tick (papers changed since):
+    the job fails and the next tick plans its readers, who are still due."""
+
+
+@dataclass(frozen=True)
+class PlanTick:
+    """What a tick planned in blocks decided (:meth:`App.plan_tick`)."""
+
+    now: datetime
+    fit: str  # the digest of the matcher's inputs (pipeline.cycle.plan.fit_digest)
+    subscriber_ids: list[int]  # the readers due, ascending
 
 
 class RecipientRefusedError(PaperpostError):
@@ -116,6 +132,11 @@ class App:
         self.holder = holder or holder_name()
         self._store = store
         self._own_store = store is None
+        # plan_block's fitted matchers by fit digest (the ticks in progress), and how many
+        # times this process fitted one (the runner's tests count them).
+        self._fitted: dict[str, Matcher] = {}
+        self._fit_lock = threading.Lock()
+        self.fits = 0
 
     @cached_property
     def planning(self) -> PlanSettings:
@@ -324,13 +345,14 @@ class App:
         if signup.nonce is None:
             log.info("sign-up for a known or suppressed address: nothing sent")
             return signup.outcome
-        lifetime = timedelta(hours=self.config.file.web.confirm_hours)
-        token = self.signer().sign(
-            subscriber=subscriber.email,
-            action="confirm",
-            paper=signup.nonce,
-            now=now,
-            lifetime=lifetime,
+        pending = self.store.reader_by_email(subscriber.email)
+        if pending is None:  # erased between the two statements: nothing to confirm
+            log.warning(
+                "sign-up for %s vanished before its confirmation was sent", subscriber.email
+            )
+            return signup.outcome
+        token = self.signer().reader_token(
+            subscriber_id=pending.id, purpose="confirm", nonce=signup.nonce, now=now
         )
         url = f"{self.config.file.web.base_url}/confirm/{token}"
         try:
@@ -476,6 +498,62 @@ class App:
         with self._model_errors():
             due = due_subscribers(self.store, now=now)
             return plan_due(self.store, self.planning, due, now=now)
+
+    def plan_tick(self, *, now: datetime | None = None) -> PlanTick:
+        """The clock's half of a tick planned in blocks (runner = "procrastinate"): the
+        readers due now, by id, and the digest of the matcher's inputs that the blocks'
+        :meth:`plan_block` fits must match. Nothing is fitted or written here."""
+        from pipeline.cycle.plan import due_subscribers, fit_corpus, fit_digest
+
+        now = now or self.clock()
+        due = due_subscribers(self.store, now=now)
+        fit = fit_digest(fit_corpus(self.store, self.planning, now=now), self.planning)
+        return PlanTick(now=now, fit=fit, subscriber_ids=[d.subscriber_id for d in due])
+
+    def plan_block(self, *, now: datetime, subscriber_ids: Sequence[int], fit: str) -> PlanReport:
+        """A runner's planning job: write the outbox rows of the readers among
+        ``subscriber_ids`` still due at ``now`` (the tick's instant), with the matcher of
+        the tick. The matcher is fitted once per process and tick: a process that lacks
+        ``fit`` fits it from the store and refuses (:class:`FitMismatchError`) when what it
+        read is not what the tick saw. Running a block twice writes nothing twice: a
+        reader with a row for the period is not due any more (blocking: off the loop)."""
+        from pipeline.cycle.plan import due_among, plan_due
+
+        with self._model_errors():
+            matcher = self._tick_matcher(now, fit)
+            due = due_among(self.store, subscriber_ids, now=now)
+            return plan_due(self.store, self.planning, due, now=now, matcher=matcher)
+
+    def _tick_matcher(self, now: datetime, fit: str) -> Matcher:
+        from pipeline.cycle.plan import fit_corpus, fit_digest
+        from pipeline.match import Matcher
+
+        with self._fit_lock:  # one fit per process even with several jobs in threads
+            matcher = self._fitted.get(fit)
+            if matcher is not None:
+                return matcher
+            began = time.monotonic()
+            corpus = fit_corpus(self.store, self.planning, now=now)
+            found = fit_digest(corpus, self.planning)
+            if found != fit:
+                raise FitMismatchError(
+                    f"the papers or match settings at {now.isoformat()} changed since the "
+                    f"tick (fit {fit}, found {found}): this block is left to the next tick"
+                )
+            matcher = Matcher.fit(corpus, self.planning.match)
+            self.fits += 1
+            while len(self._fitted) >= 2:  # a tick still finishing, and the newest
+                del self._fitted[next(iter(self._fitted))]
+            self._fitted[fit] = matcher
+            log.info(
+                "matcher fitted for the tick at %s on %d papers in %.1f s (fit %s)",
+                now.isoformat(timespec="seconds"),
+                len(corpus),
+                time.monotonic() - began,
+                fit,
+                extra={"event": "matcher.fitted", "fit": fit, "papers": len(corpus)},
+            )
+            return matcher
 
     async def deliver(
         self,
@@ -881,6 +959,21 @@ class App:
             now=now or self.clock(),
         )
 
+    def reader_email(self, subscriber_id: int) -> str | None:
+        """The address of the reader a link token names by id; None if there is none."""
+        reader = self.store.readers([subscriber_id]).get(subscriber_id)
+        return reader.subscriber.email if reader is not None else None
+
+    def linked_digest(self, subscriber_id: int, delivery_id: int) -> LinkedDigest | None:
+        """What a digest token's links resolve to: the reader's address and the papers the
+        outbox row carried, by position; None if the row is gone or not this reader's."""
+        from pipeline.web.readers import LinkedDigest
+
+        row = self.store.load_deliveries([delivery_id]).get(delivery_id)
+        if row is None or row.subscriber_id != subscriber_id:
+            return None
+        return LinkedDigest(row.email, tuple((i.paper.id, i.paper.title) for i in row.items))
+
     def paper_title(self, paper_id: str) -> str | None:
         """The stored paper's title (feedback pages name the paper by it); None if unknown."""
         paper = self.store.papers_by_id([paper_id]).get(paper_id)
@@ -1058,7 +1151,9 @@ async def run_once(
 __all__ = [
     "App",
     "CycleReport",
+    "FitMismatchError",
     "NextDigest",
+    "PlanTick",
     "RecipientRefusedError",
     "UnknownReaderError",
     "holder_name",

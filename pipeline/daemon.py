@@ -42,7 +42,7 @@ from pipeline.schedule.due import sources_due
 from pipeline.schedule.scheduler import PeriodicJob, Scheduler
 from pipeline.web.app import create_app
 from pipeline.web.metrics import bounce_metrics, exposition, pipeline_metrics
-from pipeline.web.readers import ManagedReader, ReaderForm, SubscribeSettings
+from pipeline.web.readers import LinkedDigest, ManagedReader, ReaderForm, SubscribeSettings
 from pipeline.web.tokens import TokenSigner
 
 if TYPE_CHECKING:
@@ -174,6 +174,13 @@ class Daemon:
         due = set(sources_due(intervals, last, tick=self._ingest_tick(config), now=now))
         if not due:
             return
+        if self.runner is not None:
+            # One ingest_source job per source, run by the workers. The first tick waits
+            # for them (bounded), so the first dispatch plans with the papers just fetched.
+            wait = None if self._dispatch_started else config.file.ingest.deadline_seconds + 60
+            deferred = await self.runner.defer_ingest(sorted(due), now=now, wait=wait)
+            log.info("ingest tick by %s: %d ingest jobs deferred", self.holder, deferred)
+            return
         outcomes = await self.core.ingest(now=now, sources=due)
         self.stats.papers_ingested += sum(o.new for o in outcomes)
         self.stats.source_failures += sum(1 for o in outcomes if not o.ok)
@@ -205,17 +212,21 @@ class Daemon:
         )
 
     async def _dispatch_jobs(self, runner: Dispatcher) -> None:
-        """The clock's half with workers: write this tick's outbox rows (the matcher fitted
-        once, here), then defer delivery jobs. Killed in between, the workers' sweep defers
-        them instead."""
-        now = self.clock()
-        plan = await asyncio.to_thread(self.core.plan, now=now)
+        """The clock's half with workers: decide who is due and defer their plan_block
+        jobs (the workers fit the tick's matcher once each, checked against its input
+        digest, write the rows and defer their delivery); then keep delivery jobs queued
+        for rows of earlier ticks. Killed in between, the next tick or the workers' sweep
+        defers what is missing."""
+        plan = await runner.defer_plan(self.core, now=self.clock())
         deferred = await runner.defer_deliveries(self.core)
         log.info(
-            "dispatch tick by %s: %d planned for %d due readers; %d delivery jobs deferred",
+            "dispatch tick by %s: %d due readers, %d already in plan jobs, %d plan_block "
+            "jobs deferred, %d of dead workers retried; %d delivery jobs deferred",
             self.holder,
-            plan.planned,
             plan.due,
+            plan.in_flight,
+            plan.blocks,
+            plan.retried,
             deferred,
         )
 
@@ -250,6 +261,7 @@ class Daemon:
                 enabled=web.subscribe,
                 per_address_per_hour=web.subscribe_per_address_per_hour,
                 per_client_per_hour=web.subscribe_per_client_per_hour,
+                confirm_hours=web.confirm_hours,
             ),
         )
 
@@ -414,6 +426,12 @@ class DaemonWebBackend:
 
     def paper_title(self, paper_id: str) -> str | None:
         return self._daemon.core.paper_title(paper_id)
+
+    def reader_email(self, subscriber_id: int) -> str | None:
+        return self._daemon.core.reader_email(subscriber_id)
+
+    def linked_digest(self, subscriber_id: int, delivery_id: int) -> LinkedDigest | None:
+        return self._daemon.core.linked_digest(subscriber_id, delivery_id)
 
     def render_preview(self, email: str) -> str | None:
         try:

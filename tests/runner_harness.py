@@ -1,5 +1,6 @@
 """Helpers of the runner tests: a PostgreSQL config with runner = "procrastinate", a period
-planned by the daemon's use case, and `paperpost worker` subprocesses."""
+planned by the daemon's use case (in one process, or as plan_block jobs of a tick), and
+`paperpost worker` subprocesses logging to a file."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from pipeline.app import App
 from pipeline.config import Config, load_config
-from pipeline.runner.jobs import Dispatcher
+from pipeline.runner.jobs import STALLED_SECONDS, Dispatcher, PlanDispatch
 from pipeline.runner.schema import apply_schema_async
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -48,6 +49,7 @@ def runner_config(
     runner: str = "procrastinate",
     mail: str = "",
     worker: str = "",
+    sources: str | None = None,
 ) -> Config:
     extra = (
         f"concurrency = 4\nbatch_size = 50\n{mail}\n"
@@ -65,13 +67,17 @@ def runner_config(
         subscribers=readers(count),
         extra=tables,
         name=name,
+        **({} if sources is None else {"sources": sources}),
     )
     return load_config(path, env=ENV)
 
 
-async def prepare(config: Config, *, installation: str | None = None) -> int:
+async def prepare(
+    config: Config, *, installation: str | None = None, plan: bool = True, ingest: bool = True
+) -> int:
     """`paperpost db upgrade`, then the daemon's half of a tick without the defer: sync,
-    ingest the sample listings and plan the period due at NOW. The planned row count."""
+    ingest the sample listings and (``plan``) plan the period due at NOW in this process.
+    The planned row count (0 without ``plan``)."""
     app = App(config, clock=lambda: NOW)
     try:
         await asyncio.to_thread(app.upgrade_database)
@@ -79,9 +85,12 @@ async def prepare(config: Config, *, installation: str | None = None) -> int:
         if installation is not None:
             await asyncio.to_thread(_set_installation, app, installation)
         await asyncio.to_thread(app.sync)
-        await app.ingest(now=NOW)
-        plan = await asyncio.to_thread(app.plan, now=NOW)
-        return plan.planned
+        if ingest:
+            await app.ingest(now=NOW)
+        if not plan:
+            return 0
+        report = await asyncio.to_thread(app.plan, now=NOW)
+        return report.planned
     finally:
         app.close()
 
@@ -110,13 +119,36 @@ async def defer(config: Config) -> int:
         app.close()
 
 
-def start_worker(config: Config) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "-c", str(config.path), "worker"],
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+async def tick(
+    config: Config, *, block_size: int, stalled_seconds: float = STALLED_SECONDS
+) -> tuple[PlanDispatch, int]:
+    """The daemon's dispatch tick at NOW with workers: plan_block jobs of ``block_size``
+    readers. Also how many times the tick's process fitted a matcher."""
+    dispatcher = Dispatcher(config, block_size=block_size, stalled_seconds=stalled_seconds)
+    app = App(config, clock=lambda: NOW)
+    await dispatcher.open()
+    try:
+        return await dispatcher.defer_plan(app, now=NOW), app.fits
+    finally:
+        await dispatcher.close()
+        app.close()
+
+
+def start_worker(config: Config, *, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """A `paperpost worker` process; its log (INFO and up) goes to ``log`` when given (a
+    pipe nobody reads would stall a chatty worker)."""
+    with open(log or os.devnull, "ab") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "-c", str(config.path), "worker"],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+
+
+def fits_logged(log: Path) -> int:
+    """How many times a worker logged fitting a tick's matcher (App.plan_block)."""
+    return log.read_text(encoding="utf-8").count("matcher fitted for the tick")
 
 
 def stop_worker(proc: subprocess.Popen[bytes], *, timeout: float = 60) -> int:

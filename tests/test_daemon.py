@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import hashlib
 import re
 import signal
 from collections import Counter
@@ -13,12 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from itsdangerous import URLSafeSerializer
 
 from pipeline.cli import main
 from pipeline.daemon import default_pid_file, signal_reload
 from pipeline.errors import ConfigError
 from pipeline.store import Store
-from pipeline.web.tokens import TokenSigner
 from tests.conftest import SAMPLE_SOURCES
 from tests.daemon_harness import (
     ADMIN,
@@ -62,7 +63,8 @@ def message_to(received: list[tuple[object, bytes]], address: str) -> Message:
 
 
 def link_path(message: Message, kind: str) -> str:
-    """The path of the first http link to /``kind``/ in the headers or the HTML part."""
+    """The path of the first http link to /``kind``/ in the headers or the HTML part (a
+    feedback link's whole path: token, position and signal)."""
     texts = [str(message.get("List-Unsubscribe", ""))]
     for part in message.walk():
         if part.get_content_type() == "text/html":
@@ -70,7 +72,7 @@ def link_path(message: Message, kind: str) -> str:
             assert isinstance(payload, bytes)
             texts.append(payload.decode(part.get_content_charset() or "utf-8"))
     for text in texts:
-        found = re.search(rf"https?://[^/\s\"'<>]+(/{kind}/[A-Za-z0-9._~-]+)", text)
+        found = re.search(rf"https?://[^/\s\"'<>]+(/{kind}/[A-Za-z0-9._~/-]+)", text)
         if found:
             return found.group(1)
     raise AssertionError(f"no /{kind}/ link in the message")
@@ -299,9 +301,10 @@ def test_sighup_rejects_an_invalid_config_and_applies_a_valid_one(
         assert "running config stays in force" in rejected
         assert web.get("/healthz").status_code == 200
 
-        rotated = TokenSigner([NEW_SECRET]).sign(
-            subscriber="zoe@lab.example", action="unsubscribe", now=datetime.now(UTC)
-        )
+        # A link signed with the new key (an old-format one: its GET needs no outbox row).
+        rotated = URLSafeSerializer(
+            NEW_SECRET, salt="paperpost.link.v1", signer_kwargs={"digest_method": hashlib.sha256}
+        ).dumps({"s": "zoe@lab.example", "a": "unsubscribe", "e": 4102444800})
         assert web.get(f"/unsubscribe/{rotated}").status_code == 400  # key not configured yet
 
         mark = daemon.mark()

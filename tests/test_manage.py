@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
+from pipeline.store import PlannedDelivery
 from pipeline.web.subscribe import manage_path
 from tests.test_subscribe import Site, site_factory  # noqa: F401  (a fixture)
 
@@ -34,7 +35,10 @@ FORM = {
 
 
 def page_of(web: Site, address: str = ADA) -> str:
-    return manage_path(web.app.signer(), address, now=web.clock())
+    """The manage link of the confirmation page (a reader token); one naming a reader id
+    that no one has for an address not in the database."""
+    reader = web.app.store.reader_by_email(address)
+    return manage_path(web.app.signer(), reader.id if reader else 999_999, now=web.clock())
 
 
 async def test_get_shows_the_settings_escaped_and_changes_nothing(web: Site) -> None:
@@ -112,7 +116,13 @@ async def test_export_and_erasure(web: Site) -> None:
 
 
 async def test_the_unsubscribed_page_leads_to_resubscribing(web: Site) -> None:
-    token = web.app.signer().sign(subscriber=ADA, action="unsubscribe", now=web.clock())
+    ada = web.app.reader(ADA).id
+    [row] = web.app.store.plan_deliveries(  # a digest Ada received: its token unsubscribes
+        [PlannedDelivery(ada, "d1", web.clock(), web.clock(), "<d1@lab.example>", [], False)],
+        now=web.clock(),
+    )
+    assert row is not None
+    token = web.app.signer().digest_token(subscriber_id=ada, delivery_id=row, now=web.clock())
     page = await web.client.post(f"/unsubscribe/{quote(token, safe='')}")
     assert "Ask the sender" not in page.text
     link = re.search(r'id="manage" href="([^"]+)"', page.text)
@@ -125,7 +135,9 @@ async def test_the_unsubscribed_page_leads_to_resubscribing(web: Site) -> None:
 
 async def test_bad_and_foreign_tokens(web: Site) -> None:
     assert (await web.client.get("/manage/not-a-token")).status_code == 400
-    confirm = web.app.signer().sign(subscriber=ADA, action="confirm", paper="n", now=web.clock())
+    confirm = web.app.signer().reader_token(
+        subscriber_id=web.app.reader(ADA).id, purpose="confirm", nonce="n", now=web.clock()
+    )
     assert (await web.client.get(f"/manage/{confirm}")).status_code == 400  # wrong purpose
     unknown = await web.client.get(page_of(web, "nobody@lab.example"))
     assert unknown.status_code == 410

@@ -104,7 +104,13 @@ def matcher() -> Matcher:
 
 
 UNRANKED = MatchSettings(
-    min_df=1, rank_bm25=0.0, rank_clauses=0.0, rank_typical=0.0, rank_primary=0.0, rank_trending=0.0
+    min_df=1,
+    rank_bm25=0.0,
+    rank_clauses=0.0,
+    rank_typical=0.0,
+    rank_category_typical=0.0,
+    rank_primary=0.0,
+    rank_trending=0.0,
 )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import hashlib
 import json
 import re
 import unicodedata
@@ -975,7 +976,7 @@ async def web(
 
 
 def links(message: Received, kind: str) -> list[str]:
-    return re.findall(rf"{re.escape(BASE_URL)}(/{kind}/[A-Za-z0-9._~%-]+)", message.html)
+    return re.findall(rf"{re.escape(BASE_URL)}(/{kind}/[A-Za-z0-9._~%/-]+)", message.html)
 
 
 def status_of(store: Store, address: str) -> str:
@@ -1002,12 +1003,17 @@ def check_html_page(html: str) -> None:
 
 async def test_feedback_page_escapes_the_paper_id_from_a_hostile_feed(web: Web) -> None:
     """Non-arXiv papers are identified by their link ("url:..."), which a feed chose. Ingest
-    no longer lets markup into links, so sign a token for such an id directly: the pages
-    (GET asks, POST notes) name a paper by its title and never show a link id, so none
-    of it reaches the page, escaped or not (titles are escaped: test_render_wording)."""
+    no longer lets markup into links, so sign an old-format (v1) link, which names the
+    paper itself, for such an id directly: the pages (GET asks, POST notes) name a paper by
+    its title and never show a link id, so none of it reaches the page, escaped or not
+    (titles are escaped: test_render_wording)."""
     hostile = 'url:https://ok.example/q?a="><script>alert(12)</script>'
+    v1 = URLSafeSerializer(
+        SECRET, salt="paperpost.link.v1", signer_kwargs={"digest_method": hashlib.sha256}
+    )
     for action in ("more", "less"):
-        token = web.signer.sign(subscriber=ADA, action=action, paper=hostile, now=NOW)
+        token = v1.dumps({"s": ADA, "a": action, "e": 4102444800, "p": hostile})
+        assert isinstance(token, str)
         for method in ("GET", "POST"):
             response = await web.client.request(method, f"/feedback/{quote(token, safe='')}")
             assert response.status_code == 200, response.text
@@ -1051,7 +1057,9 @@ async def test_every_page_escapes_what_it_reflects(web: Web) -> None:
 
 
 async def test_preview_token_of_one_reader_cannot_open_another(web: Web) -> None:
-    ada_preview = web.signer.sign(subscriber=ADA, action="preview", now=NOW)
+    ada = web.store.subscriber_state(ADA)
+    assert ada is not None
+    ada_preview = web.signer.reader_token(subscriber_id=ada.id, purpose="preview", now=NOW)
     own = await web.client.get(f"/preview/{ADA}", params={"token": ada_preview})
     assert own.status_code == 200 and f"because {ADA} is subscribed" in own.text
     check_html(own.text.replace("\r\n", "\n"))
@@ -1083,9 +1091,10 @@ async def test_links_of_one_reader_cannot_act_on_another(web: Web) -> None:
         response = await web.client.post(path)
         assert response.status_code == 400, path
         assert_page_safe(response)
-    # A feedback link is not an unsubscribe link, and the reverse.
+    # A feedback link (the digest's token and a position) is no unsubscribe URL, and an
+    # unsubscribe link is no feedback link (it has no position).
     response = await web.client.post(grace_feedback.replace("/feedback/", "/unsubscribe/"))
-    assert response.status_code == 400
+    assert response.status_code == 404
     response = await web.client.get(ada_unsubscribe.replace("/unsubscribe/", "/feedback/"))
     assert response.status_code == 400
     assert status_of(web.store, GRACE) == "active"

@@ -18,7 +18,7 @@ import pytest
 from pipeline.app import App
 from pipeline.config import load_config
 from pipeline.web.app import create_app
-from pipeline.web.readers import ManagedReader, ReaderForm, SubscribeSettings
+from pipeline.web.readers import LinkedDigest, ManagedReader, ReaderForm, SubscribeSettings
 from tests.smtpd import RunningServer
 from tests.web_fakes import FakeClock
 
@@ -72,6 +72,12 @@ class AppReaders:
 
     def record_feedback(self, email: str, paper_id: str, signal: str, *, now: datetime) -> bool:
         return self.app.record_feedback(email, paper_id, signal, now=now)
+
+    def reader_email(self, subscriber_id: int) -> str | None:
+        return self.app.reader_email(subscriber_id)
+
+    def linked_digest(self, subscriber_id: int, delivery_id: int) -> LinkedDigest | None:
+        return self.app.linked_digest(subscriber_id, delivery_id)
 
     def render_preview(self, email: str) -> str | None:
         return None
@@ -288,10 +294,11 @@ async def test_a_link_cannot_confirm_another_address(site: Site) -> None:
     await site.client.post("/subscribe", data=GOOD)
     await site.client.post("/subscribe", data=GOOD | {"email": "eve@lab.example"})
     signer = site.app.signer()
-    mine = signer.verify(confirm_path(site.mails_to("eve@lab.example")[0])[9:], action="confirm",
-                         now=site.clock())  # fmt: skip
-    forged = signer.sign(  # what Eve cannot make without the key; even with her own nonce
-        subscriber="new@lab.example", action="confirm", paper=mine.paper, now=site.clock()
+    mine = signer.verify_reader(confirm_path(site.mails_to("eve@lab.example")[0])[9:],
+                                purpose="confirm", now=site.clock())  # fmt: skip
+    new = site.app.reader("new@lab.example").id
+    forged = signer.reader_token(  # what Eve cannot make without the key; even with her nonce
+        subscriber_id=new, purpose="confirm", nonce=mine.nonce, now=site.clock()
     )
     assert (await site.client.post(f"/confirm/{forged}")).status_code == 400
     # Eve's signature on the body of New's link (a splice of two real links) fails too.

@@ -18,6 +18,8 @@ KEY = "current-signing-key-0123456789"
 OLD_KEY = "previous-signing-key-987654321"
 ADMIN = "admin-token-with-enough-entropy"
 ADA = "ada@lab.example"
+ADA_ID, DIGEST_ID = 1, 10  # Ada's reader id and the outbox row of her last digest
+PAPERS = (("2305.18290", "Direct Preference Optimization"), ("2106.09685", "LoRA"))
 
 
 @pytest.fixture
@@ -27,7 +29,12 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def backend() -> FakeBackend:
-    return FakeBackend(active={ADA}, previews={ADA: "<html><body>Ada's next digest</body></html>"})
+    return FakeBackend(
+        active={ADA},
+        previews={ADA: "<html><body>Ada's next digest</body></html>"},
+        readers={ADA_ID: ADA},
+        digests={(ADA_ID, DIGEST_ID): PAPERS},
+    )
 
 
 @pytest.fixture
@@ -45,8 +52,36 @@ async def client(
         yield c
 
 
-def unsubscribe_token(clock: FakeClock, subscriber: str = ADA, key: str = KEY) -> str:
-    return TokenSigner([key]).sign(subscriber=subscriber, action="unsubscribe", now=clock())
+def unsubscribe_token(
+    clock: FakeClock, sid: int = ADA_ID, key: str = KEY, did: int = DIGEST_ID
+) -> str:
+    """The digest's one token: its unsubscribe, manage and feedback links carry it."""
+    return TokenSigner([key]).digest_token(subscriber_id=sid, delivery_id=did, now=clock())
+
+
+def feedback_path(token: str, position: int = 1, signal: str = "more") -> str:
+    return f"/feedback/{token}/{position}/{signal}"
+
+
+def v1_token(payload: dict[str, object], key: str = KEY) -> str:
+    """A link mailed before one token per digest (format v1), by plain itsdangerous."""
+    raw = URLSafeSerializer(
+        key, salt="paperpost.link.v1", signer_kwargs={"digest_method": hashlib.sha256}
+    )
+    token = raw.dumps(payload)
+    assert isinstance(token, str)
+    return token
+
+
+def v1(clock: FakeClock, action: str, paper: str | None = None, days: int = 90) -> str:
+    payload: dict[str, object] = {
+        "s": ADA,
+        "a": action,
+        "e": int(clock().timestamp()) + days * 86400,
+    }
+    if paper is not None:
+        payload["p"] = paper
+    return v1_token(payload)
 
 
 def assert_safe_headers(response: httpx.Response) -> None:
@@ -153,66 +188,65 @@ def _tampered(clock: FakeClock) -> str:
 
 
 def _other_payload(clock: FakeClock) -> str:
+    """Ada's digest token with the ids of someone else's (Eve signed those with her key)."""
     mine = unsubscribe_token(clock)
-    eve = unsubscribe_token(clock, subscriber="victim@lab.example", key="eve-own-key-xxxxxxx")
-    return f"{eve.rpartition('.')[0]}.{mine.rpartition('.')[2]}"
+    eve = unsubscribe_token(clock, sid=2, key="eve-own-key-xxxxxxx")
+    return eve.split(".")[0] + mine[mine.index(".") :]
 
 
 def _expired(clock: FakeClock) -> str:
-    return TokenSigner([KEY]).sign(
-        subscriber=ADA, action="unsubscribe", now=clock() - timedelta(days=367)
-    )
+    signer = TokenSigner([KEY])
+    at = clock() - timedelta(days=367)
+    return signer.digest_token(subscriber_id=ADA_ID, delivery_id=DIGEST_ID, now=at)
 
 
 def _expired_feedback(clock: FakeClock) -> str:
-    return TokenSigner([KEY]).sign(
-        subscriber=ADA, action="more", paper="2305.18290", now=clock() - timedelta(days=91)
-    )
-
-
-def _feedback_token(clock: FakeClock) -> str:
-    return TokenSigner([KEY]).sign(subscriber=ADA, action="less", paper="2305.18290", now=clock())
+    signer = TokenSigner([KEY])
+    at = clock() - timedelta(days=91)  # still fine for unsubscribing, not for feedback
+    return signer.digest_token(subscriber_id=ADA_ID, delivery_id=DIGEST_ID, now=at)
 
 
 def _preview_token(clock: FakeClock) -> str:
-    return TokenSigner([KEY]).sign(subscriber=ADA, action="preview", now=clock())
+    return TokenSigner([KEY]).reader_token(subscriber_id=ADA_ID, purpose="preview", now=clock())
 
 
-def _feedback_without_paper(clock: FakeClock) -> str:
-    raw = URLSafeSerializer(
-        [KEY], salt="paperpost.link.v1", signer_kwargs={"digest_method": hashlib.sha256}
-    )
-    token = raw.dumps({"s": ADA, "a": "more", "e": int(clock().timestamp()) + 3600})
-    assert isinstance(token, str)
-    return token
+def _manage_token(clock: FakeClock) -> str:
+    return TokenSigner([KEY]).reader_token(subscriber_id=ADA_ID, purpose="manage", now=clock())
 
 
+# Paths after the route name; every one must get the uniform 400 without a backend call.
 BAD_TOKENS: list[tuple[str, str, str, Callable[[FakeClock], str]]] = [
     ("GET", "unsubscribe", "forged", _forged),
     ("POST", "unsubscribe", "forged", _forged),
     ("POST", "unsubscribe", "tampered", _tampered),
     ("POST", "unsubscribe", "swapped-payload", _other_payload),
     ("POST", "unsubscribe", "expired", _expired),
-    ("POST", "unsubscribe", "feedback-token", _feedback_token),
+    ("POST", "unsubscribe", "v1-feedback-token", lambda c: v1(c, "more", "2305.18290")),
+    ("POST", "unsubscribe", "v1-expired", lambda c: v1(c, "unsubscribe", days=0)),
     ("POST", "unsubscribe", "preview-token", _preview_token),
+    ("POST", "unsubscribe", "manage-reader-token", _manage_token),
     ("POST", "unsubscribe", "garbage", lambda c: "not-a-token"),
     ("POST", "unsubscribe", "too-long", lambda c: "A" * 3000 + "." + "B" * 43),
 ]
 
 
 def _forged_feedback(clock: FakeClock) -> str:
-    return TokenSigner(["x" * 20]).sign(subscriber=ADA, action="more", paper="1", now=clock())
+    return feedback_path(unsubscribe_token(clock, key="x" * 20))
 
 
 # GET (the confirmation page) verifies a feedback token exactly as POST (which records) does.
 BAD_FEEDBACK_TOKENS: list[tuple[str, Callable[[FakeClock], str]]] = [
     ("forged", _forged_feedback),
-    ("tampered", lambda c: _feedback_token(c)[:-1] + "x"),
-    ("expired", _expired_feedback),
-    ("unsubscribe-token", unsubscribe_token),
-    ("preview-token", _preview_token),
-    ("no-paper", _feedback_without_paper),
-    ("too-long", lambda c: "A" * 3000 + "." + "B" * 43),
+    ("tampered", lambda c: feedback_path(unsubscribe_token(c)[:-1] + "x")),
+    ("expired", lambda c: feedback_path(_expired_feedback(c))),
+    ("preview-token", lambda c: feedback_path(_preview_token(c))),
+    ("unknown-signal", lambda c: feedback_path(unsubscribe_token(c), signal="maybe")),
+    ("digest-token-without-position", unsubscribe_token),
+    ("v1-unsubscribe-token", lambda c: v1(c, "unsubscribe")),
+    ("v1-no-paper", lambda c: v1(c, "more")),
+    ("v1-expired", lambda c: v1(c, "more", "2305.18290", days=0)),
+    ("v1-with-position", lambda c: feedback_path(v1(c, "more", "2305.18290"))),
+    ("too-long", lambda c: feedback_path("A" * 3000 + "." + "B" * 43)),
 ]
 BAD_TOKENS += [
     (method, "feedback", name, make)
@@ -234,12 +268,14 @@ async def test_every_bad_token_gets_the_same_400_page_and_changes_nothing(
     route: str,
     make: Callable[[FakeClock], str],
 ) -> None:
-    response = await client.request(method, f"/{route}/{make(clock)}")
+    tail = make(clock)
+    path = tail if tail.startswith("/") else f"/{route}/{tail}"
+    response = await client.request(method, path)
     reference = await client.post("/unsubscribe/x.y")
     assert response.status_code == 400
     assert response.text == reference.text  # one uniform page
     assert "This link is not valid" in response.text
-    assert backend.calls == []
+    assert backend.calls == [] and backend.lookups == []
     assert backend.active == {ADA} and not backend.unsubscribed and not backend.feedback
     assert_safe_headers(response)
 
@@ -248,26 +284,92 @@ async def test_every_bad_token_gets_the_same_400_page_and_changes_nothing(
 
 
 @pytest.mark.parametrize(
-    ("signal", "question"),
-    [("more", "More papers like 2305.18290?"), ("less", "Fewer papers like 2305.18290?")],
-    ids=["more", "less"],
+    ("position", "signal", "question"),
+    [
+        (1, "more", "More papers like Direct Preference Optimization?"),
+        (2, "less", "Fewer papers like LoRA?"),
+    ],
+    ids=["more-first", "less-second"],
 )
 async def test_get_feedback_asks_and_only_post_records(
-    client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock, signal: str, question: str
+    client: httpx.AsyncClient,
+    backend: FakeBackend,
+    clock: FakeClock,
+    position: int,
+    signal: str,
+    question: str,
 ) -> None:
-    token = TokenSigner([KEY]).sign(subscriber=ADA, action=signal, paper="2305.18290", now=clock())
-    assert (await client.head(f"/feedback/{token}")).status_code == 200  # scanners send HEAD too
-    asked = await client.get(f"/feedback/{token}")
+    """The digest's token and a paper's position: the page names that paper by title."""
+    url = feedback_path(unsubscribe_token(clock), position, signal)
+    assert (await client.head(url)).status_code == 200  # scanners send HEAD too
+    asked = await client.get(url)
     assert asked.status_code == 200
     assert f"<h1>{question}</h1>" in asked.text
     assert '<form method="post"><button type="submit" id="feedback">' in asked.text
     assert_safe_headers(asked)
     assert backend.calls == [] and backend.feedback == {}
-    response = await client.post(f"/feedback/{token}")
+    response = await client.post(url)
     assert response.status_code == 200
-    assert "Thanks, noted" in response.text and "2305.18290" in response.text
-    assert backend.feedback == {(ADA, "2305.18290"): signal}
+    assert "Thanks, noted" in response.text and PAPERS[position - 1][1] in response.text
+    assert backend.feedback == {(ADA, PAPERS[position - 1][0]): signal}
     assert_safe_headers(response)
+
+
+@pytest.mark.parametrize(
+    "position", ["0", "3", "99999999999999999999", "-1", "1x", "%D9%A1", "%EF%BC%91"]
+)
+async def test_only_positions_the_digest_carried_are_accepted(
+    client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock, position: str
+) -> None:
+    url = f"/feedback/{unsubscribe_token(clock)}/{position}/more"
+    for method in ("GET", "POST"):
+        response = await client.request(method, url)
+        assert response.status_code == 400
+        assert "This link is not valid" in response.text
+    assert backend.calls == [] and backend.feedback == {}
+
+
+async def test_a_digest_token_whose_row_is_not_that_readers_is_410(
+    client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock
+) -> None:
+    """Validly signed ids that name no digest of that reader (an erased reader's row, or a
+    row of another reader) open nothing."""
+    backend.readers[2] = "bob@lab.example"
+    for token in (unsubscribe_token(clock, sid=2), unsubscribe_token(clock, did=11)):
+        for path in (feedback_path(token), f"/unsubscribe/{token}"):
+            response = await client.post(path)
+            assert response.status_code == 410
+            assert "not active" in response.text
+    assert backend.calls == [] and backend.feedback == {} and not backend.unsubscribed
+
+
+async def test_old_v1_links_keep_working_until_they_expire(
+    client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock
+) -> None:
+    """Links mailed before one token per digest carry the address; they still verify (with
+    either key) until their own expiry, and then stop."""
+    unsubscribe = f"/unsubscribe/{v1(clock, 'unsubscribe', days=366)}"
+    feedback = f"/feedback/{v1(clock, 'less', '2106.09685')}"
+    backend.titles = {"2106.09685": "LoRA"}
+    asked = await client.get(feedback)
+    assert asked.status_code == 200 and "<h1>Fewer papers like LoRA?</h1>" in asked.text
+    assert (await client.post(feedback)).status_code == 200
+    assert backend.feedback == {(ADA, "2106.09685"): "less"}
+    old_key = v1_token(
+        {"s": ADA, "a": "more", "e": int(clock().timestamp()) + 3600, "p": "2106.09685"},
+        key=OLD_KEY,
+    )
+    assert (await client.post(f"/feedback/{old_key}")).status_code == 200
+    assert backend.feedback == {(ADA, "2106.09685"): "more"}
+    clock.now += timedelta(days=90)  # the feedback link's own expiry
+    assert (await client.post(feedback)).status_code == 400
+    assert (await client.get(unsubscribe)).status_code == 200
+    clock.now += timedelta(days=276)  # the unsubscribe link's: 366 days after it was mailed
+    assert (await client.post(unsubscribe)).status_code == 400
+    assert not backend.unsubscribed
+    clock.now -= timedelta(seconds=1)
+    assert (await client.post(unsubscribe)).status_code == 200
+    assert ADA in backend.unsubscribed
 
 
 async def test_head_on_an_unsubscribe_link_changes_nothing(
@@ -283,7 +385,7 @@ async def test_feedback_store_failure_answers_503(
     client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock
 ) -> None:
     backend.broken = True
-    response = await client.post(f"/feedback/{_feedback_token(clock)}")
+    response = await client.post(feedback_path(unsubscribe_token(clock)))
     assert response.status_code == 503
     assert "Nothing was changed" in response.text
     assert "locked" not in response.text
@@ -292,9 +394,7 @@ async def test_feedback_store_failure_answers_503(
 async def test_feedback_for_an_unknown_subscriber_is_410(
     client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock
 ) -> None:
-    token = TokenSigner([KEY]).sign(
-        subscriber="gone@lab.example", action="more", paper="1", now=clock()
-    )
+    token = v1_token({"s": "gone@lab.example", "a": "more", "e": 2_000_000_000, "p": "1"})
     response = await client.post(f"/feedback/{token}")
     assert response.status_code == 410
     assert "not active" in response.text
@@ -306,11 +406,10 @@ async def test_values_from_tokens_are_escaped(
 ) -> None:
     evil = '"><script>alert(1)</script>@x.example'
     backend.active.add(evil)
-    signer = TokenSigner([KEY])
-    unsub = await client.get(f"/unsubscribe/{unsubscribe_token(clock, subscriber=evil)}")
-    feedback = "/feedback/" + signer.sign(
-        subscriber=evil, action="more", paper="<img src=x onerror=alert(1)>", now=clock()
-    )
+    backend.readers[3] = evil
+    backend.digests[(3, 30)] = (("<img src=x onerror=alert(1)>", ""),)
+    unsub = await client.get(f"/unsubscribe/{unsubscribe_token(clock, sid=3, did=30)}")
+    feedback = feedback_path(unsubscribe_token(clock, sid=3, did=30))
     asked, noted = await client.get(feedback), await client.post(feedback)
     for response in (unsub, asked, noted):
         assert response.status_code == 200
@@ -329,6 +428,7 @@ async def test_values_from_tokens_are_escaped(
         ("query-admin", 200),
         ("bearer-admin", 200),
         ("signed-preview", 200),
+        ("v1-preview", 200),
         ("wrong-admin", 403),
         ("no-token", 403),
         ("preview-of-other", 403),
@@ -338,6 +438,7 @@ async def test_values_from_tokens_are_escaped(
         "query-admin",
         "bearer-admin",
         "signed-preview",
+        "v1-preview",
         "wrong-admin",
         "no-token",
         "preview-of-other",
@@ -348,6 +449,7 @@ async def test_preview_access(
     client: httpx.AsyncClient, backend: FakeBackend, clock: FakeClock, how: str, status: int
 ) -> None:
     signer = TokenSigner([KEY])
+    backend.readers[2] = "bob@lab.example"
     params: dict[str, str] = {}
     headers: dict[str, str] = {}
     if how == "query-admin":
@@ -355,11 +457,13 @@ async def test_preview_access(
     elif how == "bearer-admin":
         headers["Authorization"] = f"Bearer {ADMIN}"
     elif how == "signed-preview":
-        params["token"] = signer.sign(subscriber=ADA, action="preview", now=clock())
+        params["token"] = signer.reader_token(subscriber_id=ADA_ID, purpose="preview", now=clock())
+    elif how == "v1-preview":  # an old-format preview link, until it expires
+        params["token"] = v1(clock, "preview")
     elif how == "wrong-admin":
         params["token"] = ADMIN[:-1] + "X"
     elif how == "preview-of-other":
-        params["token"] = signer.sign(subscriber="bob@lab.example", action="preview", now=clock())
+        params["token"] = signer.reader_token(subscriber_id=2, purpose="preview", now=clock())
     elif how == "unsubscribe-token":
         params["token"] = unsubscribe_token(clock)
     response = await client.get(f"/preview/{ADA}", params=params, headers=headers)
@@ -416,9 +520,9 @@ async def test_metrics_exposes_backend_counters_and_web_requests(
     await client.post("/unsubscribe/bad.token")
     await client.post(f"/unsubscribe/{unsubscribe_token(clock)}")
     await client.post(f"/unsubscribe/{unsubscribe_token(clock)}")
-    await client.get(f"/feedback/{_feedback_token(clock)}")
-    await client.post(f"/feedback/{_feedback_token(clock)}")
-    await client.put(f"/feedback/{_feedback_token(clock)}")
+    await client.get(feedback_path(unsubscribe_token(clock)))
+    await client.post(feedback_path(unsubscribe_token(clock)))
+    await client.put(feedback_path(unsubscribe_token(clock)))
     response = await client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"

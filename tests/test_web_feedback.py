@@ -1,25 +1,35 @@
 """Feedback links against the daemon's real app and a real store (SQLite and PostgreSQL).
 
-Mail security gateways and link scanners fetch every link in a message with GET (or HEAD)
-before the reader sees it, so GET must only ask; the confirmation page's button POSTs to the
-same URL and that records. The store is what every assertion reads.
+A feedback link is the digest's one signed token (reader id, outbox row id) plus the paper's
+position in that digest: ``/feedback/<token>/<n>/<more|less>``; the digests here are real
+outbox rows. Mail security gateways and link scanners fetch every link in a message with GET
+(or HEAD) before the reader sees it, so GET must only ask; the confirmation page's button
+POSTs to the same URL and that records. The store is what every assertion reads. Links
+mailed in the old format (v1: the address in the token, one token per link) still work
+until they expire.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
+from urllib.parse import quote, quote_plus
 
 import httpx
 import pytest
+from itsdangerous import URLSafeSerializer
 from sqlalchemy import text
 
 from pipeline.config import load_config
+from pipeline.cycle.compose import make_renderer, make_signer
+from pipeline.cycle.digest import build_digest, message_headers
 from pipeline.daemon import Daemon
-from pipeline.store import Store
+from pipeline.domain import Paper, Schedule
+from pipeline.store import Delivery, DeliveryItem, PlannedDelivery, PlannedItem, Store
 from pipeline.web.tokens import TokenSigner
 from tests.conftest import ConfigFactory
 from tests.web_fakes import FakeClock
@@ -30,6 +40,8 @@ BASE_URL = "https://digest.paperpost.example"
 ADA = "ada@lab.example"
 GRACE = "grace@lab.example"
 PAPER = "2106.09685"
+TITLE = "LoRA: Low-Rank Adaptation of Large Language Models"
+OTHER = "2305.18290"  # the digest's first paper; PAPER is its second
 
 
 @dataclass
@@ -38,10 +50,45 @@ class Site:
     store: Store
     clock: FakeClock
     signer: TokenSigner
+    digests: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+
+    def digest(self, paper: str = PAPER, subscriber: str = ADA) -> tuple[int, int]:
+        """(reader id, outbox row id) of a real digest carrying [OTHER, ``paper``]; one per
+        (reader, paper), each its own period."""
+        if (subscriber, paper) not in self.digests:
+            state = self.store.subscriber_state(subscriber)
+            assert state is not None
+            titles = {OTHER: "Direct Preference Optimization", PAPER: TITLE}
+            self.store.save_papers(
+                [Paper(id=p, title=titles.get(p, p)) for p in (OTHER, paper)], now=NOW
+            )
+            key = f"p{len(self.digests)}"
+            [row] = self.store.plan_deliveries(
+                [
+                    PlannedDelivery(
+                        subscriber_id=state.id,
+                        period_key=key,
+                        window_start=NOW - timedelta(days=1),
+                        window_end=NOW,
+                        message_id=f"<{key}@paperpost.test>",
+                        items=[PlannedItem(OTHER, 0.9, "r"), PlannedItem(paper, 0.8, "r")]
+                        if paper != OTHER
+                        else [PlannedItem(OTHER, 0.9, "r")],
+                    )
+                ],
+                now=NOW,
+            )
+            assert row is not None
+            self.digests[(subscriber, paper)] = (state.id, row)
+        return self.digests[(subscriber, paper)]
+
+    def token(self, paper: str = PAPER, subscriber: str = ADA, at: datetime = NOW) -> str:
+        sid, did = self.digest(paper, subscriber)
+        return self.signer.digest_token(subscriber_id=sid, delivery_id=did, now=at)
 
     def link(self, action: str, paper: str = PAPER, subscriber: str = ADA) -> str:
-        token = self.signer.sign(subscriber=subscriber, action=action, paper=paper, now=NOW)
-        return f"/feedback/{token}"
+        position = 1 if paper == OTHER else 2
+        return f"/feedback/{self.token(paper, subscriber)}/{position}/{action}"
 
     def feedback(self, address: str = ADA) -> tuple[list[str], list[str]]:
         """(liked, disliked) paper ids recorded for ``address``."""
@@ -112,8 +159,8 @@ def forms_of(html: str) -> Forms:
 @pytest.mark.parametrize(
     ("action", "title", "button"),
     [
-        ("more", f"More papers like {PAPER}?", "More like this"),
-        ("less", f"Fewer papers like {PAPER}?", "Less like this"),
+        ("more", f"More papers like {TITLE}?", "More like this"),
+        ("less", f"Fewer papers like {TITLE}?", "Less like this"),
     ],
     ids=["more", "less"],
 )
@@ -156,7 +203,7 @@ async def test_post_records_the_signal(
     assert response.status_code == 200
     assert "location" not in response.headers
     assert "<h1>Thanks, noted</h1>" in response.text
-    assert PAPER in response.text
+    assert TITLE in response.text
     assert_safe_page(response)
     assert site.feedback() == expected
     assert site.feedback(GRACE) == ([], [])
@@ -191,15 +238,74 @@ async def test_the_latest_signal_for_a_paper_wins(site: Site) -> None:
     assert site.feedback() == ([], [PAPER])
 
 
-async def test_post_for_an_unknown_subscriber_is_410(site: Site) -> None:
-    url = site.link("more", subscriber="gone@lab.example")
-    asked = await site.client.get(url)  # GET touches no database, so it cannot know
-    assert asked.status_code == 200
-    response = await site.client.post(url)
-    assert response.status_code == 410
-    assert "not active" in response.text
-    assert_safe_page(response)
+async def test_the_position_names_the_paper_and_only_the_digests_positions_work(
+    site: Site,
+) -> None:
+    token = site.token()
+    first = await site.client.get(f"/feedback/{token}/1/less")
+    assert "<h1>Fewer papers like Direct Preference Optimization?</h1>" in first.text
+    assert (await site.client.post(f"/feedback/{token}/1/less")).status_code == 200
+    for position in ("0", "3", "12345"):
+        for method in ("GET", "POST"):
+            response = await site.client.request(method, f"/feedback/{token}/{position}/more")
+            assert response.status_code == 400
+            assert "This link is not valid" in response.text
+    assert site.rows() == [(OTHER, "less")]
+
+
+async def test_a_digest_of_another_reader_or_of_no_one_opens_nothing(site: Site) -> None:
+    """Genuine ids that name no digest of that reader: Grace's id with Ada's row, and the
+    row of a reader who has been erased since (her rows went with her)."""
+    _, row = site.digest()
+    grace, _ = site.digest(subscriber=GRACE)
+    crossed = site.signer.digest_token(subscriber_id=grace, delivery_id=row, now=NOW)
+    erased = site.token()  # Ada's own, genuine
+    assert site.store.erase_reader(ADA, now=NOW)
+    for token in (crossed, erased):
+        for method in ("GET", "POST"):
+            response = await site.client.request(method, f"/feedback/{token}/1/more")
+            assert response.status_code == 410
+            assert "not active" in response.text
+            assert_safe_page(response)
     assert site.rows() == []
+
+
+def _v1(payload: dict[str, object], key: str = SECRET) -> str:
+    """A link as mailed before one token per digest: plain itsdangerous, the address inside."""
+    raw = URLSafeSerializer(
+        key, salt="paperpost.link.v1", signer_kwargs={"digest_method": hashlib.sha256}
+    )
+    token = raw.dumps(payload)
+    assert isinstance(token, str)
+    return token
+
+
+async def test_an_old_format_feedback_link_works_until_it_expires(site: Site) -> None:
+    site.digest()  # the paper is in the database: the page names it by title
+    expires = int((NOW + timedelta(days=90)).timestamp())
+    url = f"/feedback/{_v1({'s': ADA, 'a': 'more', 'e': expires, 'p': PAPER})}"
+    asked = await site.client.get(url)
+    assert f"<h1>More papers like {TITLE}?</h1>" in asked.text
+    assert (await site.client.post(url)).status_code == 200
+    assert site.feedback() == ([PAPER], [])
+    site.clock.now = NOW + timedelta(days=90)
+    assert (await site.client.get(url)).status_code == 400
+    assert (await site.client.post(url)).status_code == 400
+
+
+async def test_an_old_format_unsubscribe_link_works_until_it_expires(site: Site) -> None:
+    expires = NOW + timedelta(days=366)
+    url = f"/unsubscribe/{_v1({'s': GRACE, 'a': 'unsubscribe', 'e': int(expires.timestamp())})}"
+    site.clock.now = expires
+    assert (await site.client.post(url)).status_code == 400
+    state = site.store.subscriber_state(GRACE)
+    assert state is not None and state.status == "active"
+    site.clock.now = expires - timedelta(seconds=1)
+    asked = await site.client.get(url)
+    assert asked.status_code == 200 and GRACE in asked.text
+    assert (await site.client.post(url)).status_code == 200
+    state = site.store.subscriber_state(GRACE)
+    assert state is not None and state.status == "unsubscribed"
 
 
 async def test_a_store_failure_answers_503_and_says_nothing_changed(site: Site) -> None:
@@ -215,47 +321,54 @@ async def test_a_store_failure_answers_503_and_says_nothing_changed(site: Site) 
 # ---------------------------------------------------------------- bad tokens
 
 
-def _signed(action: str, *, key: str = SECRET, at: datetime = NOW, paper: str = PAPER) -> str:
-    return TokenSigner([key]).sign(subscriber=ADA, action=action, paper=paper, now=at)
+def _signed(site: Site, *, key: str = SECRET, at: datetime = NOW) -> str:
+    """Ada's digest token (her real row) as signed by ``key`` at ``at``: path incl. position."""
+    sid, did = site.digest()
+    token = TokenSigner([key]).digest_token(subscriber_id=sid, delivery_id=did, now=at)
+    return f"{token}/2/more"
 
 
-def _tampered() -> str:
-    payload, _, signature = _signed("more").rpartition(".")
-    flipped = "A" if payload[-2] != "A" else "B"
-    return f"{payload[:-2]}{flipped}{payload[-1]}.{signature}"
+def _tampered(site: Site) -> str:
+    token = site.token()
+    flipped = "A" if token[1] != "A" else "B"
+    return f"{token[0]}{flipped}{token[2:]}/2/more"
 
 
-def _grafted() -> str:
-    """Grace's "less" claims with the signature of Ada's genuine "more" link."""
-    mine = _signed("more")
-    theirs = TokenSigner(["attacker-key-0123456789"]).sign(
-        subscriber=GRACE, action="less", paper=PAPER, now=NOW
-    )
-    return f"{theirs.rpartition('.')[0]}.{mine.rpartition('.')[2]}"
+def _grafted(site: Site) -> str:
+    """Grace's ids with the timestamp and signature of Ada's genuine token."""
+    mine, theirs = site.token(), site.token(subscriber=GRACE)
+    return f"{theirs.split('.')[0]}{mine[mine.index('.') :]}/2/more"
 
 
-BAD_TOKENS: list[tuple[str, Callable[[], str]]] = [
-    ("forged", lambda: _signed("more", key="an-attacker-guessed-key-123")),
+BAD_TOKENS: list[tuple[str, Callable[[Site], str]]] = [
+    ("forged", lambda s: _signed(s, key="an-attacker-guessed-key-123")),
     ("tampered", _tampered),
     ("grafted-signature", _grafted),
-    ("truncated-signature", lambda: _signed("less")[:-1]),
-    ("expired", lambda: _signed("more", at=NOW - timedelta(days=90))),
-    ("unsubscribe-token", lambda: _signed("unsubscribe")),
+    ("truncated-signature", lambda s: f"{s.token()[:-1]}/2/more"),
+    ("expired", lambda s: _signed(s, at=NOW - timedelta(days=90))),
+    ("no-position", lambda s: s.token()),
+    ("unknown-signal", lambda s: f"{s.token()}/2/maybe"),
     (
         "preview-token",
-        lambda: TokenSigner([SECRET]).sign(subscriber=ADA, action="preview", now=NOW),
+        lambda s: (
+            TokenSigner([SECRET]).reader_token(
+                subscriber_id=s.digest()[0], purpose="preview", now=NOW
+            )
+            + "/2/more"
+        ),
     ),
-    ("garbage", lambda: "not-a-token"),
-    ("too-long", lambda: "A" * 3000 + "." + "B" * 43),
+    ("v1-unsubscribe-token", lambda s: _v1({"s": ADA, "a": "unsubscribe", "e": 2_000_000_000})),
+    ("garbage", lambda s: "not-a-token"),
+    ("too-long", lambda s: "A" * 3000 + "." + "B" * 43 + "/2/more"),
 ]
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 @pytest.mark.parametrize("make", [f for _, f in BAD_TOKENS], ids=[n for n, _ in BAD_TOKENS])
 async def test_bad_tokens_get_the_uniform_400_page_on_get_and_post(
-    site: Site, method: str, make: Callable[[], str]
+    site: Site, method: str, make: Callable[[Site], str]
 ) -> None:
-    response = await site.client.request(method, f"/feedback/{make()}")
+    response = await site.client.request(method, f"/feedback/{make(site)}")
     reference = await site.client.post("/unsubscribe/x.y")
     assert response.status_code == 400
     assert response.text == reference.text
@@ -303,7 +416,7 @@ async def test_a_hostile_paper_id_is_escaped_on_both_pages(
 async def test_the_confirmation_title_escapes_the_paper_id(site: Site) -> None:
     paper = "</title><script>alert(15)</script>"
     response = await site.client.get(site.link("more", paper=paper))
-    escaped = "&lt;/title&gt;&lt;script&gt;alert(15)&lt;/script&gt;"
+    escaped = "&lt;/title&gt;&lt;script&gt;alert(15)&lt;/script&gt;"  # its title, too
     assert f"<title>More papers like {escaped}?</title>" in response.text
     assert f"<h1>More papers like {escaped}?</h1>" in response.text
 
@@ -324,7 +437,8 @@ async def test_metrics_count_feedback_by_method_and_status(site: Site) -> None:
     await site.client.get(site.link("less"))
     await site.client.post(site.link("more"))
     await site.client.post("/feedback/not-a-token")
-    await site.client.post(site.link("more", subscriber="gone@lab.example"))
+    gone = site.signer.digest_token(subscriber_id=999, delivery_id=999, now=NOW)
+    await site.client.post(f"/feedback/{gone}/1/more")
     text_ = (await site.client.get("/metrics")).text
     for method, status, n in [
         ("GET", 200, 2),
@@ -334,3 +448,51 @@ async def test_metrics_count_feedback_by_method_and_status(site: Site) -> None:
     ]:
         sample = f'{{method="{method}",route="feedback",status="{status}"}} {n}\n'
         assert f"paperpost_web_requests_total{sample}" in text_, text_
+
+
+# ---------------------------------------------------------------- the links in a digest
+
+
+def test_a_digests_links_are_short_and_never_carry_the_address(
+    write_config: ConfigFactory,
+) -> None:
+    """The text part of a rendered 20-paper digest: every URL under 120 characters with
+    the example config's base URL and ids as large as a year of 100,000 daily readers
+    makes, and no URL (nor the List-Unsubscribe one) holds the address, plain or encoded."""
+    path = write_config()
+    path.write_text(
+        path.read_text().replace("https://digest.paperpost.example", "https://digest.lab.example")
+    )
+    config = load_config(path)
+    email = "ada.lovelace+papers@analytical-engine.example"
+    papers = [Paper(id=f"2511.{i:05d}", title=f"Paper {i}") for i in range(20)]
+    delivery = Delivery(
+        id=36_500_000,
+        subscriber_id=100_000,
+        email=email,
+        name="Ada",
+        period_key="2026-11-23",
+        status="claimed",
+        attempts=0,
+        message_id="<x@lab.example>",
+        window_start=NOW - timedelta(days=1),
+        window_end=NOW,
+        created_at=NOW,
+        items=tuple(DeliveryItem(p, 0.5, "matched", i >= 15) for i, p in enumerate(papers)),
+        schedule=Schedule("daily", NOW.time(), "UTC"),
+    )
+    digest = build_digest(config, make_signer(config), delivery, delivery.schedule, now=NOW)
+    rendered = make_renderer(config).render(digest)
+    urls = re.findall(r"https?://[^\s<>\"']+", rendered.text)
+    assert len([u for u in urls if "/feedback/" in u]) == 40  # a "more" and a "less" each
+    assert any("/unsubscribe/" in u for u in urls) and any("/manage/" in u for u in urls)
+    headers = message_headers(config, delivery, digest, "Subject", now=NOW)
+    assert headers.unsubscribe_url is not None
+    hrefs = re.findall(r'href="([^"]+)"', rendered.html)
+    encoded = {email, quote(email), quote(email, safe=""), quote_plus(email), "lovelace"}
+    for url in [*urls, *hrefs, headers.unsubscribe_url]:
+        assert len(url) < 120, url
+        assert not any(form in url for form in encoded), url
+    # One token for the whole digest: every link carries the same one.
+    tokens = {u.split("/")[4] for u in urls if "/feedback/" in u or "/unsubscribe/" in u}
+    assert len(tokens) == 1

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from pipeline.errors import StoreError
+from pipeline.web.readers import LinkedDigest
 
 
 @dataclass
@@ -29,6 +30,25 @@ class FakeBackend:
     metrics: str = "# TYPE paperpost_digests_sent_total counter\npaperpost_digests_sent_total 3\n"
     broken: bool = False
     calls: list[str] = field(default_factory=list)
+    # What link tokens resolve to: reader ids to addresses, (reader id, outbox row id) to
+    # the digest's papers; ``lookups`` records each resolution (reads, not ``calls``).
+    readers: dict[int, str] = field(default_factory=dict)
+    digests: dict[tuple[int, int], tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    lookups: list[str] = field(default_factory=list)
+    titles: dict[str, str] = field(default_factory=dict)
+
+    def paper_title(self, paper_id: str) -> str | None:
+        return self.titles.get(paper_id)
+
+    def reader_email(self, subscriber_id: int) -> str | None:
+        self.lookups.append(f"reader {subscriber_id}")
+        return self.readers.get(subscriber_id)
+
+    def linked_digest(self, subscriber_id: int, delivery_id: int) -> LinkedDigest | None:
+        self.lookups.append(f"digest {subscriber_id} {delivery_id}")
+        papers = self.digests.get((subscriber_id, delivery_id))
+        email = self.readers.get(subscriber_id)
+        return LinkedDigest(email, papers) if papers is not None and email else None
 
     def unsubscribe(self, email: str, *, now: datetime) -> bool:
         self.calls.append(f"unsubscribe {email}")

@@ -18,10 +18,10 @@ def _link(config: Config, path: str, token: str) -> str:
     return f"{config.file.web.base_url}/{path}/{quote(token, safe='')}"
 
 
-def unsubscribe_url(config: Config, signer: TokenSigner, email: str, *, now: datetime) -> str:
-    return _link(
-        config, "unsubscribe", signer.sign(subscriber=email, action="unsubscribe", now=now)
-    )
+def feedback_url(config: Config, token: str, position: int, signal: str) -> str:
+    """``/feedback/<digest token>/<n>/<more|less>``: ``n`` is the paper's 1-based position
+    among the outbox row's items (rank order), which the server looks up."""
+    return f"{_link(config, 'feedback', token)}/{position}/{signal}"
 
 
 def build_digest(
@@ -32,17 +32,34 @@ def build_digest(
     *,
     now: datetime,
 ) -> Digest:
+    """The digest of one outbox row. Its links carry ONE signed token, (reader id, row id),
+    and no address (docs/daemon.md, "Link tokens"). A delivery that is no outbox row (id 0:
+    a send-test, a preview of a digest not planned yet) has no unsubscribe or feedback
+    links; a preview of a known reader keeps a manage link (a reader token)."""
+    token = (
+        signer.digest_token(subscriber_id=delivery.subscriber_id, delivery_id=delivery.id, now=now)
+        if delivery.id > 0 and delivery.subscriber_id > 0
+        else None
+    )
+    if token is not None:
+        manage: str | None = _link(config, "manage", token)
+    elif delivery.subscriber_id > 0:
+        manage = _link(
+            config,
+            "manage",
+            signer.reader_token(subscriber_id=delivery.subscriber_id, purpose="manage", now=now),
+        )
+    else:
+        manage = None
+
     def item(entry_index: int) -> DigestItem:
         entry = delivery.items[entry_index]
-        paper_id = entry.paper.id
-        more = signer.sign(subscriber=delivery.email, action="more", paper=paper_id, now=now)
-        less = signer.sign(subscriber=delivery.email, action="less", paper=paper_id, now=now)
         return DigestItem(
             paper=entry.paper,
             score=entry.score,
             reason=entry.reason,
-            more_url=_link(config, "feedback", more),
-            less_url=_link(config, "feedback", less),
+            more_url=feedback_url(config, token, entry_index + 1, "more") if token else None,
+            less_url=feedback_url(config, token, entry_index + 1, "less") if token else None,
         )
 
     interest = [item(i) for i, e in enumerate(delivery.items) if not e.trending]
@@ -56,10 +73,8 @@ def build_digest(
         generated_at=now,
         items=tuple(interest),
         trending=tuple(trending),
-        unsubscribe_url=unsubscribe_url(config, signer, delivery.email, now=now),
-        manage_url=_link(
-            config, "manage", signer.sign(subscriber=delivery.email, action="manage", now=now)
-        ),
+        unsubscribe_url=_link(config, "unsubscribe", token) if token else None,
+        manage_url=manage,
         list_name=config.file.mail.list_name,
         reason_for_receiving=(
             f"You receive this because {delivery.email} is subscribed to "

@@ -8,9 +8,10 @@ the same digest once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -93,6 +94,42 @@ def fit_matcher(
     """
     corpus = store.papers_seen_between(now - timedelta(days=settings.corpus_days), now)
     return Matcher.fit(corpus or list(fallback), settings.match)
+
+
+def fit_corpus(store: Store, settings: PlanSettings, *, now: datetime) -> list[Paper]:
+    """What the period's matcher is fitted on when planning is split into blocks: the
+    rolling window of stored papers, else (an empty window) every paper any reader's
+    window can hold, so that each block's worker fits the same matcher (never on its
+    own block's papers)."""
+    corpus = store.papers_seen_between(now - timedelta(days=settings.corpus_days), now)
+    if corpus:
+        return corpus
+    return store.papers_seen_between(now - timedelta(days=settings.max_window_days), now)
+
+
+def fit_digest(corpus: Sequence[Paper], settings: PlanSettings) -> str:
+    """A digest of everything :meth:`Matcher.fit` reads: the match settings and each
+    paper's id, version, title and abstract, in the store's order. The daemon puts it in
+    the ``plan_block`` jobs of a tick; a worker that fits the matcher again checks that
+    its fit read the same inputs (pipeline/runner, docs/scaling.md)."""
+    digest = hashlib.sha256(repr(settings.match).encode())
+    for paper in corpus:
+        digest.update(f"\x1e{paper.id}\x1f{paper.version}\x1f{paper.title}\x1f".encode())
+        digest.update(paper.abstract.encode())
+    return digest.hexdigest()[:32]
+
+
+def due_among(store: Store, subscriber_ids: Collection[int], *, now: datetime) -> list[Due]:
+    """The readers among ``subscriber_ids`` still due at ``now``: active, with a due
+    period that has no outbox row yet (a block planned twice plans nothing twice)."""
+    readers = store.readers(subscriber_ids)
+    candidates: dict[int, Period] = {}
+    for reader_id, reader in readers.items():
+        period = latest_due_period(reader.subscriber.schedule, now)
+        if reader.status == "active" and period is not None:
+            candidates[reader_id] = period
+    present = store.periods_present({(i, p.key) for i, p in candidates.items()})
+    return [Due(readers[i], p) for i, p in sorted(candidates.items()) if (i, p.key) not in present]
 
 
 def check_embedding_model(config: Config) -> str:

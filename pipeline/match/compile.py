@@ -190,7 +190,7 @@ def compile_profiles(
     return Compiled(
         rules=rules,
         texts=texts,
-        ranking=RankTables(period, rules, settings, lsa),
+        ranking=RankTables(period, rules, settings, lsa, model),
         query=query,
         exclude=exclude,
         categories=cats,

@@ -15,7 +15,9 @@ never changes ``min_score`` or the similarity threshold):
 - ``typical`` (query, author and category hits): the cosine of the paper with
   the centroid of all papers the same rule hits in the period (in the LSA space
   when the matcher has one, else TF-IDF), floored at 0 — the papers most
-  central to what the rule finds come first;
+  central to what the rule finds come first. For a query the normalised vector
+  of its own positive words is added to the centroid first (Rocchio: query +
+  mean of the hits); for a category list it is the mean over its categories;
 - ``primary`` (category hits): the paper's primary category is one the reader
   follows (not only a cross-list);
 - ``trending`` (every admitted paper with upvotes): ``log(1 + upvotes) /
@@ -47,6 +49,7 @@ from pipeline.match.lsa import Lsa
 from pipeline.match.period import Period
 from pipeline.match.query import Term, parse, positive_terms, to_string
 from pipeline.match.settings import MatchSettings
+from pipeline.match.similarity import TfidfModel
 from pipeline.match.tables import RuleTables, unpack_rows
 from pipeline.match.text import analyze, words
 
@@ -125,12 +128,19 @@ class RankTables:
     """The ranking terms of one match call (see the module docstring)."""
 
     def __init__(
-        self, period: Period, rules: RuleTables, settings: MatchSettings, lsa: Lsa | None
+        self,
+        period: Period,
+        rules: RuleTables,
+        settings: MatchSettings,
+        lsa: Lsa | None,
+        model: TfidfModel | None = None,
     ) -> None:
         self.settings = s = settings
         n = period.n
         self.n = n
         self._space = _space(period, lsa)
+        self._lsa = lsa
+        self._model = model
         self.query_hits = self._query_hits(period, rules)
         self.author_hits = self._typical_only(rules.authors, rules.n)
         self.category_hits = self._category_hits(period, rules)
@@ -216,7 +226,7 @@ class RankTables:
                         "query",
                         v["typical"],
                         s.rank_typical,
-                        "cosine with the centroid of the query's hits",
+                        "cosine with the centroid of the query's hits and words",
                     )
                 )
         if code_hits[1]:
@@ -269,7 +279,8 @@ class RankTables:
 
     def _typical_only(self, packed: npt.NDArray[np.uint8], n: int) -> _Hits:
         rule, col = _pairs(packed, n)
-        return _Hits(rule, col, {"typical": self._typical(rule, col, packed.shape[0])})
+        typical = self._typical(rule, col, packed.shape[0], self.settings.rank_typical)
+        return _Hits(rule, col, {"typical": typical})
 
     def _category_hits(self, period: Period, rules: RuleTables) -> _Hits:
         """Per distinct category pattern (few), its typicality and "primary" over its
@@ -285,7 +296,10 @@ class RankTables:
         m_rule, m_col = np.nonzero(hit)
         typical = np.zeros_like(hit)
         typical[m_rule, m_col] = self._typical(
-            m_rule.astype(np.int64), m_col.astype(np.int64), len(patterns)
+            m_rule.astype(np.int64),
+            m_col.astype(np.int64),
+            len(patterns),
+            self.settings.rank_category_typical,
         )
         primary = np.zeros_like(hit)
         first = [c[0] if c else "" for c in index.categories]
@@ -365,12 +379,47 @@ class RankTables:
                 hits = np.asarray((share[a:b] @ present).todense(), dtype=np.float32)[r, c]
                 bm25[lo:hi] = total / (total + np.float32(BM25_HALF))
                 clauses[lo:hi] = hits / np.maximum(size[rule[lo:hi]], np.float32(1.0))
-        typical = self._typical(rule, col, rules.query.shape[0])
+        typical = self._typical(
+            rule, col, rules.query.shape[0], self.settings.rank_typical, self._query_text(rules)
+        )
         return _Hits(rule, col, {"bm25": bm25, "clauses": clauses, "typical": typical})
 
-    def _typical(self, rule: I64, col: I64, rows: int) -> F32:
-        """Cosine of each hit paper with its rule's centroid (≥ 0), in the period's space."""
-        if col.size == 0 or not self.settings.rank_typical:
+    def _query_text(self, rules: RuleTables) -> F32 | sp.csr_matrix | None:
+        """Each query's positive text terms as one text, in the period's space (Rocchio's
+        query vector: it joins the centroid of the query's hits)."""
+        if self._model is None:
+            return None
+        texts = [(list[str](), list[str]())]
+        for query in rules.queries[1:]:
+            terms = positive_terms(parse(query))
+            texts.append(
+                (
+                    [
+                        w
+                        for t in terms
+                        if t.field != "au" and t.field != "cat"
+                        for w in words(t.text)
+                    ],
+                    [],
+                )
+            )
+        vectors = self._model.transform(texts)
+        if isinstance(self._space, np.ndarray) and self._lsa is not None:
+            with threadpool_limits(1):
+                return self._lsa.embed(vectors)
+        return vectors
+
+    def _typical(
+        self,
+        rule: I64,
+        col: I64,
+        rows: int,
+        weight: float,
+        extra: F32 | sp.csr_matrix | None = None,
+    ) -> F32:
+        """Cosine of each hit paper with its rule's centroid (≥ 0), in the period's space;
+        ``extra`` (one normalised row per rule) is added to the normalised centroid."""
+        if col.size == 0 or not weight:
             return np.zeros(col.size, dtype=np.float32)
         space = self._space
         members = sp.csr_matrix(
@@ -380,6 +429,10 @@ class RankTables:
             centroid = np.asarray(members @ space, dtype=np.float32)
             norms = np.linalg.norm(centroid, axis=1, keepdims=True)
             centroid /= np.where(norms > 0, norms, 1.0).astype(np.float32)
+            if isinstance(extra, np.ndarray):
+                centroid += extra
+                norms = np.linalg.norm(centroid, axis=1, keepdims=True)
+                centroid /= np.where(norms > 0, norms, 1.0).astype(np.float32)
             values = np.empty(col.size, dtype=np.float32)
             step = max(1, BLOCK_ELEMENTS // max(space.shape[1], 1))  # pairs × dims per block
             for a in range(0, col.size, step):
@@ -391,6 +444,11 @@ class RankTables:
             centroid = (
                 sp.diags((1.0 / np.where(norms > 0, norms, 1.0)).astype(np.float32)) @ centroid
             )
+            if isinstance(extra, sp.csr_matrix):
+                centroid = sp.csr_matrix(centroid + extra)
+                norms = np.sqrt(np.asarray(centroid.multiply(centroid).sum(axis=1))).ravel()
+                scale = (1.0 / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+                centroid = sp.csr_matrix(sp.diags(scale) @ centroid)
             values = np.empty(col.size, dtype=np.float32)
             step = 65_536  # pairs per block (sparse rows)
             for a in range(0, col.size, step):

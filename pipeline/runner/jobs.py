@@ -10,9 +10,16 @@ Failure modes map to the outbox, not to procrastinate's retries: a 4xx reply def
 digest with the outbox's own backoff and the job succeeds; an authentication, connection
 or TLS failure gives the batch back (the rows stay ``pending``) and the job raises
 :class:`DeliveryAborted`, which procrastinate retries after a pause; an ambiguous delivery
-stays terminal in the outbox. A row never waits without a job: the daemon defers after
-planning, and every worker's periodic sweep defers again while rows are open (a daemon
-killed between the two loses nothing).
+stays terminal in the outbox. A row never waits without a job: the worker that planned
+a block defers delivery right after writing its rows, and every worker's periodic sweep
+defers again while rows are open (a worker or daemon killed in between loses nothing).
+
+Planning is split too: the daemon (the clock) finds the readers due, computes the digest
+of the matcher's inputs (``App.plan_tick``) and defers one ``plan_block`` job per
+:data:`PLAN_BLOCK` readers; a worker fits the tick's matcher once per process, checked
+against that digest (``App.plan_block``). A block whose worker died is retried by the
+next tick (procrastinate's stalled-job check on the workers' heartbeats); readers of a
+block that failed are still due without a row, so the next tick plans them again.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import Any
 from procrastinate import App as JobApp
 from procrastinate import BaseConnector, JobContext, PsycopgConnector, RetryStrategy
 from procrastinate.exceptions import AlreadyEnqueued
+from procrastinate.types import JSONValue
 
 from pipeline.app import App
 from pipeline.config import Config
@@ -36,7 +44,20 @@ log = logging.getLogger("paperpost.runner")
 
 DELIVER = "paperpost.deliver"
 INGEST = "paperpost.ingest_source"
+PLAN = "paperpost.plan_block"
 SWEEP = "paperpost.sweep"
+
+# Readers per plan_block job. Matching is vectorised per call, so a block must be large
+# enough that its fixed costs (reading the window's papers and the readers' history,
+# building the period's TF-IDF rows) stay small next to the matching, and small enough
+# that a tick of 100,000 readers spreads over every worker (50 jobs) and a killed
+# worker's retried block costs seconds: 2,000 readers are ~1 s of one core
+# (bench/PLAN.md) and ~4 outbox transactions of cycle/plan.py's 512 readers.
+PLAN_BLOCK = 2_000
+# A worker's heartbeat (procrastinate's, in its workers table) and how old it may grow
+# before the daemon's tick takes the worker for dead and retries its plan_block jobs.
+HEARTBEAT_SECONDS = 5.0
+STALLED_SECONDS = 30.0
 
 # Rows in these states still need a sender (a dead worker's ``claimed`` rows included:
 # the next job's recovery returns them).
@@ -123,6 +144,28 @@ def build_app(config: Config, *, connector: BaseConnector | None = None) -> JobA
             "lost_claims": report.lost_claims,
         }
 
+    @jobs.task(name=PLAN, queue=worker.queue, pass_context=True)
+    async def plan_block(
+        context: JobContext, now: str, subscriber_ids: list[int], fit: str
+    ) -> dict[str, int]:
+        """Plan one block of a tick (App.plan_block), then defer delivery of its rows.
+        ``now`` is the tick's ISO-8601 instant, ``fit`` its matcher's input digest."""
+        state = _state(context)
+        report = await asyncio.to_thread(
+            state.app.plan_block,
+            now=datetime.fromisoformat(now),
+            subscriber_ids=subscriber_ids,
+            fit=fit,
+        )
+        deferred = await defer_deliveries(context.app, config, state.app)
+        return {
+            "due": report.due,
+            "planned": report.planned,
+            "skipped_empty": report.skipped_empty,
+            "already_planned": report.already_planned,
+            "delivery_jobs": deferred,
+        }
+
     @jobs.task(name=INGEST, queue=worker.queue, pass_context=True)
     async def ingest_source(context: JobContext, name: str, now: str) -> dict[str, Any]:
         """Fetch one source (App.ingest_source); ``now`` is an ISO-8601 instant."""
@@ -156,12 +199,32 @@ async def defer_deliveries(jobs: JobApp, config: Config, app: App) -> int:
     return deferred
 
 
+@dataclass(frozen=True)
+class PlanDispatch:
+    """What one tick deferred (:meth:`Dispatcher.defer_plan`)."""
+
+    due: int  # readers due without a row
+    in_flight: int  # of those, already in a waiting or running plan_block job
+    blocks: int  # plan_block jobs deferred now
+    retried: int  # plan_block jobs of dead workers put back in the queue
+    fit: str
+
+
 class Dispatcher:
     """The daemon's side: an open procrastinate app to defer jobs with."""
 
-    def __init__(self, config: Config, *, connector: BaseConnector | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        connector: BaseConnector | None = None,
+        block_size: int = PLAN_BLOCK,
+        stalled_seconds: float = STALLED_SECONDS,
+    ) -> None:
         self.config = config
         self.jobs = build_app(config, connector=connector)
+        self.block_size = block_size
+        self.stalled_seconds = stalled_seconds
 
     async def open(self) -> None:
         await self.jobs.open_async()
@@ -172,27 +235,100 @@ class Dispatcher:
     async def defer_deliveries(self, app: App) -> int:
         return await defer_deliveries(self.jobs, self.config, app)
 
-    async def defer_ingest(self, names: list[str], *, now: datetime) -> int:
-        """One ``ingest_source`` job per source (a source whose job still waits is skipped)."""
+    async def defer_plan(self, app: App, *, now: datetime) -> PlanDispatch:
+        """The dispatch tick's planning: put the plan_block jobs of dead workers back in
+        the queue, then defer one job per :attr:`block_size` readers due at ``now`` that
+        no waiting or running job holds yet (a slow block is not planned twice)."""
+        manager = self.jobs.job_manager
+        stalled = list(
+            await manager.get_stalled_jobs(
+                task_name=PLAN, seconds_since_heartbeat=self.stalled_seconds
+            )
+        )
+        for job in stalled:
+            log.warning("plan_block job %s of a dead worker: retried", job.id)
+            await manager.retry_job(job)
+        held: set[int] = set()
+        for status in ("todo", "doing"):
+            for job in await manager.list_jobs_async(task=PLAN, status=status):
+                block = job.task_kwargs.get("subscriber_ids")
+                if isinstance(block, list):
+                    held.update(i for i in block if isinstance(i, int))
+        tick = await asyncio.to_thread(app.plan_tick, now=now)
+        ids = [i for i in tick.subscriber_ids if i not in held]
+        task = self.jobs.tasks[PLAN]
+        size = self.block_size
+        blocks = [ids[begin : begin + size] for begin in range(0, len(ids), size)]
+        if blocks:
+            arguments: list[dict[str, JSONValue]] = [
+                {"now": tick.now.isoformat(), "subscriber_ids": list(b), "fit": tick.fit}
+                for b in blocks
+            ]
+            await task.batch_defer_async(*arguments)
+        return PlanDispatch(
+            due=len(tick.subscriber_ids),
+            in_flight=len(tick.subscriber_ids) - len(ids),
+            blocks=len(blocks),
+            retried=len(stalled),
+            fit=tick.fit,
+        )
+
+    async def defer_ingest(
+        self, names: list[str], *, now: datetime, wait: float | None = None
+    ) -> int:
+        """One ``ingest_source`` job per source (a source whose job still waits is not
+        deferred twice). With ``wait``, return once every source's job has finished, or
+        after ``wait`` seconds (logged): the daemon's first tick waits, so that the first
+        dispatch plans with the papers just fetched."""
         task = self.jobs.tasks[INGEST]
+        manager = self.jobs.job_manager
         deferred = 0
+        ids: list[int] = []
         for name in names:
+            lock = f"{INGEST}-{name}"
             try:
-                await task.configure(queueing_lock=f"{INGEST}-{name}").defer_async(
-                    name=name, now=now.isoformat()
+                ids.append(
+                    await task.configure(queueing_lock=lock).defer_async(
+                        name=name, now=now.isoformat()
+                    )
                 )
             except AlreadyEnqueued:
+                ids += [j.id for j in await manager.list_jobs_async(queueing_lock=lock) if j.id]
                 continue
             deferred += 1
+        if wait is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            while ids:
+                unfinished = []
+                for job_id in ids:
+                    for job in await manager.list_jobs_async(id=job_id):
+                        if job.status in ("todo", "doing"):
+                            unfinished.append(job_id)
+                ids = unfinished
+                if ids and loop.time() >= deadline:
+                    log.warning(
+                        "%d ingest jobs still unfinished after %.0f s: dispatching anyway",
+                        len(ids),
+                        wait,
+                    )
+                    break
+                if ids:
+                    await asyncio.sleep(0.25)
         return deferred
 
 
 __all__ = [
     "DELIVER",
+    "HEARTBEAT_SECONDS",
     "INGEST",
+    "PLAN",
+    "PLAN_BLOCK",
+    "STALLED_SECONDS",
     "SWEEP",
     "DeliveryAborted",
     "Dispatcher",
+    "PlanDispatch",
     "WorkerState",
     "build_app",
     "conninfo",

@@ -26,7 +26,7 @@ from procrastinate import BaseConnector
 
 from pipeline.app import App
 from pipeline.config import Config
-from pipeline.runner.jobs import WorkerState, build_app
+from pipeline.runner.jobs import HEARTBEAT_SECONDS, STALLED_SECONDS, WorkerState, build_app
 
 log = logging.getLogger("paperpost.runner")
 
@@ -75,6 +75,10 @@ async def work(
                     install_signal_handlers=False,
                     shutdown_graceful_timeout=config.file.daemon.grace_seconds,
                     delete_jobs="successful",
+                    # The daemon's tick retries plan_block jobs of a worker whose
+                    # heartbeat is older than STALLED_SECONDS (jobs.Dispatcher.defer_plan).
+                    update_heartbeat_interval=HEARTBEAT_SECONDS,
+                    stalled_worker_timeout=STALLED_SECONDS,
                 )
             )
             log.warning(

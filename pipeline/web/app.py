@@ -8,9 +8,13 @@ pool so a slow database never blocks the event loop the scheduler shares.
 
 Policies:
 
+- Links carry the digest's one token, ids only (``tokens.py``): ``/unsubscribe/{token}``
+  and ``/feedback/{token}/{n}/{more|less}``, the ``n``-th paper of that outbox row (the
+  backend's ``linked_digest``); ``/feedback/{token}`` and an address-bearing
+  unsubscribe token are old (v1) links, verified until they expire.
 - ``GET`` (and ``HEAD``) never changes anything: mail security gateways,
   link scanners and previewers fetch every URL in a message before the reader
-  sees it. ``GET /unsubscribe/{token}`` and ``GET /feedback/{token}`` show a
+  sees it. ``GET /unsubscribe/...`` and ``GET /feedback/...`` show a
   page whose one button POSTs to the same URL; only ``POST`` acts.
 - ``POST /unsubscribe/{token}`` unsubscribes (RFC 8058): no cookie, no login,
   no body required (the signed token is the authority, so urlencoded,
@@ -34,6 +38,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Protocol
+from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -46,9 +51,15 @@ from pipeline.errors import PaperpostError
 from pipeline.web import pages
 from pipeline.web.manage import manage_routes
 from pipeline.web.metrics import Metric, exposition
-from pipeline.web.readers import ReaderBackend, SubscribeSettings
-from pipeline.web.subscribe import manage_path, subscribe_routes
-from pipeline.web.tokens import InvalidTokenError, TokenClaims, TokenSigner
+from pipeline.web.readers import LinkedDigest, ReaderBackend, SubscribeSettings
+from pipeline.web.subscribe import subscribe_routes
+from pipeline.web.tokens import (
+    SIGNALS,
+    DigestClaims,
+    InvalidTokenError,
+    LegacyClaims,
+    TokenSigner,
+)
 
 log = logging.getLogger("paperpost.web")
 
@@ -71,6 +82,13 @@ class WebBackend(Protocol):
 
     def record_feedback(self, email: str, paper_id: str, signal: str, *, now: datetime) -> bool:
         """Record "more"/"less" for one paper. False if the subscriber is unknown."""
+
+    def linked_digest(self, subscriber_id: int, delivery_id: int) -> LinkedDigest | None:
+        """The reader and papers of the outbox row a digest token names; None when the row
+        is gone or is not that reader's."""
+
+    def reader_email(self, subscriber_id: int) -> str | None:
+        """The address of the reader a reader token names; None if there is none."""
 
     def render_preview(self, email: str) -> str | None:
         """HTML of the subscriber's next digest, or None for an unknown subscriber."""
@@ -127,38 +145,55 @@ def create_app(
 
         return wrapper
 
-    def claims_of(request: Request, route: str, action: str | tuple[str, ...]) -> TokenClaims:
-        token = request.path_params["token"]
+    def token_of(request: Request) -> str:
+        token: str = request.path_params["token"]
         if len(token) > MAX_TOKEN_LENGTH:
             raise InvalidTokenError(f"token longer than {MAX_TOKEN_LENGTH} characters")
-        try:
-            return signer.verify(token, action=action, now=clock())
-        except InvalidTokenError as exc:
-            log.info("rejected %s link from %s: %s", route, _client(request), exc.reason)
-            raise
+        return token
+
+    def rejected(request: Request, route: str, exc: InvalidTokenError) -> Response:
+        log.info("rejected %s link from %s: %s", route, _client(request), exc.reason)
+        return _html(pages.invalid_link(), 400)
+
+    async def linked(claims: DigestClaims) -> LinkedDigest | None:
+        """The digest a token names, while its outbox row exists and is its reader's."""
+        return await run_in_threadpool(
+            backend.linked_digest, claims.subscriber_id, claims.delivery_id
+        )
 
     async def unsubscribe(request: Request) -> Response:
+        manage: str | None = None
         try:
-            claims = claims_of(request, "unsubscribe", "unsubscribe")
-        except InvalidTokenError:
-            return _html(pages.invalid_link(), 400)
-        if request.method != "POST":  # GET and HEAD: scanners fetch links, only ask
-            return _html(pages.confirm_unsubscribe(claims.subscriber, list_name))
-        try:
-            was_active = await run_in_threadpool(
-                backend.unsubscribe, claims.subscriber, now=clock()
-            )
+            token = token_of(request)
+            try:
+                claims = signer.verify_digest(token, use="unsubscribe", now=clock())
+            except InvalidTokenError as exc:
+                email: str | None = _legacy(signer, token, exc, "unsubscribe", clock()).subscriber
+            else:
+                digest = await linked(claims)
+                email = digest.email if digest is not None else None
+                manage = f"/manage/{quote(token, safe='')}" if readers else None
+        except InvalidTokenError as exc:
+            return rejected(request, "unsubscribe", exc)
         except PaperpostError as exc:
-            log.error("could not unsubscribe %s: %s", claims.subscriber, exc, extra=_who(claims))
+            log.error("could not resolve an unsubscribe link: %s", exc)
+            return _html(pages.unavailable(), 503)
+        if email is None:
+            log.info("unsubscribe link of a digest that is gone; ignored")
+            return _html(pages.link_inactive(), 410)
+        who = {"subscriber": email}
+        if request.method != "POST":  # GET and HEAD: scanners fetch links, only ask
+            return _html(pages.confirm_unsubscribe(email, list_name))
+        try:
+            was_active = await run_in_threadpool(backend.unsubscribe, email, now=clock())
+        except PaperpostError as exc:
+            log.error("could not unsubscribe %s: %s", email, exc, extra=who)
             return _html(pages.unavailable(), 503)
         if was_active:  # the backend's use case logs the "unsubscribe" event (INFO)
-            log.debug("unsubscribed %s via link", claims.subscriber, extra=_who(claims))
+            log.debug("unsubscribed %s via link", email, extra=who)
         else:
-            log.info(
-                "unsubscribe link for %s: already not active", claims.subscriber, extra=_who(claims)
-            )
-        manage = manage_path(signer, claims.subscriber, now=clock()) if readers else None
-        return _html(pages.unsubscribed(claims.subscriber, list_name, manage))
+            log.info("unsubscribe link for %s: already not active", email, extra=who)
+        return _html(pages.unsubscribed(email, list_name, manage))
 
     async def paper_title(paper_id: str) -> str | None:
         """The paper's title for the feedback pages, from a backend with an optional
@@ -174,47 +209,84 @@ def create_app(
         return title if isinstance(title, str) else None
 
     async def feedback(request: Request) -> Response:
+        """``/feedback/<digest token>/<n>/<more|less>``: the n-th paper of that digest."""
+        signal, position = request.path_params["signal"], request.path_params["position"]
         try:
-            claims = claims_of(request, "feedback", ("more", "less"))
-        except InvalidTokenError:
-            return _html(pages.invalid_link(), 400)
-        if not claims.paper:
-            log.info("rejected feedback link for %s: no paper", claims.subscriber)
-            return _html(pages.invalid_link(), 400)
-        if request.method != "POST":  # GET and HEAD: scanners fetch links, only ask
-            title = await paper_title(claims.paper)
-            return _html(
-                pages.confirm_feedback(
-                    claims.action, claims.paper, title=title, list_name=list_name
-                )
+            if signal not in SIGNALS:
+                raise InvalidTokenError(f"unknown feedback signal {signal[:20]!r}")
+            claims = signer.verify_digest(token_of(request), use="feedback", now=clock())
+        except InvalidTokenError as exc:
+            return rejected(request, "feedback", exc)
+        try:
+            digest = await linked(claims)
+        except PaperpostError as exc:
+            log.error("could not resolve a feedback link: %s", exc)
+            return _html(pages.unavailable(), 503)
+        if digest is None:
+            log.info("feedback link of a digest that is gone; ignored")
+            return _html(pages.link_inactive(), 410)
+        ascii_digits = position.isascii() and position.isdigit()
+        n = int(position) if ascii_digits and len(position) <= 4 else 0
+        if not 1 <= n <= len(digest.papers):
+            log.info(
+                "rejected feedback link from %s: position %.20r is not in the digest",
+                _client(request),
+                position,
             )
+            return _html(pages.invalid_link(), 400)
+        paper, title = digest.papers[n - 1]
+        return await record(request, digest.email, paper, signal, title)
+
+    async def legacy_feedback(request: Request) -> Response:
+        """``/feedback/<token>``: a v1 link mailed before one token per digest."""
+        try:
+            claims = _legacy(signer, token_of(request), None, ("more", "less"), clock())
+            if not claims.paper:
+                raise InvalidTokenError("no paper")
+        except InvalidTokenError as exc:
+            return rejected(request, "feedback", exc)
+        return await record(
+            request, claims.subscriber, claims.paper, claims.action, await paper_title(claims.paper)
+        )
+
+    async def record(
+        request: Request, email: str, paper: str, signal: str, title: str | None
+    ) -> Response:
+        """GET and HEAD ask (scanners fetch links); POST records one reader's signal."""
+        if request.method != "POST":
+            return _html(pages.confirm_feedback(signal, paper, title=title, list_name=list_name))
+        who = {"subscriber": email}
         try:
             recorded = await run_in_threadpool(
-                backend.record_feedback, claims.subscriber, claims.paper, claims.action, now=clock()
+                backend.record_feedback, email, paper, signal, now=clock()
             )
         except PaperpostError as exc:
-            log.error(
-                "could not record feedback of %s: %s", claims.subscriber, exc, extra=_who(claims)
-            )
+            log.error("could not record feedback of %s: %s", email, exc, extra=who)
             return _html(pages.unavailable(), 503)
         if not recorded:
-            log.info(
-                "feedback link for unknown subscriber %s ignored",
-                claims.subscriber,
-                extra=_who(claims),
-            )
+            log.info("feedback link for unknown subscriber %s ignored", email, extra=who)
             return _html(pages.link_inactive(), 410)
-        log.debug(  # the backend's use case logs the "feedback" event (INFO)
-            "feedback %s on %s from %s",
-            claims.action,
-            claims.paper,
-            claims.subscriber,
-            extra=_who(claims),
-        )
-        title = await paper_title(claims.paper)
-        return _html(
-            pages.feedback_recorded(claims.action, claims.paper, title=title, list_name=list_name)
-        )
+        # the backend's use case logs the "feedback" event (INFO)
+        log.debug("feedback %s on %s from %s", signal, paper, email, extra=who)
+        return _html(pages.feedback_recorded(signal, paper, title=title, list_name=list_name))
+
+    async def preview_allowed(given: str, subscriber: str) -> bool:
+        """A signed preview link (a reader token; a v1 one until it expires) for exactly
+        the reader the path names."""
+        try:
+            claims = signer.verify_reader(given, purpose="preview", now=clock())
+        except InvalidTokenError as exc:
+            try:
+                email: str | None = _legacy(signer, given, exc, "preview", clock()).subscriber
+            except InvalidTokenError:
+                return False
+        else:
+            try:
+                email = await run_in_threadpool(backend.reader_email, claims.subscriber_id)
+            except PaperpostError as exc:
+                log.error("could not resolve a preview link: %s", exc)
+                return False
+        return email is not None and hmac.compare_digest(email.encode(), subscriber.encode())
 
     async def preview(request: Request) -> Response:
         subscriber = request.path_params["subscriber"]
@@ -224,11 +296,7 @@ def create_app(
             given = auth[7:].strip()
         allowed = _admin_ok(given, admin_token)
         if not allowed and given and len(given) <= MAX_TOKEN_LENGTH:
-            try:
-                claims = signer.verify(given, action="preview", now=clock())
-                allowed = hmac.compare_digest(claims.subscriber.encode(), subscriber.encode())
-            except InvalidTokenError:
-                allowed = False
+            allowed = await preview_allowed(given, subscriber)
         if not allowed:
             log.info("refused preview of %s from %s", subscriber, _client(request))
             return _html(pages.invalid_link(), 403)
@@ -262,7 +330,12 @@ def create_app(
 
     routes = [
         Route("/unsubscribe/{token}", counted("unsubscribe", unsubscribe), methods=["GET", "POST"]),
-        Route("/feedback/{token}", counted("feedback", feedback), methods=["GET", "POST"]),
+        Route(
+            "/feedback/{token}/{position}/{signal}",
+            counted("feedback", feedback),
+            methods=["GET", "POST"],
+        ),
+        Route("/feedback/{token}", counted("feedback", legacy_feedback), methods=["GET", "POST"]),
         Route("/preview/{subscriber}", counted("preview", preview), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -281,8 +354,20 @@ def create_app(
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
 
 
-def _who(claims: TokenClaims) -> dict[str, str]:
-    return {"subscriber": claims.subscriber}
+def _legacy(
+    signer: TokenSigner,
+    token: str,
+    current: InvalidTokenError | None,
+    action: str | tuple[str, ...],
+    now: datetime,
+) -> LegacyClaims:
+    """A v1 token's claims; when it is none either, the error names both formats' reasons."""
+    try:
+        return signer.verify_legacy(token, action=action, now=now)
+    except InvalidTokenError as exc:
+        if current is None:
+            raise
+        raise InvalidTokenError(f"{current.reason} (as a v1 token: {exc.reason})") from exc
 
 
 def _client(request: Request) -> str:

@@ -1,12 +1,13 @@
 """``/manage/{token}``: the reader's own page, linked from every digest.
 
-The token is signed for one address (action ``manage``, valid a year like the
-unsubscribe link). ``GET`` only shows; every change is a ``POST`` to the same URL with
-an ``action`` field: ``save`` (interests, frequency, time, time zone), ``reset`` (a
-config reader's own edits dropped), ``pause`` (``weeks``) and ``resume``, ``undo`` (one
-"more/less" press, ``paper``), ``resubscribe``, ``export`` (the JSON download) and
-``erase`` (needs ``sure``). No cookies, no session: the URL's token is the authority, as
-for the unsubscribe link (see ``app.py``).
+The token is the digest's own (ids of the reader and the outbox row; valid a year like
+the unsubscribe link), a reader token (the link on the confirmation page), or a v1 token
+until it expires; none carries the address. ``GET`` only shows; every change is a
+``POST`` to the same URL with an ``action`` field: ``save`` (interests, frequency, time,
+time zone), ``reset`` (a config reader's own edits dropped), ``pause`` (``weeks``) and
+``resume``, ``undo`` (one "more/less" press, ``paper``), ``resubscribe``, ``export``
+(the JSON download) and ``erase`` (needs ``sure``). No cookies, no session: the URL's
+token is the authority, as for the unsubscribe link (see ``app.py``).
 """
 
 from __future__ import annotations
@@ -47,15 +48,44 @@ def manage_routes(
     list_name: str,
     html: Html,
 ) -> list[Route]:
+    async def reader_of(token: str) -> str | None:
+        """The address a manage link names: a digest token (through its outbox row), a
+        reader token, or a v1 token until it expires; ``InvalidTokenError`` otherwise."""
+        now = clock()
+        try:
+            digest = signer.verify_digest(token, use="manage", now=now)
+        except InvalidTokenError as as_digest:
+            try:
+                reader = signer.verify_reader(token, purpose="manage", now=now)
+            except InvalidTokenError as as_reader:
+                try:
+                    return signer.verify_legacy(token, action="manage", now=now).subscriber
+                except InvalidTokenError as as_v1:
+                    raise InvalidTokenError(
+                        f"{as_digest.reason} (as a reader token: {as_reader.reason}; "
+                        f"as a v1 token: {as_v1.reason})"
+                    ) from as_v1
+            return await run_in_threadpool(backend.reader_email, reader.subscriber_id)
+        linked = await run_in_threadpool(
+            backend.linked_digest, digest.subscriber_id, digest.delivery_id
+        )
+        return linked.email if linked is not None else None
+
     async def manage(request: Request) -> Response:
         token = request.path_params["token"]
         try:
             if len(token) > MAX_TOKEN_LENGTH:
                 raise InvalidTokenError("token too long")
-            email = signer.verify(token, action="manage", now=clock()).subscriber
+            found = await reader_of(token)
         except InvalidTokenError as exc:
             log.info("rejected manage link: %s", exc.reason)
             return html(pages.invalid_link(), 400)
+        except PaperpostError as exc:
+            log.error("could not resolve a manage link: %s", exc)
+            return html(pages.unavailable(), 503)
+        if found is None:  # the digest or the reader is gone
+            return html(pages.link_inactive(), 410)
+        email = found
         problems: tuple[str, ...] = ()
         notice = ""
         try:

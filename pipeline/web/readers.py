@@ -63,6 +63,16 @@ class ManagedReader:
     can_resubscribe: bool
 
 
+@dataclass(frozen=True, slots=True)
+class LinkedDigest:
+    """What a digest's links resolve to: the reader's current address and the papers the
+    outbox row carried, ``(paper id, title)`` in position order (a feedback link's
+    position ``n`` is ``papers[n - 1]``)."""
+
+    email: str
+    papers: tuple[tuple[str, str], ...]
+
+
 class ReaderBackend(Protocol):
     """What the subscribe and manage pages need. Blocking; run in the thread pool."""
 
@@ -73,6 +83,13 @@ class ReaderBackend(Protocol):
 
     def confirm_signup(self, email: str, nonce: str, *, now: datetime) -> bool:
         """Activate a pending sign-up whose current nonce is ``nonce``; False otherwise."""
+
+    def reader_email(self, subscriber_id: int) -> str | None:
+        """The address of the reader a link token names by id (any status); None if none."""
+
+    def linked_digest(self, subscriber_id: int, delivery_id: int) -> LinkedDigest | None:
+        """The reader and papers of the outbox row a digest token names; None when the row
+        is gone or is not that reader's."""
 
     def managed_reader(self, email: str, *, now: datetime) -> ManagedReader | None:
         """The reader's page, or None for an unknown (or erased) address."""
@@ -106,3 +123,4 @@ class SubscribeSettings:
     enabled: bool = True
     per_address_per_hour: int = 3
     per_client_per_hour: int = 20
+    confirm_hours: int = 48  # a confirmation link's lifetime (the store checks it too)

@@ -5,10 +5,10 @@
   whether the address is new, pending, already a reader or suppressed: the form reveals
   nothing about who is subscribed.
 - ``GET /confirm/{token}`` only asks (link scanners fetch every URL in a message); its
-  button POSTs to the same URL, which activates the reader. The token is signed for one
-  address and carries the sign-up's nonce; the store accepts it only while that nonce is
-  the reader's current one and the sign-up has not expired, and clears it on use, so a
-  link confirms once, for its own address only.
+  button POSTs to the same URL, which activates the reader. The token (a reader token:
+  ids only, no address) names the pending reader and carries the sign-up's nonce; the
+  store accepts it only while that nonce is the reader's current one and the sign-up has
+  not expired, and clears it on use, so a link confirms once, for its own reader only.
 - Abuse: a honeypot field (a bot that fills it gets the usual answer and nothing
   happens), and moving-window rate limits per client address and per email address
   (``limits``, in process memory: each daemon counts on its own, and a restart forgets;
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import parse_qs, quote
 
 from limits import RateLimitItemPerHour, storage, strategies
@@ -92,8 +92,9 @@ def reader_form(fields: Mapping[str, list[str]]) -> ReaderForm:
     )
 
 
-def manage_path(signer: TokenSigner, email: str, *, now: datetime) -> str:
-    token = signer.sign(subscriber=email, action="manage", now=now)
+def manage_path(signer: TokenSigner, subscriber_id: int, *, now: datetime) -> str:
+    """The reader's manage page outside a digest: a reader token, ids only."""
+    token = signer.reader_token(subscriber_id=subscriber_id, purpose="manage", now=now)
     return f"/manage/{quote(token, safe='')}"
 
 
@@ -140,28 +141,36 @@ def subscribe_routes(
 
     async def confirm(request: Request) -> Response:
         token = request.path_params["token"]
+        lifetime = timedelta(hours=settings.confirm_hours)
         try:
             if len(token) > MAX_TOKEN_LENGTH:
                 raise InvalidTokenError("token too long")
-            claims = signer.verify(token, action="confirm", now=clock())
+            claims = signer.verify_reader(token, purpose="confirm", now=clock(), lifetime=lifetime)
+            email = await run_in_threadpool(backend.reader_email, claims.subscriber_id)
         except InvalidTokenError as exc:
             log.info("rejected confirm link: %s", exc.reason)
             return html(pages.invalid_link(), 400)
+        except PaperpostError as exc:
+            log.error("could not resolve a confirm link: %s", exc)
+            return html(pages.unavailable(), 503)
+        if email is None:  # expired and deleted, or erased
+            log.info("confirm link of a sign-up that is gone")
+            return html(pages.invalid_link(), 400)
         if request.method != "POST":  # GET and HEAD: scanners fetch links, only ask
-            return html(reader_pages.confirm_signup(claims.subscriber, list_name))
+            return html(reader_pages.confirm_signup(email, list_name))
         try:
             done = await run_in_threadpool(
-                backend.confirm_signup, claims.subscriber, claims.paper or "", now=clock()
+                backend.confirm_signup, email, claims.nonce or "", now=clock()
             )
         except PaperpostError as exc:
-            log.error("could not confirm %s: %s", claims.subscriber, exc)
+            log.error("could not confirm %s: %s", email, exc)
             return html(pages.unavailable(), 503)
         if not done:  # used already, expired, or replaced by a newer sign-up
-            log.info("confirm link for %s: no pending sign-up with its nonce", claims.subscriber)
+            log.info("confirm link for %s: no pending sign-up with its nonce", email)
             return html(pages.invalid_link(), 400)
-        log.info("sign-up of %s confirmed", claims.subscriber)
-        link = manage_path(signer, claims.subscriber, now=clock())
-        return html(reader_pages.confirmed(claims.subscriber, list_name, link))
+        log.info("sign-up of %s confirmed", email)
+        link = manage_path(signer, claims.subscriber_id, now=clock())
+        return html(reader_pages.confirmed(email, list_name, link))
 
     return [
         Route("/subscribe", subscribe, methods=["GET", "POST"]),
