@@ -90,7 +90,9 @@ def test_unsubscribe_and_feedback_flows_in_chromium(
         assert context.cookies() == []
         liked, disliked = _feedback(db_url, "grace@lab.example")
         assert len(liked) == 1 and disliked == []
-        assert liked[0] in page.locator("main").inner_text()
+        thanks = page.locator("main").inner_text()
+        assert _title(db_url, liked[0]) in thanks  # the paper by its title,
+        assert liked[0] not in thanks  # never by an internal id
 
         # A tampered link: the uniform page, nothing changed.
         response = page.goto(base + feedback[:-3] + "xyz")
@@ -108,6 +110,14 @@ def _status(db_url: str, address: str) -> str:
         state = store.subscriber_state(address)
         assert state is not None
         return state.status
+    finally:
+        store.close()
+
+
+def _title(db_url: str, paper_id: str) -> str:
+    store = Store.open(db_url)
+    try:
+        return store.papers_by_id([paper_id])[paper_id].title
     finally:
         store.close()
 
