@@ -331,10 +331,14 @@ class App:
         return recorded
 
     # -- the reader's own pages: subscribe, confirm, manage (docs/readers.md) -----------------
-    def request_signup(self, email: str, form: ReaderForm, *, now: datetime | None = None) -> str:
-        """Validate a subscribe form (``FormError``), record a pending self-service reader
-        and mail its one confirmation link. Returns the store's outcome; only ``created``
-        and ``renewed`` send anything. Blocking (it sends): call it off the event loop."""
+    def request_signup(
+        self, email: str, form: ReaderForm, *, now: datetime | None = None
+    ) -> Callable[[], None] | None:
+        """Validate a subscribe form (``FormError``) and record a pending self-service
+        reader. Returns what mails its one confirmation link (only for a ``created`` or
+        ``renewed`` sign-up; None for a known or suppressed address). The web page answers
+        first and sends after, so how long the answer takes says nothing about whether the
+        address was known. Blocking: call both off the event loop."""
         import secrets
 
         from pipeline.cycle.signup import subscriber_from_form
@@ -344,22 +348,25 @@ class App:
         signup = self.store.add_pending(subscriber, nonce=secrets.token_urlsafe(24), now=now)
         if signup.nonce is None:
             log.info("sign-up for a known or suppressed address: nothing sent")
-            return signup.outcome
+            return None
         pending = self.store.reader_by_email(subscriber.email)
         if pending is None:  # erased between the two statements: nothing to confirm
             log.warning(
                 "sign-up for %s vanished before its confirmation was sent", subscriber.email
             )
-            return signup.outcome
+            return None
         token = self.signer().reader_token(
             subscriber_id=pending.id, purpose="confirm", nonce=signup.nonce, now=now
         )
         url = f"{self.config.file.web.base_url}/confirm/{token}"
-        try:
-            asyncio.run(self._send_confirmation(subscriber.email, url, now))
-        except PaperpostError as exc:  # the page answers as always; the reader may retry
-            log.error("could not send the confirmation to %s: %s", subscriber.email, exc)
-        return signup.outcome
+
+        def send() -> None:
+            try:
+                asyncio.run(self._send_confirmation(subscriber.email, url, now))
+            except PaperpostError as exc:  # the page answered as always; the reader may retry
+                log.error("could not send the confirmation to %s: %s", subscriber.email, exc)
+
+        return send
 
     async def _send_confirmation(self, email: str, url: str, now: datetime) -> None:
         from pipeline.cycle.signup import confirmation_envelope

@@ -394,8 +394,10 @@ class DaemonWebBackend:
         return self._daemon.core.record_feedback(email, paper_id, signal, now=now)
 
     # The reader's own pages (web.readers.ReaderBackend).
-    def request_signup(self, email: str, form: ReaderForm, *, now: datetime) -> None:
-        self._daemon.core.request_signup(email, form, now=now)
+    def request_signup(
+        self, email: str, form: ReaderForm, *, now: datetime
+    ) -> Callable[[], None] | None:
+        return self._daemon.core.request_signup(email, form, now=now)
 
     def confirm_signup(self, email: str, nonce: str, *, now: datetime) -> bool:
         return self._daemon.core.confirm_signup(email, nonce, now=now)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import email
 import email.policy
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import Message
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -88,8 +89,10 @@ class AppReaders:
     def metrics_text(self) -> str:
         return ""
 
-    def request_signup(self, email: str, form: ReaderForm, *, now: datetime) -> None:
-        self.app.request_signup(email, form, now=now)
+    def request_signup(
+        self, email: str, form: ReaderForm, *, now: datetime
+    ) -> Callable[[], None] | None:
+        return self.app.request_signup(email, form, now=now)
 
     def confirm_signup(self, email: str, nonce: str, *, now: datetime) -> bool:
         return self.app.confirm_signup(email, nonce, now=now)
@@ -249,6 +252,37 @@ async def test_known_suppressed_and_new_addresses_get_the_same_answer(site: Site
     assert site.status("gone@lab.example") is None
     ada = site.app.reader("ada@lab.example")
     assert ada.origin == "config" and ada.subscriber.profile.categories == ("cs.CL",)
+
+
+async def test_the_answer_is_complete_before_the_confirmation_is_mailed(site: Site) -> None:
+    # Mailing inside the request would make a new address answer measurably slower than a
+    # known one. Drive the ASGI app by hand and look at the sink when the last byte leaves.
+    body = urlencode(GOOD | {"email": "timing@lab.example"}, doseq=True).encode()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "https", "path": "/subscribe", "raw_path": b"/subscribe", "query_string": b"",
+        "root_path": "", "client": ("192.0.2.7", 50000), "server": ("digest.example", 443),
+        "headers": [(b"host", b"digest.paperpost.example"),
+                    (b"content-type", b"application/x-www-form-urlencoded"),
+                    (b"content-length", str(len(body)).encode())],
+    }  # fmt: skip
+    mails_when_answered: list[int] = []
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Mapping[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(int(message["status"]))  # type: ignore[call-overload]
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            mails_when_answered.append(len(site.mails_to("timing@lab.example")))
+
+    transport = site.client._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    await transport.app(scope, receive, send)
+    assert statuses == [200] and mails_when_answered == [0]
+    assert len(site.mails_to("timing@lab.example")) == 1  # sent once the answer was out
 
 
 async def test_the_honeypot_gets_the_usual_answer_and_nothing_happens(site: Site) -> None:

@@ -9,7 +9,7 @@ which answers bad input with :class:`FormError` listing every problem.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -76,7 +76,9 @@ class LinkedDigest:
 class ReaderBackend(Protocol):
     """What the subscribe and manage pages need. Blocking; run in the thread pool."""
 
-    def request_signup(self, email: str, form: ReaderForm, *, now: datetime) -> None:
+    def request_signup(
+        self, email: str, form: ReaderForm, *, now: datetime
+    ) -> Callable[[], None] | None:
         """Validate, record a pending sign-up and mail its confirmation link. Raises
         ``FormError`` for bad input; a known or suppressed address changes and sends
         nothing but returns normally (the page must not tell them apart)."""

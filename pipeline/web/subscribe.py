@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from urllib.parse import parse_qs, quote
 
 from limits import RateLimitItemPerHour, storage, strategies
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -130,14 +131,18 @@ def subscribe_routes(
             log.warning("subscribe: too many sign-ups for one address from %s", client)
             return html(reader_pages.slow_down(), 429)
         try:
-            await run_in_threadpool(backend.request_signup, email, form, now=clock())
+            send = await run_in_threadpool(backend.request_signup, email, form, now=clock())
         except FormError as exc:
             page = reader_pages.subscribe_form(list_name, form, email, exc.problems)
             return html(page, 400, csp=csp)
         except PaperpostError as exc:
             log.error("subscribe: could not record a sign-up from %s: %s", client, exc)
             return html(pages.unavailable(), 503)
-        return html(reader_pages.check_your_inbox())
+        answer = html(reader_pages.check_your_inbox())
+        # The confirmation goes out after the answer (Starlette runs a sync task in its
+        # thread pool): a new address and a known one answer alike, and equally fast.
+        answer.background = BackgroundTask(send) if send is not None else None
+        return answer
 
     async def confirm(request: Request) -> Response:
         token = request.path_params["token"]
