@@ -524,9 +524,7 @@ class ConfigFile(_Model):
 
     @model_validator(mode="after")
     def _runner_needs_postgres(self) -> ConfigFile:
-        if self.daemon.runner == "procrastinate" and not self.database.url.startswith(
-            "postgresql"
-        ):
+        if self.daemon.runner == "procrastinate" and not self.database.url.startswith("postgresql"):
             raise ValueError(
                 'daemon.runner = "procrastinate" needs PostgreSQL (its jobs live in the same '
                 f"database as the outbox): database.url is {self.database.url.split(':')[0]}:, "
