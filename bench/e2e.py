@@ -580,6 +580,7 @@ def child(args: argparse.Namespace) -> None:
     from pipeline.app import App
     from pipeline.config import load_config
     from pipeline.logs import configure_logging
+    from pipeline.progress import progress_for
 
     modules = {}
     for name in CYCLE_MODULES:
@@ -587,7 +588,7 @@ def child(args: argparse.Namespace) -> None:
             modules[name] = importlib.import_module(name)
     startup = (time.time() - args.t0, time.process_time())
 
-    configure_logging()  # what the CLI does without -v: warnings and errors only
+    configure_logging()  # what the CLI does without -v (INFO: a line per source, plan, batch)
     ph = Phases()
     # Hooks inside the phases (profiler-free): the enclosing phase's time minus theirs.
     # Each is optional: code that moved leaves its time in the enclosing phase.
@@ -614,7 +615,9 @@ def child(args: argparse.Namespace) -> None:
     app.plan = ph.wrap("plan", app.plan, time.process_time)  # type: ignore[method-assign]
     app.deliver = ph.wrap_async("deliver", app.deliver)  # type: ignore[method-assign]
 
-    report = asyncio.run(app.run_once())
+    # Progress on stderr (bars on a terminal, a dozen plain lines per step otherwise):
+    # stdout carries the report.
+    report = asyncio.run(app.run_once(progress=progress_for(sys.stderr)))
     total_wall, total_cpu = time.time() - args.t0, time.process_time()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     workers_cpu = children.ru_utime + children.ru_stime

@@ -633,11 +633,13 @@ class App:
         seconds = round(time.monotonic() - began, 3)
         papers = sum(plan.items.values())
         log.info(
-            "planned %d digests (%d papers) for %d due readers in %.1f s; delivering",
+            "planned %d digests (%d papers) for %d due readers in %.1f s (%d with nothing "
+            "new skipped); delivering",
             plan.planned,
             papers,
             plan.due,
             seconds,
+            plan.skipped_empty,
             extra={
                 "event": "period.planned",
                 "readers": plan.due,

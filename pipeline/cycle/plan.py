@@ -315,7 +315,7 @@ def plan_due(
                     continue
                 if not plan.items and plan.skip_if_empty:
                     report.skipped_empty += 1
-                    log.info(
+                    log.debug(  # per reader: the period's INFO line gives the count
                         "nothing new for %s in period %s: skipped", d.reader.email, d.period.key
                     )
                 else:
@@ -326,10 +326,9 @@ def plan_due(
 
 # Readers matched, materialised and written at once: one ``plan_deliveries`` transaction
 # each. On SQLite that transaction holds the database's write lock, and every sender's
-# mark waits behind it: 512 readers of 20 papers (~21,000 rows) hold it 55-140 ms (a
-# quiet to a loaded 2-core machine), 1,024 180-370 ms, 4,096 0.8-1.5 s (bench/PLAN.md).
-# The CPU per reader is the same from 128 to 4,096 (the per-block statements are noise
-# next to the rows), so the smaller block costs nothing and keeps a sender's wait short.
+# mark waits behind it for as long as the block's rows take to write. The CPU per
+# reader is the same from 128 to 4,096 readers a block (bench/PLAN.md has the lock times
+# and costs), so the smaller block costs nothing and keeps a sender's wait short.
 _BLOCK = 512
 
 
