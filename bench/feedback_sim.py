@@ -14,18 +14,23 @@ one, each press with probability 0.5. Three readers per (C, draw):
 
 - **learning** (ours): the profile the planner builds from the feedback table
   (``pipeline.cycle.plan.profile_with_feedback``: "more" presses join ``like``,
-  "less" presses ``dislike``), matched by the shipped matcher — a Rocchio update
-  (mean cosine to the "more" papers − mean cosine to the "less" ones − the window's
-  background) on top of the category hit and its ranking terms;
+  "less" presses ``dislike``), matched by the shipped matcher with the pressed
+  papers' metadata as ``liked=`` — a Rocchio update (mean cosine to the "more"
+  papers − mean cosine to the "less" ones − the window's background) and the
+  ``feedback`` ranking term (a per-reader linear model over categories,
+  ``pipeline.match.feedback``; ``--rank-feedback 0`` turns it off) on top of the
+  category hit and its ranking terms;
 - **no learning**: ``categories = [C]`` only, every day;
 - **SVM**: arxiv-sanity-lite's method, a LinearSVC(C=0.01, balanced) over its TF-IDF,
   retrained each day on the reader's "more" papers (positives) against every other
   paper of the window so far; it ranks the day's papers of C (before any "more"
   press it has nothing to learn from and ranks as "no learning").
 
+- **oracle**: the best possible digest, min(10, #C ∩ D papers that day) / 10.
+
 Reported: P@10 for C ∩ D on each day, mean and median over readers × draws;
-``--json`` prints ``{"day": {"1": {"learning": p, "none": p, "svm": p}, ...}}`` as
-the last line. The matcher is fitted once on the whole file (text only).
+``--json`` prints ``{"day": {"1": {"learning": p, "none": p, "oracle": p, "svm": p},
+...}}`` as the last line. The matcher is fitted once on the whole file (text only).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ import json
 import random
 import sys
 from collections import Counter
+from dataclasses import replace
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +56,7 @@ from match_quality import DEFAULT, load, paper_of  # noqa: E402
 
 from pipeline.cycle.plan import profile_with_feedback  # noqa: E402
 from pipeline.domain import Paper, Profile  # noqa: E402
-from pipeline.match import Matcher  # noqa: E402
+from pipeline.match import Matcher, MatchSettings  # noqa: E402
 
 DIGEST = 10
 
@@ -62,6 +69,12 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=16)
     parser.add_argument("--no-svm", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--rank-feedback",
+        type=float,
+        default=MatchSettings().rank_feedback,
+        help="weight of the learned category term (0: the Rocchio similarity alone)",
+    )
     args = parser.parse_args()
 
     rows = load(args.file)
@@ -81,7 +94,8 @@ def main() -> None:
                 readers.append((c, other))
                 break
 
-    matcher = Matcher.fit(list(papers.values()))
+    settings = replace(MatchSettings(), rank_feedback=args.rank_feedback)
+    matcher = Matcher.fit(list(papers.values()), settings)
     order = list(papers)
     where = {pid: n for n, pid in enumerate(order)}
     x = None
@@ -100,7 +114,7 @@ def main() -> None:
         x = vectoriser.fit_transform([papers[i].title + ". " + papers[i].abstract for i in order])
 
     results: dict[str, list[list[float]]] = {
-        k: [[] for _ in sim_days] for k in ("learning", "none", "svm")
+        k: [[] for _ in sim_days] for k in ("learning", "none", "svm", "oracle")
     }
     readers_drawn = [(draw, c, d) for draw in range(args.draws) for c, d in readers]
     rngs = [random.Random(f"{draw}:{c}:{d}") for draw, c, d in readers_drawn]
@@ -112,9 +126,11 @@ def main() -> None:
         today = [papers[i] for i in by_day[day]]
         bases = [Profile(categories=(c,), max_items=DIGEST) for _, c, _ in readers_drawn]
         # every reader of the day in one call, as the planner matches a window group
+        pressed = {pid for s in state for pid in chain(*s["learning"])}
         learning = matcher.match(
             [profile_with_feedback(b, *s["learning"]) for b, s in zip(bases, state, strict=True)],
             today,
+            liked={pid: papers[pid] for pid in pressed},  # as the planner passes them
         )
         plain = matcher.match(bases, today)
         seen = [pid for past in sim_days[: day_no + 1] for pid in by_day[past]]
@@ -128,6 +144,7 @@ def main() -> None:
                 digests["svm"] = _svm(
                     x, where, state[j]["svm"][0], [*history, *seen], today, c, digests["none"]
                 )
+            results["oracle"][day_no].append(min(DIGEST, len(wanted)) / DIGEST)
             for kind, digest in digests.items():
                 hits = sum(pid in wanted for pid in digest[:DIGEST])
                 results[kind][day_no].append(hits / DIGEST)

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from pipeline.cycle.health import Health
     from pipeline.cycle.plan import PlanReport, PlanSettings
     from pipeline.ingest.fetch import FetchPolicy
-    from pipeline.ingest.run import SourceOutcome
+    from pipeline.ingest.run import SourceOutcome, SourceSpec
     from pipeline.match import Matcher
     from pipeline.render import Renderer
     from pipeline.web.readers import LinkedDigest, ManagedReader, ReaderForm
@@ -442,14 +442,25 @@ class App:
         now: datetime | None = None,
         sources: Collection[str] | None = None,
         progress: Progress | None = None,
+        run: int | None = None,
     ) -> list[SourceOutcome]:
         """Fetch the enabled sources (``sources``: only these names), store new papers, and
         fetch the metadata of liked papers the database lacks. Each source logs its own
-        ``source.fetched`` or ``source.failed`` record (pipeline.ingest.run)."""
-        from pipeline.ingest.fetch import Fetcher
-        from pipeline.ingest.run import SourceSpec, fetch_papers_by_id, ingest_sources
+        ``source.fetched`` or ``source.failed`` record (pipeline.ingest.run).
 
-        now = now or self.clock()
+        The run is recorded as started (committed) before it writes a paper, and its new
+        papers are stamped with a clock reading taken after that commit
+        (:meth:`start_ingest_run`); ``run`` is one started already (a runner's job, whose
+        ``now`` is that stamp). Planning ends its windows before an unfinished run's
+        start, so nothing this run commits late lands in a window already closed
+        (docs/ingest.md, "Late commits")."""
+        from pipeline.ingest.run import SourceSpec
+
+        if run is not None and now is not None:
+            run_id, stamp = run, now
+        else:
+            run_id, stamp = await asyncio.to_thread(self.start_ingest_run)
+            now = now or stamp
         config, store = self.config, self.store
         specs = [
             SourceSpec(
@@ -464,6 +475,45 @@ class App:
         show = progress or Progress()
         show.start("ingest", "fetching sources", len(specs))
         # Building the HTTP client loads the CA bundle (tens of ms of CPU): off the loop.
+        try:
+            outcomes = await self._ingest_run(specs, now=now, show=show, stamp=stamp, run=run_id)
+        except BaseException as exc:  # finish the run, so it no longer holds planning back
+            error = f"the run stopped: {type(exc).__name__}"
+            await asyncio.to_thread(
+                store.finish_run,
+                run_id,
+                finished=self.clock(),
+                summary={s.name: {"ok": False, "new": 0, "error": error} for s in specs},
+            )
+            raise
+        failed = sum(1 for o in outcomes if not o.ok)
+        show.finish(
+            "ingest",
+            f"{sum(o.new for o in outcomes)} new papers" + (f", {failed} failed" if failed else ""),
+        )
+        await asyncio.to_thread(
+            store.finish_run,
+            run_id,
+            finished=self.clock(),
+            summary={o.name: {"ok": o.ok, "new": o.new, "error": o.error} for o in outcomes},
+        )
+        return outcomes
+
+    async def _ingest_run(
+        self,
+        specs: Sequence[SourceSpec],
+        *,
+        now: datetime,
+        show: Progress,
+        stamp: datetime,
+        run: int,
+    ) -> list[SourceOutcome]:
+        """:meth:`ingest`'s fetching and saving, inside its recorded run."""
+        from pipeline.ingest.fetch import Fetcher
+        from pipeline.ingest.run import fetch_papers_by_id, ingest_sources
+
+        config, store = self.config, self.store
+        # Building the HTTP client loads the CA bundle (tens of ms of CPU): off the loop.
         fetcher = await asyncio.to_thread(Fetcher, self._fetch_policy())
         try:
             outcomes = await ingest_sources(
@@ -473,29 +523,39 @@ class App:
                 now=now,
                 failure_alert=config.file.ingest.alert_after_failures,
                 on_outcome=lambda _outcome: show.advance("ingest"),
+                stamp=stamp,
+                run=run,
             )
             liked = await asyncio.to_thread(store.liked_paper_ids)
             missing = sorted(liked - set(await asyncio.to_thread(store.papers_by_id, liked)))
             if missing:
                 try:
-                    await fetch_papers_by_id(store, missing, fetcher, now=now)
+                    await fetch_papers_by_id(
+                        store,
+                        missing,
+                        fetcher,
+                        now=now,
+                        stamp=stamp,
+                        run=run,
+                    )
                 except Exception as exc:  # the liked papers are an improvement, never a blocker
                     log.warning("could not fetch metadata of liked papers %s: %s", missing, exc)
         finally:
             await fetcher.aclose()
-        failed = sum(1 for o in outcomes if not o.ok)
-        show.finish(
-            "ingest",
-            f"{sum(o.new for o in outcomes)} new papers" + (f", {failed} failed" if failed else ""),
-        )
-        await asyncio.to_thread(
-            store.record_run,
-            "ingest",
-            started=now,
-            finished=self.clock(),
-            summary={o.name: {"ok": o.ok, "new": o.new, "error": o.error} for o in outcomes},
-        )
         return outcomes
+
+    def start_ingest_run(self) -> tuple[int, datetime]:
+        """Record an ingest run as started (committed), then read the stamp its new papers
+        carry: (run id, stamp). A plan that did not see the run read its instant before
+        the commit, so before the stamp; one that sees it ends its windows before the
+        run's start (the store's ingest fence). The runner's deferrer calls this and
+        passes both to the job (blocking: off the loop)."""
+        run_id = self.store.start_run("ingest", started=self.clock())
+        return run_id, self.clock()
+
+    def finish_ingest_run(self, run_id: int, summary: dict[str, object]) -> None:
+        """Close a started run that will not run (its job was already queued)."""
+        self.store.finish_run(run_id, finished=self.clock(), summary=dict(summary))
 
     def plan(self, *, now: datetime | None = None) -> PlanReport:
         """Write the outbox rows of every digest now due (blocking: call it off the loop)."""
@@ -606,9 +666,12 @@ class App:
         The outbox claim decides who sends what: a job that runs twice sends nothing twice."""
         return await self.deliver(mailer=mailer, stopping=stopping, holder=holder)
 
-    async def ingest_source(self, name: str, *, now: datetime | None = None) -> SourceOutcome:
-        """A runner's ingest job: fetch one enabled source by name (see :meth:`ingest`)."""
-        outcomes = await self.ingest(now=now, sources={name})
+    async def ingest_source(
+        self, name: str, *, now: datetime | None = None, run: int | None = None
+    ) -> SourceOutcome:
+        """A runner's ingest job: fetch one enabled source by name (see :meth:`ingest`);
+        ``run`` and ``now``: the run its deferrer started and its stamp."""
+        outcomes = await self.ingest(now=now, sources={name}, run=run)
         if not outcomes:
             raise PaperpostError(f"no enabled source {name!r} in {self.config.path}")
         return outcomes[0]
@@ -900,8 +963,8 @@ class App:
         problem = database_driver_problem(self.config.database_url)
         if problem is not None:
             raise config_error(self.config, ("database", "url"), problem)
-        self.renderer().check()
-        return [f"match: {check_embedding_model(self.config)}"]
+        templates = self.renderer().check()
+        return [templates, f"match: {check_embedding_model(self.config)}"]
 
     def upgrade_database(self) -> str | None:
         """Apply the migrations up to the newest; the revision the database is now at."""

@@ -178,7 +178,7 @@ class Daemon:
             # One ingest_source job per source, run by the workers. The first tick waits
             # for them (bounded), so the first dispatch plans with the papers just fetched.
             wait = None if self._dispatch_started else config.file.ingest.deadline_seconds + 60
-            deferred = await self.runner.defer_ingest(sorted(due), now=now, wait=wait)
+            deferred = await self.runner.defer_ingest(self.core, sorted(due), wait=wait)
             log.info("ingest tick by %s: %d ingest jobs deferred", self.holder, deferred)
             return
         outcomes = await self.core.ingest(now=now, sources=due)

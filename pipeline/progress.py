@@ -28,9 +28,6 @@ class Progress:
     def start(self, key: str, label: str, total: int | None = None) -> None:
         """Step ``key`` begins; ``total`` units of work when known."""
 
-    def set_total(self, key: str, total: int) -> None:
-        """The step's total became known (or changed)."""
-
     def advance(self, key: str, n: int = 1) -> None:
         """``n`` more units of step ``key`` are done."""
 
@@ -69,11 +66,6 @@ class LineProgress(Progress):
     def start(self, key: str, label: str, total: int | None = None) -> None:
         self._steps[key] = _Step(label, total, mark=_next_mark(0, total))
         self._write(f"{label}: started" + (f" (0/{total})" if total else ""))
-
-    def set_total(self, key: str, total: int) -> None:
-        step = self._steps.get(key)
-        if step is not None:
-            step.total, step.mark = total, _next_mark(step.done, total)
 
     def advance(self, key: str, n: int = 1) -> None:
         step = self._steps.get(key)
@@ -130,10 +122,6 @@ class TerminalProgress(Progress):
 
     def start(self, key: str, label: str, total: int | None = None) -> None:
         self._tasks[key] = self._bars.add_task(label, total=total, note="")
-
-    def set_total(self, key: str, total: int) -> None:
-        if key in self._tasks:
-            self._bars.update(self._tasks[key], total=total)
 
     def advance(self, key: str, n: int = 1) -> None:
         if key in self._tasks:

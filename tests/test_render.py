@@ -9,13 +9,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from markupsafe import Markup
 
 from pipeline.domain import Digest, DigestItem, Paper
 from pipeline.errors import TemplateError
 from pipeline.render import Renderer, RenderOptions, sample_digest
 from pipeline.render.environment import SHIPPED_TEMPLATES
-from pipeline.render.renderer import Memo
 
 WHEN = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
 
@@ -488,37 +486,6 @@ def test_text_is_the_same_from_a_used_renderer_and_a_fresh_one(
         assert name.split()[0] in rendered.text
 
 
-def test_memo_renders_a_macro_once_per_distinct_arguments() -> None:
-    calls: list[tuple[object, ...]] = []
-    inlined: list[str] = []
-
-    def macro(*args: object) -> object:
-        calls.append(args)
-        out = f"out{len(calls)}"
-        return Markup(f"<p>{out}</p>") if args[0] == "html" else out
-
-    def inline(fragment: str) -> str:
-        inlined.append(fragment)
-        return fragment.replace("<p>", '<p style="x">')
-
-    memo = Memo(size=4, inline=inline)
-    assert [memo(macro, "a"), memo(macro, "a"), memo(macro, "b"), memo(macro, "a", 1)] == [
-        "out1",
-        "out1",
-        "out2",
-        "out3",
-    ]
-    assert calls == [("a",), ("b",), ("a", 1)]
-    # HTML is CSS-inlined once and stands in the document as a comment until spliced.
-    slot = memo(macro, "html")
-    assert memo(macro, "html") == slot and str(slot).startswith("<!--pp-memo:")
-    spliced = memo.splice(f"<div>{slot}{slot}</div>")
-    assert spliced == '<div><p style="x">out4</p><p style="x">out4</p></div>'
-    assert inlined == ["<p>out4</p>"]
-    memo.trim()  # full (4 entries): cleared between digests, never within one
-    assert memo(macro, "a") == "out5"
-
-
 def test_memoised_details_match_a_template_without_memo(tmp_path: Path) -> None:
     """The shipped templates memoise a paper's details; rendering them directly gives the
     same digest, whichever readers' digests came before."""
@@ -543,18 +510,3 @@ def test_memoised_details_match_a_template_without_memo(tmp_path: Path) -> None:
             recipient_name=name,
         )
         assert memoised.render(d) == plain.render(d)
-
-
-def test_data_cannot_forge_a_memo_slot(renderer: Renderer) -> None:
-    """``<`` survives CSS inlining as is in attribute values; the slot's nonce keeps a
-    link or title that imitates a slot from pulling a fragment into the page."""
-    renderer.render(digest(DigestItem(paper(1), 1.0, "r")))  # fragments 0.. now exist
-    url = "https://ok.example/<!--pp-memo:0-->"
-    forged = "<!--pp-memo:0--> <!--pp-memo:00000000:0-->"
-    rendered = renderer.render(digest(DigestItem(paper(2, url=url, title=forged), 1.0, forged)))
-    hrefs = [a.get("href") or "" for t, a in parse_html(rendered.html).tags if t == "a"]
-    assert url in hrefs
-    assert rendered.html.count('class="authors"') == 1  # its own details, nothing spliced in
-    assert "&lt;!--pp-memo:0--&gt;" in rendered.html
-    body = rendered.html.split("<body", 1)[1].replace(url, "")
-    assert "<!--pp-memo" not in body

@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, text
 
 from pipeline.app import App
 from pipeline.daemon import Daemon
+from pipeline.runner.jobs import DELIVER, STALLED_SECONDS
 from tests.conftest import PG_BASE, SAMPLES
 from tests.ingest_fakes import start_server, stop_server
 from tests.runner_harness import (
@@ -113,11 +114,25 @@ def test_kill_9_of_a_worker_mid_period_then_restart_sends_each_digest_once(
             first.kill()
     assert first.returncode == -signal.SIGKILL
     assert len(smtp_server.received) < count  # killed mid-period
+    orphaned = job_states(config, DELIVER)  # its delivery jobs, `doing` with no worker
+    assert "doing" in orphaned.values()
+    orphaned = {job: status for job, status in orphaned.items() if status == "doing"}
     restarted = start_worker(config)
     try:
         wait_for(all_settled(config, count), timeout=300, what="the rest of the period")
+        # The restarted worker's sweep settles the dead worker's jobs once its heartbeat
+        # is STALLED_SECONDS old: retried (then run, succeeded and deleted) or, where
+        # another job already waits under the slot's queueing lock, aborted.
+        wait_for(
+            lambda: all(
+                job_states(config, DELIVER).get(job) in (None, "aborted") for job in orphaned
+            ),
+            timeout=STALLED_SECONDS + 90,
+            what="the sweep to settle the killed worker's delivery jobs",
+        )
     finally:
         assert stop_worker(restarted) == 0
+    assert "doing" not in job_states(config, DELIVER).values()  # no lock held for ever
     counts = outbox_counts(config)
     got = recipients(smtp_server)
     # Never twice; every row sent exactly once at the sink; a message on the wire at the
@@ -127,6 +142,20 @@ def test_kill_9_of_a_worker_mid_period_then_restart_sends_each_digest_once(
     assert counts.get("ambiguous", 0) <= 4  # at most [mail] concurrency in flight
     assert len(got) >= counts["sent"]
     assert len(got) <= count
+
+
+def job_states(config, task: str) -> dict[int, str]:  # type: ignore[no-untyped-def]
+    """{job id: status} of ``task``'s procrastinate jobs."""
+    engine = create_engine(config.database_url)
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(
+                text("SELECT id, status FROM procrastinate_jobs WHERE task_name = :task"),
+                {"task": task},
+            )
+            return {int(job): str(status) for job, status in found}
+    finally:
+        engine.dispose()
 
 
 def plan_jobs_running(config) -> int:  # type: ignore[no-untyped-def]

@@ -221,11 +221,13 @@ def match_inputs(
     *,
     now: datetime,
     matcher: Matcher | None = None,
+    end: datetime | None = None,
 ) -> MatchInputs:
+    """``end``: where the windows end (planning's ingest fence), default ``now``."""
     ids = [r.id for r in readers]
     last_ends = store.last_window_ends(ids)
     starts = {i: window_start(settings, last_ends.get(i), now=now) for i in ids}
-    papers = store.papers_seen_between(min(starts.values()), now) if starts else []
+    papers = store.papers_seen_between(min(starts.values()), end or now) if starts else []
     feedback = store.feedback(ids)
     profiles = {r.id: profile_with_feedback(r.subscriber.profile, *feedback[r.id]) for r in readers}
     liked_ids = {pid for p in profiles.values() for pid in (*p.like, *p.dislike)}
@@ -270,11 +272,18 @@ def plan_due(
     matcher: Matcher | None = None,
 ) -> PlanReport:
     """Match and write outbox rows for ``due``. Subscribers are grouped by window start,
-    so each group is matched in one vectorised call over exactly its papers."""
+    so each group is matched in one vectorised call over exactly its papers.
+
+    Windows end at ``now``, or just before an unfinished ingest run's start (the store's
+    ingest fence): what that run commits later is stamped after it, so it falls into
+    each reader's next window rather than one closed here (docs/ingest.md)."""
     report = PlanReport(due=len(due))
     if not due:
         return report
-    inputs = match_inputs(store, settings, [d.reader for d in due], now=now, matcher=matcher)
+    end = store.ingest_fence(now=now)
+    inputs = match_inputs(
+        store, settings, [d.reader for d in due], now=now, matcher=matcher, end=end
+    )
     starts, papers, profiles = inputs.starts, inputs.papers, inputs.profiles
     matcher, reserved, liked = inputs.matcher, inputs.reserved, inputs.liked
 
@@ -298,7 +307,7 @@ def plan_due(
                     subscriber_id=d.subscriber_id,
                     period_key=d.period.key,
                     window_start=start,
-                    window_end=now,
+                    window_end=max(start, end),
                     message_id=make_message_id(
                         outbox_key(installation, d.subscriber_id, d.period.key), domain
                     ),

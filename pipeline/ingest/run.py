@@ -6,6 +6,13 @@ Last-Modified) are advanced only after the papers are saved, so a crash between 
 save re-fetches next time instead of silently losing a listing. Database errors are not
 caught: they stop the run (only configuration and database failures do).
 
+New papers are stamped (``first_seen``) with the run's ``stamp``: the caller records the
+run as started (committed) first and reads the stamp from the clock after that commit,
+so planning can fence off what the run has not committed yet (docs/ingest.md, "Late
+commits"). Each save names the ``run``; once planning has closed a run it took for dead,
+the run's saves write nothing, and that source's validators are not advanced, so the
+next run fetches it again.
+
 Store calls, parsing and merging run on threads, never on the event loop (the daemon's
 web endpoints share it). The read-merge-save of one listing runs one source at a time, so
 two sources listing the same paper still merge one after the other.
@@ -89,9 +96,12 @@ class PaperStore(Protocol):
 
     def papers_by_id(self, ids: Collection[str]) -> dict[str, Paper]: ...
 
-    def save_papers(self, papers: Sequence[Paper], *, now: datetime) -> SaveStats:
+    def save_papers(
+        self, papers: Sequence[Paper], *, now: datetime, run: int | None = None
+    ) -> SaveStats:
         """Insert or replace whole (already merged) records; keep ``first_seen`` of known
-        ones; record each new (id, version)."""
+        ones; record each new (id, version). With ``run``: nothing, and a true ``lapsed``
+        attribute on the result, when that ingest run was closed meanwhile."""
 
 
 # -- configuration and outcome -------------------------------------------------------------------
@@ -138,14 +148,17 @@ async def ingest_sources(
     now: datetime,
     failure_alert: int = 3,
     on_outcome: Callable[[SourceOutcome], None] | None = None,
+    stamp: datetime | None = None,
+    run: int | None = None,
 ) -> list[SourceOutcome]:
     """Ingest all ``specs`` concurrently (the fetcher bounds concurrency and politeness).
 
     Returns one outcome per spec, in order. A source failing ``failure_alert`` times in a
     row is logged at ERROR level on every further failure. ``on_outcome`` is told of each
-    source as it finishes (a progress display).
+    source as it finishes (a progress display). New papers are stamped ``stamp`` (default
+    ``now``); saves name the ingest ``run``, and a source whose save finds it closed fails.
     """
-    saving = asyncio.Lock()  # one source's read-merge-save at a time
+    saving = _Saving(stamp or now, run)
 
     async def one(spec: SourceSpec) -> SourceOutcome:
         outcome = await _ingest_one(
@@ -158,11 +171,26 @@ async def ingest_sources(
     return list(await asyncio.gather(*(one(spec) for spec in specs)))
 
 
+@dataclass
+class _Saving:
+    """One source's read-merge-save at a time, in one run, under the run's stamp."""
+
+    stamp: datetime
+    run: int | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+LAPSED = (
+    "planning took this ingest run for dead and closed it, so its papers were not saved: "
+    "the listing is left to the next run"
+)
+
+
 async def _ingest_one(
     store: PaperStore,
     spec: SourceSpec,
     fetcher: Fetcher,
-    saving: asyncio.Lock,
+    saving: _Saving,
     *,
     now: datetime,
     failure_alert: int,
@@ -198,10 +226,18 @@ async def _ingest_one(
         return SourceOutcome(name=spec.name, ok=False, error=message, consecutive_failures=failures)
     new = updated = 0
     if listing.papers:
-        async with saving:
+        async with saving.lock:
             stats = await asyncio.to_thread(
-                _merge_and_save, store, listing.papers, source=spec.name, now=now
+                _merge_and_save,
+                store,
+                listing.papers,
+                source=spec.name,
+                now=saving.stamp,
+                run=saving.run,
             )
+        if _lapsed(stats):
+            log.error("source %s: %s", spec.name, LAPSED)
+            return SourceOutcome(name=spec.name, ok=False, error=LAPSED)
         new, updated = stats.new, stats.updated
     await asyncio.to_thread(
         store.record_source_success,
@@ -250,11 +286,20 @@ def _record_failure(store: PaperStore, name: str, error: str, *, now: datetime) 
 
 
 def _merge_and_save(
-    store: PaperStore, papers: list[Paper], *, source: str, now: datetime
+    store: PaperStore, papers: list[Paper], *, source: str, now: datetime, run: int | None
 ) -> SaveStats:
     """Merge ``papers`` into the stored records of the same ids and save the result."""
     stored = store.papers_by_id([p.id for p in papers])
-    return store.save_papers(merge_batch(stored, papers, source=source), now=now)
+    merged = merge_batch(stored, papers, source=source)
+    if run is None:  # outside a recorded run (a store without runs)
+        return store.save_papers(merged, now=now)
+    return store.save_papers(merged, now=now, run=run)
+
+
+def _lapsed(stats: SaveStats) -> bool:
+    """Whether a save wrote nothing because its run had been closed (a store without
+    runs never says so)."""
+    return bool(getattr(stats, "lapsed", False))
 
 
 async def _fetch_listing(
@@ -364,11 +409,14 @@ async def fetch_papers_by_id(
     now: datetime,
     api_url: str = ARXIV_API,
     allow_private: bool | None = None,
+    stamp: datetime | None = None,
+    run: int | None = None,
 ) -> list[str]:
     """Fetch arXiv metadata of ``ids`` not already stored (e.g. papers a subscriber likes).
 
     Uses the API's ``id_list`` in batches of 50. Returns the canonical ids it stored. A
-    batch that fails is logged and skipped; the others still go through.
+    batch that fails is logged and skipped; the others still go through. ``stamp`` and
+    ``run`` are :func:`ingest_sources`'.
     """
     wanted: list[str] = []
     for raw in ids:
@@ -394,6 +442,11 @@ async def fetch_papers_by_id(
             log.warning("fetching liked papers %s failed: %s", ",".join(chunk), exc)
             continue
         papers = [p for p in result.papers if p.id in chunk]
-        await asyncio.to_thread(_merge_and_save, store, papers, source=LIKED_SOURCE, now=now)
+        stats = await asyncio.to_thread(
+            _merge_and_save, store, papers, source=LIKED_SOURCE, now=stamp or now, run=run
+        )
+        if _lapsed(stats):
+            log.warning("liked papers %s: %s", ",".join(chunk), LAPSED)
+            break
         stored.extend(p.id for p in papers)
     return stored

@@ -1,8 +1,8 @@
 """Header safety and encoding: the only path outside data takes into a header.
 
 Every value that may carry outside data (paper titles in the subject, display
-names, URLs) goes through :func:`safe_header_value` before it is encoded. The
-machine's Python (3.11.7) is affected by CVE-2024-6923 (the ``email`` package
+names, URLs) goes through :func:`safe_header_value` before it is encoded. Python
+before 3.11.10 and 3.12.5 is affected by CVE-2024-6923 (the ``email`` package
 does not quote newlines when it folds some headers), so the ``email`` package
 is not relied on to stop header injection: we reject CR, LF, every other
 control character and RFC 2047 encoded-word sequences up front, and encode

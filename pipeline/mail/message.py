@@ -9,10 +9,10 @@ trip spam heuristics aimed at base64-disguised ASCII (SpamAssassin's
 MIME_BASE64_TEXT only fires for ASCII or missing charsets).
 
 Why not ``email.message.EmailMessage``: every header value must go through
-:mod:`pipeline.mail.headers` (the machine's Python has CVE-2024-6923, so the
-``email`` package's folding is not trusted with outside data), and building and
-serialising an ``EmailMessage`` costs several times the rest of composing a
-digest (bench/SEND.md). The ``email`` package is the tests' oracle instead: they
+:mod:`pipeline.mail.headers` (Python before 3.11.10 and 3.12.5 has CVE-2024-6923,
+so the ``email`` package's folding is not trusted with outside data), and building
+and serialising an ``EmailMessage`` costs more than the rest of composing a digest
+(bench/SEND.md has the figures). The ``email`` package is the tests' oracle instead: they
 parse the built bytes under ``policy.default`` and compare the structure.
 """
 

@@ -29,6 +29,8 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from pipeline.domain import Paper, Profile
+from pipeline.match.diversity import Diversity
+from pipeline.match.feedback import FeedbackTables
 from pipeline.match.lsa import Lsa
 from pipeline.match.period import Period
 from pipeline.match.ranking import RankTables
@@ -52,6 +54,8 @@ class Compiled:
     rules: RuleTables
     texts: TextTables
     ranking: RankTables  # ranking terms per distinct rule, added to admitted papers
+    feedback: FeedbackTables  # the term learned from each reader's liked/disliked papers
+    diversity: Diversity  # look-alike pairs: the lower-ranked of each loses some score
     query: I32  # row of rules.query (0: none)
     exclude: I32
     categories: I32
@@ -187,10 +191,17 @@ def compile_profiles(
     all_rows = np.concatenate([np.array(sent_rows, dtype=np.int64), own_rows])
     all_cols = np.concatenate([np.array(sent_cols, dtype=np.int64), own_cols])
     by_row = np.argsort(all_rows, kind="stable")
+    ranking = RankTables(period, rules, settings, lsa, model)
     return Compiled(
         rules=rules,
         texts=texts,
-        ranking=RankTables(period, rules, settings, lsa, model),
+        ranking=ranking,
+        diversity=Diversity.build(
+            ranking.space, period.ids, settings.rank_diversity, settings.diversity_threshold
+        ),
+        feedback=FeedbackTables(
+            period, [(), *like_tuples], [(), *dislike_tuples], liked, settings.rank_feedback
+        ),
         query=query,
         exclude=exclude,
         categories=cats,

@@ -160,6 +160,8 @@ def decision(result: MatchResult, i: int, paper_id: str, *, lsa: Lsa | None = No
     sent = c.sent_cols[c.sent_rows == i]
     own = bool((c.own_cols[c.own_rows == i] == col).any())
     scored.score[0, sent] = -np.inf
+    undiversified = scored.score.copy()
+    c.diversity.apply(scored.score)
     code = int(scored.code[0, col])
     sim = None if scored.sims is None else scored.sims[0, col]
     hits = code & ~EXCLUDE
@@ -278,6 +280,8 @@ def decision(result: MatchResult, i: int, paper_id: str, *, lsa: Lsa | None = No
             c.ranking.parts(
                 q, a, k, col, (bool(hits & QUERY), bool(hits & AUTHOR), bool(hits & CATEGORY))
             )
+            + c.feedback.parts(int(c.like_id[i]), int(c.dislike_id[i]), col)
+            + c.diversity.parts(undiversified, col)
             if rank is not None or in_interest  # the terms its ranked score includes
             else ()
         ),

@@ -84,7 +84,7 @@ def _ranking(d: Decision) -> list[str]:
     if not d.ranking:
         why = "none apply" if d.rank is not None else "none (added to eligible papers only)"
         return [f"  {'ranking':<11} {why}"]
-    lines = [f"  {'ranking':<11} +{d.rank_bonus:.4f}"]
+    lines = [f"  {'ranking':<11} {d.rank_bonus:+.4f}"]
     lines += [_rank_part(p) for p in d.ranking]
     return lines
 

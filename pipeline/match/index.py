@@ -230,11 +230,3 @@ class PeriodIndex:
             for raw, name in zip(self.papers[i].authors, self.authors[i], strict=True)
             if any(names_match(w, name) for w in wanted)
         ]
-
-    def matched_categories(self, patterns: Sequence[str], i: int) -> list[str]:
-        """The paper's categories that match any of ``patterns``."""
-        return [
-            c
-            for c, folded in zip(self.papers[i].categories, self.categories[i], strict=True)
-            if any(self.category(p) >> i & 1 and category_matches(p, folded) for p in patterns)
-        ]

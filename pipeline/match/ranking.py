@@ -15,9 +15,11 @@ never changes ``min_score`` or the similarity threshold):
 - ``typical`` (query, author and category hits): the cosine of the paper with
   the centroid of all papers the same rule hits in the period (in the LSA space
   when the matcher has one, else TF-IDF), floored at 0 — the papers most
-  central to what the rule finds come first. For a query the normalised vector
-  of its own positive words is added to the centroid first (Rocchio: query +
-  mean of the hits); for a category list it is the mean over its categories;
+  central to what the rule finds come first. For a query the hits are weighted
+  by ``(bm25 + clauses) ** CENTROID_POWER`` (pseudo-relevance feedback: a broad
+  OR query's centroid leans on its strongest hits) and the normalised vector
+  of its own positive words is added to the centroid (Rocchio: query + mean of
+  the hits); for a category list it is the mean over its categories;
 - ``primary`` (category hits): the paper's primary category is one the reader
   follows (not only a cross-list);
 - ``trending`` (every admitted paper with upvotes): ``log(1 + upvotes) /
@@ -64,6 +66,9 @@ K1, B = 1.2, 0.75  # the usual BM25 constants
 BM25_HALF = 4.0  # the summed BM25 that maps to 0.5
 TRENDING_FULL = 200  # upvotes that count fully
 TRENDING_HALF_LIFE = 7.0  # days
+# A query hit's weight in its query's centroid is (bm25 + clauses) ** CENTROID_POWER: a
+# broad OR query's centroid leans on its strongest hits (bench/MATCH.md: 8 measured best)
+CENTROID_POWER = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +166,11 @@ class RankTables:
         self.trending = (np.float32(s.rank_trending) * self.trending_value).astype(np.float32)
         self.has_trending = bool(s.rank_trending and self.trending.any())
 
+    @property
+    def space(self) -> F32 | sp.csr_matrix:
+        """The papers' rows the centroids (and diversity) use: LSA or TF-IDF, normalised."""
+        return self._space
+
     # --- per chunk ----------------------------------------------------------------------
 
     def bonus(self, query: I32, authors: I32, categories: I32) -> F32 | None:
@@ -226,7 +236,7 @@ class RankTables:
                         "query",
                         v["typical"],
                         s.rank_typical,
-                        "cosine with the centroid of the query's hits and words",
+                        "cosine with the centroid of the query's words and its strongest hits",
                     )
                 )
         if code_hits[1]:
@@ -380,7 +390,13 @@ class RankTables:
                 bm25[lo:hi] = total / (total + np.float32(BM25_HALF))
                 clauses[lo:hi] = hits / np.maximum(size[rule[lo:hi]], np.float32(1.0))
         typical = self._typical(
-            rule, col, rules.query.shape[0], self.settings.rank_typical, self._query_text(rules)
+            rule,
+            col,
+            rules.query.shape[0],
+            self.settings.rank_typical,
+            self._query_text(rules),
+            # pseudo-relevance feedback: the strongest hits make the centroid
+            ((bm25 + clauses) ** CENTROID_POWER).astype(np.float32),
         )
         return _Hits(rule, col, {"bm25": bm25, "clauses": clauses, "typical": typical})
 
@@ -416,6 +432,7 @@ class RankTables:
         rows: int,
         weight: float,
         extra: F32 | sp.csr_matrix | None = None,
+        member_weight: F32 | None = None,
     ) -> F32:
         """Cosine of each hit paper with its rule's centroid (≥ 0), in the period's space;
         ``extra`` (one normalised row per rule) is added to the normalised centroid."""
@@ -423,7 +440,11 @@ class RankTables:
             return np.zeros(col.size, dtype=np.float32)
         space = self._space
         members = sp.csr_matrix(
-            (np.ones(col.size, dtype=np.float32), (rule, col)), shape=(rows, self.n)
+            (
+                np.ones(col.size, dtype=np.float32) if member_weight is None else member_weight,
+                (rule, col),
+            ),
+            shape=(rows, self.n),
         )
         if isinstance(space, np.ndarray):
             centroid = np.asarray(members @ space, dtype=np.float32)

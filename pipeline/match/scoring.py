@@ -7,7 +7,8 @@ For a chunk of profiles (rows) × papers (columns)::
     score = boosts(code) + sims
     eligible: code names a rule hit (and no exclude), or sims ≥ threshold with similarity,
               and score ≥ min_score, and not already sent
-    score += ranking terms (pipeline.match.ranking) on eligible papers only
+    score += ranking terms (pipeline.match.ranking, and the reader's learned term from
+             pipeline.match.feedback) on eligible papers only
     top-k per row: each row's k-th value, then exact ties on the score rounded to 1e-6 resolved
                    by the period's order (new, cross, replace; then id).
 
@@ -75,6 +76,9 @@ def chunk_scores(compiled: Compiled, rows: I64, settings: MatchSettings) -> Chun
     code |= r.rows(r.exclude, c.exclude[rows], EXCLUDE)
     min_score = c.min_score[rows]
     bonus = c.ranking.bonus(c.query[rows], c.authors[rows], c.categories[rows])
+    learned = c.feedback.bonus(c.like_id[rows], c.dislike_id[rows])
+    if learned is not None:
+        bonus = learned if bonus is None else bonus + learned
     if c.product[rows].any():
         sims = np.asarray(c.weights[rows] @ c.texts.rows, dtype=np.float32)
         score = np.take(boost_table(settings, unmatched=0.0), code)

@@ -55,6 +55,7 @@ def select(compiled: Compiled, period: Period, settings: MatchSettings) -> tuple
         lo, hi = np.searchsorted(sent_at, [a, b])
         sent_r, sent_c = sent_at[lo:hi] - a, sent_cols[lo:hi]
         chunk.score[sent_r, sent_c] = -np.inf
+        compiled.diversity.apply(chunk.score)  # among the candidates left
         r, p, s = top_k(chunk.score, compiled.max_items[rows])
         tr, tp, tv = pick_trending(
             chunk.code,

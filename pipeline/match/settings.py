@@ -72,7 +72,7 @@ class MatchSettings:
     # Face upvotes decayed by age. Measured in bench/MATCH.md ("Ranking hard matches").
     rank_bm25: float = 0.2
     rank_clauses: float = 0.1
-    rank_typical: float = 0.2
+    rank_typical: float = 0.4
     # The same centroid cosine for category hits; small: central papers of a category are
     # its single-category ones, and readers of a category often want its cross-lists.
     rank_category_typical: float = 0.02
@@ -80,6 +80,15 @@ class MatchSettings:
     # hidden-interest benchmark penalises (bench/MATCH.md); kept for operators.
     rank_primary: float = 0.0
     rank_trending: float = 0.1
+    # The per-reader term learned from their liked / "more" and "less" papers' categories
+    # (pipeline.match.feedback); added to admitted papers only. Measured in
+    # bench/MATCH.md ("Feedback that learns").
+    rank_feedback: float = 0.5
+    # Diversity (pipeline.match.diversity, MMR cut at a threshold): of two candidates
+    # whose cosine in the ranking space (LSA when fitted) reaches diversity_threshold,
+    # the lower-scored loses rank_diversity · (cosine − threshold) / (1 − threshold).
+    rank_diversity: float = 0.5
+    diversity_threshold: float = 0.75
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
@@ -111,6 +120,9 @@ class MatchSettings:
             "rank_category_typical",
             "rank_primary",
             "rank_trending",
+            "rank_feedback",
+            "rank_diversity",
+            "diversity_threshold",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

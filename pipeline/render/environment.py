@@ -5,7 +5,7 @@ runs from a checkout (``pip install -e .``), and in
 ``<prefix>/share/paperpost/templates`` when it was installed from a wheel, which
 carries them as data files (pyproject.toml). An operator's
 ``render.template_dir`` is searched first, file by file, so overriding one part
-(say ``_paper.html.j2``) keeps the rest.
+(say ``_item.html.j2``) keeps the rest.
 
 Jinja2 is configured strictly: autoescaping for ``.html.j2`` files,
 ``StrictUndefined`` (a misspelt variable is an error at ``paperpost check``,

@@ -16,7 +16,6 @@ Nothing restricts what a template may do. bench/E2E.md has the cost per digest.
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +82,7 @@ class Renderer:
         )
         self._css: str | None = None
         self._papers: dict[int, tuple[Paper, PaperView]] = {}
-        self._memo = Memo(options.fragment_cache_size, self._inline_fragment)
+        self._memo = Memo(options.fragment_cache_size)
         self._templates.set_global("memo", self._memo)
         self._wrapped: dict[str, str] = {}  # long text line -> wrapped at text_width
 
@@ -91,8 +90,10 @@ class Renderer:
     def template_dirs(self) -> tuple[Path, ...]:
         return self._templates.search_path
 
-    def check(self) -> None:
-        """Compile every template and render a sample digest; raise ``TemplateError`` if broken."""
+    def check(self) -> str:
+        """Compile every template and render a sample digest (pipeline/render/sample.py);
+        raise ``TemplateError`` naming the file and line if one is broken. Returns a
+        summary line for ``paperpost check``."""
         for name in REQUIRED_TEMPLATES:
             if name.endswith(".j2"):
                 self._templates.get(name)
@@ -100,6 +101,9 @@ class Renderer:
         self._clear()
         self.render(sample_digest())
         self._clear()
+        dirs = self.template_dirs
+        own = f"{dirs[0]}, then the shipped ones" if len(dirs) > 1 else f"shipped ({dirs[0]})"
+        return f"templates: {own}; the sample digest renders"
 
     def _clear(self) -> None:
         self._papers.clear()
@@ -114,6 +118,15 @@ class Renderer:
             raise TemplateError(self._describe(exc)) from exc
         except css_inline.InlineError as exc:
             raise TemplateError(f"CSS inlining failed ({self.template_dirs[0]}): {exc}") from exc
+        except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
+            # Raised inside a template ({{ 1 // 0 }}, a format filter given a string):
+            # named by file and line like a Jinja error. Elsewhere, a bug: raised as is.
+            location = _template_frame(exc.__traceback__)
+            if location is None:
+                raise
+            raise TemplateError(
+                f"{location[0]}:{location[1]}: {exc.__class__.__name__}: {exc}"
+            ) from exc
 
     def _render(self, digest: Digest) -> RenderedDigest:
         self._memo.trim()
@@ -199,11 +212,8 @@ class Renderer:
             subject=subject,
             css=Markup(self._stylesheet()),  # noqa: S704 -- the operator's stylesheet, not data
         )
-        html = self._memo.splice(self._inliner.inline(document))
+        html = self._inliner.inline(document)
         return html if html.endswith("\n") else html + "\n"
-
-    def _inline_fragment(self, fragment: str) -> str:
-        return self._inliner.inline_fragment(fragment, self._stylesheet())
 
     def _text(
         self, view: DigestView, sections: list[Section], summary: list[ItemView], subject: str
@@ -215,15 +225,7 @@ class Renderer:
         wrapped = self._wrapped
         out = []
         for line in document.strip("\n").split("\n"):
-            if len(line) > width and "://" in line:
-                # A link line, often a reader's own: "    Label: URL" breaks before the URL.
-                # (What wrap_text gives for such a line, without its general search.)
-                link = _LINK_LINE.fullmatch(line)
-                if link is not None and len(link.group(1)) <= width:
-                    line = f"{link.group(1)}\n{link.group(2)}{link.group(3)}"
-                else:
-                    line = wrap_text(line, width)
-            elif len(line) > width:
+            if len(line) > width:
                 # A paper's long lines recur in every digest that lists it: wrap each once.
                 found = wrapped.get(line)
                 if found is None:
@@ -284,44 +286,29 @@ class Memo:
     """The templates' ``memo(macro, *args)``: the macro's output for these arguments,
     rendered once per run and then reused.
 
-    Correct for a macro whose output depends on its arguments alone, which is what a
-    macro in an imported template sees (its arguments and the environment's globals),
-    unless it draws random values. HTML output (autoescaped templates) is also
-    CSS-inlined once, on its own, and stands in the document as a comment until the
-    rest is inlined (``splice``). Data cannot forge the comment: autoescaping turns
-    ``<`` in text to ``&lt;``, and the comment carries a random nonce, for the places
-    where the serialiser writes ``<`` back as is (attribute values). The shipped
-    ``_item.*.j2`` memoise a paper's details (authors, categories, TL;DR, links), the
-    same for every reader; the number, reason and feedback links are rendered per
-    digest.
+    The output is the macro's own, unchanged: filters, tests and the document's CSS
+    inlining see what a direct call would give. Correct for a macro whose output
+    depends on its arguments alone, which is what a macro in a template imported
+    without context sees (its arguments and the environment's globals), unless it draws
+    random values. Arguments that cannot be hashed (a list) call the macro every time.
+    The shipped ``_item.*.j2`` memoise a paper's details (authors, categories, TL;DR,
+    links), the same for every reader; the number, reason and feedback links are
+    rendered per digest.
     """
 
-    def __init__(self, size: int, inline: Callable[[str], str]) -> None:
+    def __init__(self, size: int) -> None:
         self._size = size
-        self._inline = inline
         self._outputs: dict[tuple[object, ...], object] = {}
-        self._fragments: list[str] = []
-        self._nonce = secrets.token_hex(8)
-        self._slot = re.compile(f"<!--pp-memo:{self._nonce}:(\\d+)-->")
 
     def __call__(self, macro: Callable[..., object], *args: object) -> object:
         key = (macro, *args)
-        found = self._outputs.get(key)
+        try:
+            found = self._outputs.get(key)
+        except TypeError:  # an unhashable argument: no caching, same output
+            return macro(*args)
         if found is None:
-            found = macro(*args)
-            if isinstance(found, Markup):
-                self._fragments.append(self._inline(str(found)))
-                slot = f"<!--pp-memo:{self._nonce}:{len(self._fragments) - 1}-->"
-                found = Markup(slot)  # noqa: S704 -- from ints and the nonce, never data
-            self._outputs[key] = found
+            found = self._outputs[key] = macro(*args)
         return found
-
-    def splice(self, html: str) -> str:
-        """``html`` with every memoised fragment in place of its comment."""
-        if "<!--pp-memo:" not in html:
-            return html
-        fragments = self._fragments
-        return self._slot.sub(lambda m: fragments[int(m.group(1))], html)
 
     def trim(self) -> None:
         """Start afresh when full; called between digests, never during one."""
@@ -330,13 +317,8 @@ class Memo:
 
     def clear(self) -> None:
         self._outputs.clear()
-        self._fragments.clear()
 
 
-# "    More like this: https://..." (indentation, a label ending in ":", one URL).
-# No list marker ("- ", "1. ") and no double space in the label: wrap_text treats those
-# differently.
-_LINK_LINE = re.compile(r"(( *)[^ :\d*•-](?:[^: ]| (?! ))*:) (https?://\S+)")
 _UNFIT_FOR_SUBJECT = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]|=\\?.*\\?=", re.DOTALL)
 
 

@@ -32,7 +32,8 @@ from typing import Any
 
 from procrastinate import App as JobApp
 from procrastinate import BaseConnector, JobContext, PsycopgConnector, RetryStrategy
-from procrastinate.exceptions import AlreadyEnqueued
+from procrastinate.exceptions import AlreadyEnqueued, ConnectorException, UniqueViolation
+from procrastinate.jobs import Status
 from procrastinate.types import JSONValue
 
 from pipeline.app import App
@@ -51,8 +52,8 @@ SWEEP = "paperpost.sweep"
 # enough that its fixed costs (reading the window's papers and the readers' history,
 # building the period's TF-IDF rows) stay small next to the matching, and small enough
 # that a tick of 100,000 readers spreads over every worker (50 jobs) and a killed
-# worker's retried block costs seconds: 2,000 readers are ~1 s of one core
-# (bench/PLAN.md) and ~4 outbox transactions of cycle/plan.py's 512 readers.
+# worker's retried block is short (bench/PLAN.md has the cost per reader); a block is
+# ~4 outbox transactions of cycle/plan.py's 512 readers.
 PLAN_BLOCK = 2_000
 # A worker's heartbeat (procrastinate's, in its workers table) and how old it may grow
 # before the daemon's tick takes the worker for dead and retries its plan_block jobs.
@@ -167,18 +168,81 @@ def build_app(config: Config, *, connector: BaseConnector | None = None) -> JobA
         }
 
     @jobs.task(name=INGEST, queue=worker.queue, pass_context=True)
-    async def ingest_source(context: JobContext, name: str, now: str) -> dict[str, Any]:
-        """Fetch one source (App.ingest_source); ``now`` is an ISO-8601 instant."""
-        outcome = await _state(context).app.ingest_source(name, now=datetime.fromisoformat(now))
+    async def ingest_source(
+        context: JobContext, name: str, now: str, run: int | None = None
+    ) -> dict[str, Any]:
+        """Fetch one source (App.ingest_source) in the ingest run ``run`` its deferrer
+        started; ``now`` (ISO-8601) is the run's stamp, read after that start committed.
+        A job without ``run`` (deferred by an older daemon) starts its own run."""
+        outcome = await _state(context).app.ingest_source(
+            name, now=datetime.fromisoformat(now) if run is not None else None, run=run
+        )
         return {"ok": outcome.ok, "new": outcome.new, "error": outcome.error}
 
     @jobs.periodic(cron=sweep_cron(worker.sweep_seconds))
     @jobs.task(name=SWEEP, queue=worker.queue, pass_context=True)
     async def sweep(context: JobContext, timestamp: int) -> int:
-        """Defer delivery jobs while outbox rows are open (nothing waits without a job)."""
+        """Settle the jobs of dead workers (:func:`recover_stalled`), then defer delivery
+        jobs while outbox rows are open (nothing waits without a job)."""
+        await recover_stalled(context.app)
         return await defer_deliveries(context.app, config, _state(context).app)
 
     return jobs
+
+
+@dataclass
+class Recovered:
+    """What one sweep did with the jobs of dead workers (:func:`recover_stalled`)."""
+
+    retried: list[int] = field(default_factory=list)
+    aborted: list[int] = field(default_factory=list)
+
+
+async def recover_stalled(jobs: JobApp, *, seconds: float = STALLED_SECONDS) -> Recovered:
+    """Settle the delivery, ingest and sweep jobs left ``doing`` by workers whose heartbeat
+    is older than ``seconds`` (procrastinate's stalled jobs: ``get_stalled_jobs``), so no
+    job row stays ``doing`` for ever.
+
+    A delivery or ingest job is retried (back to ``todo``, its queueing lock with it),
+    unless another job already waits under its queueing lock (a sweep or tick deferred
+    one meanwhile): then it is finished as ``aborted``, the waiting job does its work. A
+    sweep job is finished as ``aborted`` (the next sweep comes anyway). The outbox rows a
+    dead delivery job had claimed are returned by the next delivery job's recovery, and
+    a dead ingest job's run is closed by planning once its fence lapses (docs/ingest.md).
+    ``plan_block`` jobs are the daemon's tick's to retry (:meth:`Dispatcher.defer_plan`).
+    Two sweeps settling the same job is harmless: the loser's call finds it settled."""
+    manager = jobs.job_manager
+    done = Recovered()
+    for task in (DELIVER, INGEST, SWEEP):
+        for job in await manager.get_stalled_jobs(task_name=task, seconds_since_heartbeat=seconds):
+            assert job.id is not None
+            lock = job.queueing_lock
+            waiting = task == SWEEP or (
+                lock is not None
+                and any(await manager.list_jobs_async(queueing_lock=lock, status="todo"))
+            )
+            try:
+                if not waiting:
+                    try:
+                        await manager.retry_job(job)
+                        done.retried.append(job.id)
+                        log.warning("%s job %s of a dead worker: retried", task, job.id)
+                        continue
+                    except UniqueViolation:  # a job was deferred under its lock just now
+                        pass
+                await manager.finish_job_by_id_async(
+                    job.id, status=Status.ABORTED, delete_job=False
+                )
+                done.aborted.append(job.id)
+                log.warning(
+                    "%s job %s of a dead worker: aborted (%s)",
+                    task,
+                    job.id,
+                    "another job waits under its lock" if lock else "the next one runs anyway",
+                )
+            except ConnectorException as exc:  # settled by another sweep meanwhile
+                log.info("%s job %s of a dead worker: left as it is (%s)", task, job.id, exc)
+    return done
 
 
 async def defer_deliveries(jobs: JobApp, config: Config, app: App) -> int:
@@ -273,26 +337,32 @@ class Dispatcher:
             fit=tick.fit,
         )
 
-    async def defer_ingest(
-        self, names: list[str], *, now: datetime, wait: float | None = None
-    ) -> int:
+    async def defer_ingest(self, app: App, names: list[str], *, wait: float | None = None) -> int:
         """One ``ingest_source`` job per source (a source whose job still waits is not
         deferred twice). With ``wait``, return once every source's job has finished, or
         after ``wait`` seconds (logged): the daemon's first tick waits, so that the first
-        dispatch plans with the papers just fetched."""
+        dispatch plans with the papers just fetched.
+
+        Each job's ingest run is recorded as started here, before the job is deferred,
+        and the job carries the run and its stamp (``App.start_ingest_run``): planning
+        fences windows from that moment until the job finishes it, so papers the job
+        commits late, under this clock's stamp, still reach every reader's next window."""
         task = self.jobs.tasks[INGEST]
         manager = self.jobs.job_manager
         deferred = 0
         ids: list[int] = []
         for name in names:
             lock = f"{INGEST}-{name}"
+            run, stamp = await asyncio.to_thread(app.start_ingest_run)
             try:
                 ids.append(
                     await task.configure(queueing_lock=lock).defer_async(
-                        name=name, now=now.isoformat()
+                        name=name, now=stamp.isoformat(), run=run
                     )
                 )
             except AlreadyEnqueued:
+                waiting = {"ok": True, "new": 0, "error": None, "note": "a job was waiting"}
+                await asyncio.to_thread(app.finish_ingest_run, run, {name: waiting})
                 ids += [j.id for j in await manager.list_jobs_async(queueing_lock=lock) if j.id]
                 continue
             deferred += 1
@@ -329,10 +399,12 @@ __all__ = [
     "DeliveryAborted",
     "Dispatcher",
     "PlanDispatch",
+    "Recovered",
     "WorkerState",
     "build_app",
     "conninfo",
     "defer_deliveries",
     "job_holder",
+    "recover_stalled",
     "sweep_cron",
 ]

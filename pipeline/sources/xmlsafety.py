@@ -1,10 +1,10 @@
 """Hostile-XML defence and charset repair, applied before any XML parser sees a document.
 
-feedparser (and expat behind it) does not bound entity expansion on its own: measured on
-this project's machine, a 1 KB "billion laughs" document costs feedparser 1.3 s and 80 MB
-before it gives up, and a 160 KB "quadratic blowup" (one 100 KB entity used 20,000 times)
-is only stopped by expat's amplification limit, after which feedparser's lenient parser
-carries on. So every document goes through :func:`prepare_xml` first:
+feedparser (and expat behind it) does not bound entity expansion on its own: a 1 KB
+"billion laughs" document costs feedparser seconds before it gives up, and a "quadratic
+blowup" (one large entity used thousands of times) is only stopped by expat's
+amplification limit, after which feedparser's lenient parser carries on (bench/INGEST.md
+has the figures). So every document goes through :func:`prepare_xml` first:
 
 * The bytes are decoded once, choosing the charset the bytes actually allow (BOM, then
   UTF-8 when the bytes are valid UTF-8, then the HTTP and XML declarations, then

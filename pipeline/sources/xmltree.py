@@ -1,9 +1,9 @@
 """A fast element tree for the arXiv adapters (stdlib expat, after the safety pass).
 
 The arXiv listings are large (a busy day is ~1,500 entries, an API page up to 2,000), so
-their adapters read them with ElementTree, which is about ten times faster than
-feedparser; a document ElementTree rejects as ill-formed falls back to feedparser's
-lenient parser in :mod:`pipeline.sources.feed`.
+their adapters read them with ElementTree, which is several times faster than
+feedparser (bench/INGEST.md); a document ElementTree rejects as ill-formed falls back
+to feedparser's lenient parser in :mod:`pipeline.sources.feed`.
 """
 
 from __future__ import annotations

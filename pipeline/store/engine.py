@@ -29,12 +29,6 @@ def make_engine(url: str) -> Engine:
     raise StoreError(f"database.url {url!r}: only sqlite and postgresql are supported")
 
 
-def is_in_memory(url: str) -> bool:
-    """Whether ``url`` is an in-memory SQLite database (private to one connection pool)."""
-    parsed = make_url(url)
-    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
-
-
 def _sqlite_engine(url: str, database: str | None) -> Engine:
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pipeline.store.base import StoreBase
 from pipeline.store.rows import LeaseRow, RunRow
+
+# The fence ends a window one tick (the databases' microsecond) before an unfinished
+# ingest run's start, so a paper stamped at that very instant is the next window's.
+_TICK = timedelta(microseconds=1)
+# How long an unfinished ingest run holds planning windows back. A run older than this is
+# taken for dead (a killed process never finishes its row) and closed by the planner that
+# finds it; if it was alive after all, its next save finds its row closed and writes
+# nothing (its sources are fetched again by the next run).
+INGEST_FENCE = timedelta(minutes=30)
 
 
 @dataclass(frozen=True)
@@ -19,6 +28,10 @@ class Run:
     started_at: datetime
     finished_at: datetime | None
     summary: dict[str, Any]
+
+
+# A lapsed run's summary, in the shape `paperpost status` reads ({source: outcome}).
+_LAPSED = {"(run)": {"ok": False, "new": 0, "error": "unfinished for too long: closed"}}
 
 
 class OpsStore(StoreBase):
@@ -56,7 +69,52 @@ class OpsStore(StoreBase):
         with self.write() as s:
             s.add(RunRow(kind=kind, started_at=started, finished_at=finished, summary=summary))
 
+    def start_run(self, kind: str, *, started: datetime) -> int:
+        """Record a run as started, committed before it writes anything (an unfinished
+        ``ingest`` run is the planning fence: :meth:`ingest_fence`); the run's id."""
+        with self.write() as s:
+            row = RunRow(kind=kind, started_at=started, finished_at=None, summary={})
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def finish_run(self, run_id: int, *, finished: datetime, summary: dict[str, Any]) -> None:
+        with self.write() as s:
+            row = s.get(RunRow, run_id)
+            if row is not None:
+                row.finished_at, row.summary = finished, summary
+
+    def ingest_fence(self, *, now: datetime, timeout: timedelta = INGEST_FENCE) -> datetime:
+        """Where a window planned at ``now`` may end: ``now``, or just before the start of
+        the earliest unfinished ``ingest`` run younger than ``timeout``. Papers such a run
+        stores are stamped at their write, after its start was committed, so they fall
+        after the fence: into the next window, never into one already closed
+        (docs/ingest.md, "Late commits")."""
+        unfinished = (RunRow.kind == "ingest", RunRow.finished_at.is_(None))
+        with self.read() as s:
+            earliest = s.scalar(select(func.min(RunRow.started_at)).where(*unfinished))
+        if earliest is not None and _aware(earliest) <= now - timeout:
+            # Runs of dead processes: closed, committed before the window is read. A live
+            # one's next save reads its row closed and writes nothing (PaperStore.
+            # save_papers); one committing now holds its row's lock until it is visible.
+            with self.write() as s:
+                s.execute(
+                    update(RunRow)
+                    .where(*unfinished, RunRow.started_at <= now - timeout)
+                    .values(finished_at=now, summary=_LAPSED)
+                )
+            with self.read() as s:
+                earliest = s.scalar(select(func.min(RunRow.started_at)).where(*unfinished))
+        if earliest is None:
+            return now
+        return min(now, _aware(earliest) - _TICK)
+
     def last_runs(self, limit: int = 10) -> list[Run]:
         with self.read() as s:
             rows = s.scalars(select(RunRow).order_by(RunRow.started_at.desc()).limit(limit))
             return [Run(r.kind, r.started_at, r.finished_at, dict(r.summary)) for r in rows]
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite returns a naive UTC datetime from an aggregate (no column type on the way)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -12,7 +12,14 @@ from sqlalchemy.orm import Session
 
 from pipeline.domain import AnnounceType, Paper
 from pipeline.store.base import StoreBase
-from pipeline.store.rows import PAPER_VERSIONS, PAPERS, PaperRow, PaperVersionRow, SourceRow
+from pipeline.store.rows import (
+    PAPER_VERSIONS,
+    PAPERS,
+    PaperRow,
+    PaperVersionRow,
+    RunRow,
+    SourceRow,
+)
 
 _CHUNK = 500
 
@@ -34,6 +41,7 @@ class SaveStats:
     new: int
     updated: int
     unchanged: int
+    lapsed: bool = False  # the ingest run had been closed: nothing was written
 
 
 def paper_from_row(row: PaperRow | Row[Any]) -> Paper:
@@ -150,11 +158,17 @@ class PaperStore(StoreBase):
                     out[row.id] = paper_from_row(row)
         return out
 
-    def save_papers(self, papers: Sequence[Paper], *, now: datetime) -> SaveStats:
+    def save_papers(
+        self, papers: Sequence[Paper], *, now: datetime, run: int | None = None
+    ) -> SaveStats:
         """Insert or replace whole (already merged) records; keep ``first_seen`` of known ones.
 
         Core statements in bulk (one executemany per chunk for inserts, updates and new
         versions): the ORM unit of work cost twice the parsing for a 5,000-item listing.
+
+        With ``run``, the ingest run that writes: its row is read first in the same
+        transaction (share-locked on PostgreSQL) and nothing is written, ``lapsed`` set,
+        when planning has closed it meanwhile (``OpsStore.ingest_fence``).
         """
         new = updated = unchanged = 0
         by_id = {p.id: p for p in papers}  # last one wins within a batch
@@ -164,6 +178,8 @@ class PaperStore(StoreBase):
         compared = [papers_t.c[name] for name in ("id", *_COLUMNS)]
         with self.write() as s:
             conn = s.connection()
+            if run is not None and _run_closed(s, run):
+                return SaveStats(new=0, updated=0, unchanged=0, lapsed=True)
             for i in range(0, len(ids), _CHUNK):
                 chunk = ids[i : i + _CHUNK]
                 existing = {
@@ -236,6 +252,16 @@ class PaperStore(StoreBase):
     def count_papers(self) -> int:
         with self.read() as s:
             return int(s.scalar(select(func.count()).select_from(PaperRow)) or 0)
+
+
+def _run_closed(s: Session, run: int) -> bool:
+    """Whether ingest run ``run`` is finished (or unknown), its row share-locked on
+    PostgreSQL until the caller's commit, so planning cannot close it in between."""
+    query = select(RunRow.finished_at, RunRow.id).where(RunRow.id == run)
+    if s.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(read=True)
+    row = s.execute(query).first()
+    return row is None or row.finished_at is not None
 
 
 def _state(row: SourceRow) -> SourceState:
