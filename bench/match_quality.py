@@ -260,16 +260,7 @@ def main() -> None:
 
     settings = MatchSettings(similarity_threshold=-1e9)
     if args.no_ranking:
-        settings = replace(
-            settings,
-            rank_bm25=0.0,
-            rank_clauses=0.0,
-            rank_typical=0.0,
-            rank_category_typical=0.0,
-            rank_primary=0.0,
-            rank_trending=0.0,
-            rank_feedback=0.0,
-        )
+        settings = settings.without_ranking()
     matcher = Matcher.fit(list(papers.values()), settings)
     plain = Matcher.fit(list(papers.values()), replace(settings, lsa_dimensions=0))
     engines = {"ours": matcher, "tfidf": plain}

@@ -103,15 +103,7 @@ def matcher() -> Matcher:
     return Matcher.fit(WINDOW + NEW, MatchSettings(min_df=1))
 
 
-UNRANKED = MatchSettings(
-    min_df=1,
-    rank_bm25=0.0,
-    rank_clauses=0.0,
-    rank_typical=0.0,
-    rank_category_typical=0.0,
-    rank_primary=0.0,
-    rank_trending=0.0,
-)
+UNRANKED = MatchSettings(min_df=1).without_ranking()
 
 
 @pytest.fixture(scope="module")

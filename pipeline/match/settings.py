@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 __all__ = ["MatchSettings"]
+
+
+# The terms that order admitted papers (pipeline.match.ranking, pipeline.match.feedback).
+RANKING_TERMS = (
+    "rank_bm25",
+    "rank_clauses",
+    "rank_typical",
+    "rank_category_typical",
+    "rank_primary",
+    "rank_trending",
+    "rank_feedback",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +103,12 @@ class MatchSettings:
     rank_diversity: float = 0.5
     diversity_threshold: float = 0.75
 
+    def without_ranking(self) -> MatchSettings:
+        """These settings with every ranking term at 0 (diversity stays): the order the rules
+        and similarity alone give, for "before" figures and tie-break tests."""
+        off: dict[str, Any] = dict.fromkeys(RANKING_TERMS, 0.0)
+        return replace(self, **off)
+
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
             raise ValueError(f"MatchSettings.chunk_size must be >= 1, got {self.chunk_size}")
@@ -113,17 +132,7 @@ class MatchSettings:
             raise ValueError(f"MatchSettings.min_df must be >= 1, got {self.min_df}")
         if not 0.0 < self.max_df <= 1.0:
             raise ValueError(f"MatchSettings.max_df must be in (0, 1], got {self.max_df}")
-        for name in (
-            "rank_bm25",
-            "rank_clauses",
-            "rank_typical",
-            "rank_category_typical",
-            "rank_primary",
-            "rank_trending",
-            "rank_feedback",
-            "rank_diversity",
-            "diversity_threshold",
-        ):
+        for name in (*RANKING_TERMS, "rank_diversity", "diversity_threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"MatchSettings.{name} must be in [0, 1], got {value}")

@@ -20,7 +20,7 @@ from pipeline.store.outbox import OutboxStore
 from pipeline.store.papers import PaperStore, SaveStats, SourceState
 from pipeline.store.planning import PlannedDelivery, PlannedItem, PlanningStore
 from pipeline.store.port import Outbox, OutboxEntry
-from pipeline.store.subscribers import SubscriberState, SubscriberStore, SyncStats
+from pipeline.store.subscribers import SubscriberState, SyncStats
 from pipeline.store.suppression import BounceRates, SuppressionStore, address_hash
 
 __all__ = [
@@ -47,8 +47,7 @@ __all__ = [
 
 class Store(
     PaperStore,
-    SubscriberStore,
-    LifecycleStore,
+    LifecycleStore,  # a SubscriberStore with the reader's own actions
     PlanningStore,
     OutboxStore,
     DeliveryStore,

@@ -28,7 +28,6 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from pipeline.domain import Reader, Subscriber
-from pipeline.store.base import StoreBase
 from pipeline.store.rows import (
     BOUNCE_EVENTS,
     DELIVERIES,
@@ -39,7 +38,7 @@ from pipeline.store.rows import (
     FeedbackRow,
     SubscriberRow,
 )
-from pipeline.store.subscribers import _reader, _record
+from pipeline.store.subscribers import SubscriberStore, _reader, _record
 from pipeline.store.suppression import address_hash
 
 # What a reader may change on the manage page: columns, then fields of ``profile``.
@@ -96,7 +95,7 @@ class ReaderRecord:
     suppressed: bool
 
 
-class LifecycleStore(StoreBase):
+class LifecycleStore(SubscriberStore):
     def is_suppressed(self, email: str) -> bool:
         with self.connect() as conn:
             found = conn.scalar(
@@ -282,12 +281,7 @@ class LifecycleStore(StoreBase):
         """The reader's own way back after an unsubscribe; never past a suppression."""
         if self.is_suppressed(email):
             return False
-        with self.write() as s:
-            row = s.scalar(select(SubscriberRow).where(SubscriberRow.email == email))
-            if row is None or row.status != "unsubscribed":
-                return False
-            row.status, row.status_changed_at, row.status_reason = "active", now, "manage page"
-            return True
+        return self.resubscribe(email, now=now, reason="manage page")
 
     # -- the reader's data ---------------------------------------------------------------------
     def export_reader(self, email: str) -> dict[str, Any] | None:

@@ -280,13 +280,14 @@ class SubscriberStore(StoreBase):
             row.status, row.status_changed_at, row.status_reason = "unsubscribed", now, reason
             return was_active
 
-    def resubscribe(self, email: str, *, now: datetime) -> bool:
-        """Lift a suppression explicitly (``paperpost resubscribe``). Returns whether it changed."""
+    def resubscribe(self, email: str, *, now: datetime, reason: str = "resubscribe") -> bool:
+        """Undo an unsubscribe (``paperpost resubscribe``, the manage page). Returns whether
+        it changed."""
         with self.write() as s:
             row = s.scalar(select(SubscriberRow).where(SubscriberRow.email == email))
             if row is None or row.status != "unsubscribed":
                 return False
-            row.status, row.status_changed_at, row.status_reason = "active", now, "resubscribe"
+            row.status, row.status_changed_at, row.status_reason = "active", now, reason
             return True
 
     def record_feedback(self, email: str, paper_id: str, signal: str, *, now: datetime) -> bool:
