@@ -107,7 +107,10 @@ def test_sigkill_mid_batch_then_restart(write_config, smtp_server_factory) -> No
 
     report = asyncio.run(run_once(config, clock=lambda: later, store=store))
     assert (report.deliver.sent, report.deliver.ambiguous) == (len(RECIPIENTS) - 2, 1)
-    assert store.outbox_counts() == {"sent": len(RECIPIENTS) - 1, "ambiguous": 1}
+    # Run within 15 minutes of midnight UTC, the restart also opens the next day's period,
+    # which records one 'skipped' row per reader (nothing new): not a resend, so not counted.
+    counts = {k: v for k, v in store.outbox_counts().items() if k != "skipped"}
+    assert counts == {"sent": len(RECIPIENTS) - 1, "ambiguous": 1}
     store.close()
     # The server got each digest exactly once: the hung one was accepted before the kill and
     # is not sent again under the default at-most-once policy.
