@@ -6,7 +6,14 @@
     python3 tasks.py lint    # ruff + mypy --strict
     python3 tasks.py check   # lint + test (what CI runs)
 
-Extra arguments after ``test`` go to pytest (``python3 tasks.py test -k outbox``).
+The tests are in tiers by cost: ``tests/unit`` (pure and fast: no database server, socket or
+subprocess), ``tests/integration`` (the store on SQLite and PostgreSQL, SMTP via aiosmtpd,
+HTTP on loopback) and ``tests/e2e`` (daemons, workers and kills, Postfix/Dovecot, the
+browser, the packaging build, whole CLI cycles). ``python3 tasks.py test unit`` runs one
+tier (likewise ``integration`` and ``e2e``); without a tier name it runs them all.
+
+Other arguments after ``test`` go to pytest (``python3 tasks.py test -k outbox``,
+``python3 tasks.py test unit -x -q``).
 """
 
 from __future__ import annotations
@@ -52,8 +59,13 @@ def demo(_args: list[str]) -> int:
     return _run(BIN / "paperpost", "--config", "config/demo.toml", "run", "--once", "--previews")
 
 
+TIERS = ("unit", "integration", "e2e")
+
+
 def test(args: list[str]) -> int:
     ensure_venv("dev")
+    if args and args[0] in TIERS:  # a tier name is its folder
+        args = [f"tests/{args[0]}", *args[1:]]
     return _run(BIN / "python", "-m", "pytest", *args)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -27,7 +28,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -184,15 +184,11 @@ def child(scenario: str, items: int) -> dict[str, float]:
         return {"seconds": elapsed, "cpu": cpu, "items": items, "peak_mb": rss_mb() - base}
 
     server, url = serve(body)
-    schema = None
+    databases = contextlib.ExitStack()  # the fresh PostgreSQL schema, dropped at the end
     if scenario == "postgres":
-        from sqlalchemy import create_engine, text
+        from tests.pgschema import fresh_schema
 
-        schema = f"bench_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        db_url = f"{PG_BASE}?options=-csearch_path%3D{schema}"
+        db_url = databases.enter_context(fresh_schema(PG_BASE, prefix="bench"))
     else:
         db_url = f"sqlite:///{tempfile.mkdtemp()}/bench.db"
     store = Store.open(db_url, auto_upgrade=True)
@@ -220,10 +216,7 @@ def child(scenario: str, items: int) -> dict[str, float]:
     finally:
         store.close()
         server.shutdown()
-        if schema is not None:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            admin.dispose()
+        databases.close()
 
 
 def hostile() -> list[tuple[str, str, float, float, str]]:

@@ -18,7 +18,7 @@ temporary directory; a fresh PostgreSQL schema, dropped afterwards):
 
 ``app`` (``--app N``)
     ``App.plan`` for N readers imported with ``Store.import_subscribers`` (four queries,
-    three categories, four time zones, as tests/test_healthz_under_load.py), with real
+    three categories, four time zones, as tests/e2e/test_healthz_under_load.py), with real
     matching over the sample listings of config/samples/ ingested by ``App.ingest``.
     ``--paths old`` swaps the store's bulk write for a loop over ``old_plan_delivery``.
 
@@ -44,7 +44,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -54,7 +53,7 @@ from typing import Any, cast
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import Table, create_engine, insert, select, text  # noqa: E402
+from sqlalchemy import Table, insert, select, text  # noqa: E402
 from sqlalchemy.exc import IntegrityError  # noqa: E402
 
 from pipeline.store import PlannedDelivery, PlannedItem, Store  # noqa: E402
@@ -64,9 +63,11 @@ from pipeline.store.rows import (  # noqa: E402
     SentItemRow,
     SubscriberRow,
 )
+from tests.pgschema import fresh_schema  # noqa: E402
 
 PG_BASE = os.environ.get("PAPERPOST_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # a Monday, noon UTC (as tests/test_cycle.py)
+# A Monday, noon UTC (as tests/integration/test_cycle.py).
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 SECRET_ENV = "PAPERPOST_BENCH_SECRET"
 SAMPLES = ROOT / "config" / "samples"
 REASON = "matches your query: ti:agent* · cs.LG"  # a typical reason line's length
@@ -169,16 +170,8 @@ def database(kind: str) -> Iterator[str]:
         with tempfile.TemporaryDirectory() as tmp:
             yield f"sqlite:///{tmp}/paperpost.db"
         return
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_schema(PG_BASE, prefix="bench") as url:
+        yield url
 
 
 def add_readers(store: Store, n: int) -> list[int]:

@@ -17,13 +17,12 @@ import os
 import random
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 
 from pipeline.app import App
 from pipeline.config import Config, load_config
@@ -149,16 +148,10 @@ def fresh_database(database: str, directory: Path) -> Iterator[str]:
     if database == "sqlite":
         yield f"sqlite:///{directory}/paperpost.db"
         return
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(database, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{database}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    from tests.pgschema import fresh_schema  # the repository root is on sys.path
+
+    with fresh_schema(database, prefix="bench") as url:
+        yield url
 
 
 async def _run(deliverer: Deliverer) -> DeliverReport:

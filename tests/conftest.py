@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import os
 import socket
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.factories import SECRET
+from tests.pgschema import PG_BASE, fresh_schema
+
+if TYPE_CHECKING:
+    from pipeline.store import Store
+
 ROOT = Path(__file__).resolve().parent.parent
-PG_BASE = os.environ.get("PAPERPOST_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 pytest_plugins = ["tests.conftest_smtp"] if (ROOT / "tests" / "conftest_smtp.py").exists() else []
 
@@ -39,18 +44,8 @@ def require_service(name: str, host: str, port: int) -> None:
 def pg_url() -> Iterator[str]:
     """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
     require_service("postgres", "127.0.0.1", 5432)
-    from sqlalchemy import create_engine, text
-
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_schema(PG_BASE) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -60,6 +55,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'paperpost.db'}"
     url: str = request.getfixturevalue("pg_url")
     return url
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    """A Store on ``db_url`` (so on each database), migrated, closed afterwards. Files that
+    need another store (a memory one, readers synced first) define their own ``store``."""
+    from pipeline.store import Store
+
+    s = Store.open(db_url, auto_upgrade=True)
+    yield s
+    s.close()
 
 
 SAMPLES = ROOT / "config" / "samples"
@@ -126,7 +132,7 @@ query = 'ti:agent* OR abs:"tool use"'
 
 @pytest.fixture
 def secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PAPERPOST_TEST_SECRET", "test-secret-0123456789abcdef")
+    monkeypatch.setenv("PAPERPOST_TEST_SECRET", SECRET)
 
 
 ConfigFactory = Callable[..., Path]

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from tests.conftest import SAMPLE_SOURCES
 from tests.conftest import SUBSCRIBERS as _CONFTEST_SUBSCRIBERS
+from tests.factories import SECRET
 from tests.smtpd import HANG, RecordingHandler, ScriptedHandler
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = "test-secret-0123456789abcdef"
 NEW_SECRET = "rotated-secret-0123456789abcdef"
 ADMIN = "admin-token-0123456789abcdef"
 ENV = {

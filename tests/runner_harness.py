@@ -14,15 +14,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.app import App
 from pipeline.config import Config, load_config
 from pipeline.runner.jobs import STALLED_SECONDS, Dispatcher, PlanDispatch
 from pipeline.runner.schema import apply_schema_async
+from tests.factories import MONDAY_NOON as NOW  # the clock of the runner tests
+from tests.factories import SECRET
 
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 READER = """
 [[subscribers]]
 email = "reader{n}@lab.example"
@@ -32,7 +32,7 @@ send_at = "00:00"
 [subscribers.interests]
 query = 'abs:RLHF OR ti:"preference optimization" OR abs:"reward model" OR ti:agent*'
 """
-ENV = {**os.environ, "PAPERPOST_TEST_SECRET": "test-secret-0123456789abcdef"}
+ENV = {**os.environ, "PAPERPOST_TEST_SECRET": SECRET}
 
 
 def readers(count: int) -> str:
