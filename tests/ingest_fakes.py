@@ -73,11 +73,19 @@ class MemoryStore:
     def papers_by_id(self, ids: Collection[str]) -> dict[str, Paper]:
         return {i: self.papers[i] for i in ids if i in self.papers}
 
-    def save_papers(self, papers: Sequence[Paper], *, now: datetime) -> MemoryStats:
+    def save_papers(
+        self,
+        papers: Sequence[Paper],
+        *,
+        now: datetime,
+        merge: Callable[[dict[str, Paper]], Sequence[Paper]] | None = None,
+    ) -> MemoryStats:
         if self.fail_saves:
             from pipeline.errors import StoreError
 
             raise StoreError("the test store refuses writes")
+        if merge is not None:
+            papers = merge(self.papers_by_id([p.id for p in papers]))
         new = updated = 0
         for paper in papers:
             old = self.papers.get(paper.id)

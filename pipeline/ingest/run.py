@@ -14,8 +14,10 @@ the run's saves write nothing, and that source's validators are not advanced, so
 next run fetches it again.
 
 Store calls, parsing and merging run on threads, never on the event loop (the daemon's
-web endpoints share it). The read-merge-save of one listing runs one source at a time, so
-two sources listing the same paper still merge one after the other.
+web endpoints share it). The read-merge-save of one listing is one store transaction
+that excludes other merging writers, in this process or another (``paperpost worker``
+processes ingest sources in parallel), so two sources listing the same paper merge one
+after the other.
 """
 
 from __future__ import annotations
@@ -97,11 +99,18 @@ class PaperStore(Protocol):
     def papers_by_id(self, ids: Collection[str]) -> dict[str, Paper]: ...
 
     def save_papers(
-        self, papers: Sequence[Paper], *, now: datetime, run: int | None = None
+        self,
+        papers: Sequence[Paper],
+        *,
+        now: datetime,
+        run: int | None = None,
+        merge: Callable[[dict[str, Paper]], Sequence[Paper]] | None = None,
     ) -> SaveStats:
-        """Insert or replace whole (already merged) records; keep ``first_seen`` of known
-        ones; record each new (id, version). With ``run``: nothing, and a true ``lapsed``
-        attribute on the result, when that ingest run was closed meanwhile."""
+        """Insert or replace whole records; keep ``first_seen`` of known ones; record each
+        new (id, version). With ``merge``: save ``merge(stored records of the same ids)``,
+        read and written in one transaction that excludes other merging writers (other
+        processes too). With ``run``: nothing, and a true ``lapsed`` attribute on the
+        result, when that ingest run was closed meanwhile."""
 
 
 # -- configuration and outcome -------------------------------------------------------------------
@@ -288,12 +297,16 @@ def _record_failure(store: PaperStore, name: str, error: str, *, now: datetime) 
 def _merge_and_save(
     store: PaperStore, papers: list[Paper], *, source: str, now: datetime, run: int | None
 ) -> SaveStats:
-    """Merge ``papers`` into the stored records of the same ids and save the result."""
-    stored = store.papers_by_id([p.id for p in papers])
-    merged = merge_batch(stored, papers, source=source)
+    """Merge ``papers`` into the stored records of the same ids and save the result, in
+    one transaction: a worker ingesting another source that lists the same papers merges
+    before or after this one, never in between."""
+
+    def merge(stored: dict[str, Paper]) -> list[Paper]:
+        return merge_batch(stored, papers, source=source)
+
     if run is None:  # outside a recorded run (a store without runs)
-        return store.save_papers(merged, now=now)
-    return store.save_papers(merged, now=now, run=run)
+        return store.save_papers(papers, now=now, merge=merge)
+    return store.save_papers(papers, now=now, run=run, merge=merge)
 
 
 def _lapsed(stats: SaveStats) -> bool:

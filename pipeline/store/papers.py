@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -22,6 +22,9 @@ from pipeline.store.rows import (
 )
 
 _CHUNK = 500
+# The advisory lock merging writers take on PostgreSQL (any constant bigint; a database
+# shared by several installations only serialises their ingest saves a little more).
+_MERGE_LOCK = 0x7061_7065_7270_6F73  # "paperpos"
 
 
 @dataclass(frozen=True)
@@ -149,30 +152,34 @@ class PaperStore(StoreBase):
 
     # -- papers ------------------------------------------------------------------------------
     def papers_by_id(self, ids: Collection[str]) -> dict[str, Paper]:
-        wanted = list(dict.fromkeys(ids))
-        out: dict[str, Paper] = {}
         with self.read() as s:
-            for i in range(0, len(wanted), _CHUNK):
-                chunk = wanted[i : i + _CHUNK]
-                for row in s.scalars(select(PaperRow).where(PaperRow.id.in_(chunk))):
-                    out[row.id] = paper_from_row(row)
-        return out
+            return _papers_in(s, ids)
 
     def save_papers(
-        self, papers: Sequence[Paper], *, now: datetime, run: int | None = None
+        self,
+        papers: Sequence[Paper],
+        *,
+        now: datetime,
+        run: int | None = None,
+        merge: Callable[[dict[str, Paper]], Sequence[Paper]] | None = None,
     ) -> SaveStats:
-        """Insert or replace whole (already merged) records; keep ``first_seen`` of known ones.
+        """Insert or replace whole records; keep ``first_seen`` of known ones.
 
         Core statements in bulk (one executemany per chunk for inserts, updates and new
         versions): the ORM unit of work cost twice the parsing for a 5,000-item listing.
+
+        With ``merge``, the records saved are ``merge(stored)``, where ``stored`` holds the
+        stored records of ``papers``' ids read in this transaction, after every other
+        merging writer committed: on SQLite the write transaction excludes the others, on
+        PostgreSQL a transaction-scoped advisory lock does. Two workers ingesting sources
+        that list the same paper then merge one after the other; neither fails on the
+        other's insert nor overwrites what the other merged in.
 
         With ``run``, the ingest run that writes: its row is read first in the same
         transaction (share-locked on PostgreSQL) and nothing is written, ``lapsed`` set,
         when planning has closed it meanwhile (``OpsStore.ingest_fence``).
         """
         new = updated = unchanged = 0
-        by_id = {p.id: p for p in papers}  # last one wins within a batch
-        ids = list(by_id)
         papers_t = PAPERS
         versions_t = PAPER_VERSIONS
         compared = [papers_t.c[name] for name in ("id", *_COLUMNS)]
@@ -180,6 +187,12 @@ class PaperStore(StoreBase):
             conn = s.connection()
             if run is not None and _run_closed(s, run):
                 return SaveStats(new=0, updated=0, unchanged=0, lapsed=True)
+            if merge is not None:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(select(func.pg_advisory_xact_lock(_MERGE_LOCK)))
+                papers = merge(_papers_in(s, [p.id for p in papers]))
+            by_id = {p.id: p for p in papers}  # last one wins within a batch
+            ids = list(by_id)
             for i in range(0, len(ids), _CHUNK):
                 chunk = ids[i : i + _CHUNK]
                 existing = {
@@ -252,6 +265,16 @@ class PaperStore(StoreBase):
     def count_papers(self) -> int:
         with self.read() as s:
             return int(s.scalar(select(func.count()).select_from(PaperRow)) or 0)
+
+
+def _papers_in(s: Session, ids: Collection[str]) -> dict[str, Paper]:
+    wanted = list(dict.fromkeys(ids))
+    out: dict[str, Paper] = {}
+    for i in range(0, len(wanted), _CHUNK):
+        chunk = wanted[i : i + _CHUNK]
+        for row in s.scalars(select(PaperRow).where(PaperRow.id.in_(chunk))):
+            out[row.id] = paper_from_row(row)
+    return out
 
 
 def _run_closed(s: Session, run: int) -> bool:
