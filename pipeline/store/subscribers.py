@@ -77,13 +77,17 @@ class SubscriberStore(StoreBase):
         wanted = {s.email: s for s in subscribers}
         records = {email: _record(sub) for email, sub in wanted.items()}
         c = _subscribers.c
+        query = select(c.id, c.email, c.status, c.origin, c.fingerprint, c.overrides)
         with self.begin() as conn:
-            present = {
-                r.email: r
-                for r in conn.execute(
-                    select(c.id, c.email, c.status, c.origin, c.fingerprint, c.overrides)
-                )
-            }
+            if remove_missing:  # a sync: every row, to find who left the file
+                present = {r.email: r for r in conn.execute(query)}
+            else:  # an import (a chunk at a time): only the rows of these addresses
+                emails = list(wanted)
+                present = {
+                    r.email: r
+                    for i in range(0, len(emails), _CHUNK)
+                    for r in conn.execute(query.where(c.email.in_(emails[i : i + _CHUNK])))
+                }
             skipped = (
                 {e for e in wanted if e in present and present[e].origin not in (origin, "import")}
                 if origin == "import"
