@@ -198,14 +198,19 @@ def match_settings(config: Config) -> MatchSettings:
 class MatchInputs:
     """Everything matching needs for some readers at ``now``: each one's window start, the
     papers since the earliest, each profile with its feedback, the papers each reader was
-    already sent, the liked papers, and the fitted matcher. Planning, preview and explain
-    all match from these, built by :func:`match_inputs` alone."""
+    already sent, the liked papers, the readers' "more"/"less" counts per paper of the
+    window (the ``coreaders`` ranking term) and the fitted matcher. Planning, preview and
+    explain all match from these, built by :func:`match_inputs` alone. The counts are
+    passed to each match call, like ``reserved`` and ``liked``: they are not part of what
+    the matcher is fitted on (nor of :func:`fit_digest`), so presses that arrive while a
+    tick plans change the next call, never the fitted matcher."""
 
     starts: dict[int, datetime]
     papers: list[Paper]
     profiles: dict[int, Profile]
     reserved: dict[int, set[str]]
     liked: dict[str, Paper]
+    coreaders: dict[str, tuple[int, int]]
     matcher: Matcher
 
     def window(self, reader_id: int) -> list[Paper]:
@@ -237,6 +242,7 @@ def match_inputs(
         profiles=profiles,
         reserved=store.reserved_papers(ids, [p.id for p in papers]),
         liked=store.papers_by_id(liked_ids),
+        coreaders=store.coreader_counts([p.id for p in papers]),
         matcher=matcher or fit_matcher(store, settings, now=now, fallback=papers),
     )
 
@@ -246,7 +252,8 @@ def delivered_inputs(
 ) -> MatchInputs:
     """The inputs as they were when ``delivery`` was planned: the papers of its window, the
     papers the reader had before it (not its own), the matcher fitted at its end. The
-    profile is the reader's as it is now (settings and feedback may have changed since)."""
+    profile is the reader's as it is now (settings and feedback may have changed since),
+    and so are the other readers' press counts."""
     start, end = delivery.window_start, delivery.window_end
     papers = store.papers_seen_between(start, end)
     feedback = store.feedback([reader.id])
@@ -259,6 +266,7 @@ def delivered_inputs(
         profiles={reader.id: profile},
         reserved={reader.id: before - own},
         liked=store.papers_by_id({*profile.like, *profile.dislike}),
+        coreaders=store.coreader_counts([p.id for p in papers]),
         matcher=fit_matcher(store, settings, now=end, fallback=papers),
     )
 
@@ -300,6 +308,7 @@ def plan_due(
             window,
             exclude_ids=[reserved.get(d.subscriber_id, set()) for d in members],
             liked=liked,
+            coreaders=inputs.coreaders,
         )
         for block, matched in _blocks(members, result):
             plans = [

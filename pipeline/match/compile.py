@@ -29,6 +29,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from pipeline.domain import Paper, Profile
+from pipeline.match.coreaders import CoreaderCounts
 from pipeline.match.diversity import Diversity
 from pipeline.match.feedback import FeedbackTables
 from pipeline.match.lsa import Lsa
@@ -118,6 +119,7 @@ def compile_profiles(
     liked: Mapping[str, Paper],
     settings: MatchSettings,
     lsa: Lsa | None = None,
+    coreaders: CoreaderCounts | None = None,
 ) -> Compiled:
     n = len(profiles)
     query, queries = _intern(list(map(attrgetter("query"), profiles)))
@@ -191,7 +193,7 @@ def compile_profiles(
     all_rows = np.concatenate([np.array(sent_rows, dtype=np.int64), own_rows])
     all_cols = np.concatenate([np.array(sent_cols, dtype=np.int64), own_cols])
     by_row = np.argsort(all_rows, kind="stable")
-    ranking = RankTables(period, rules, settings, lsa, model)
+    ranking = RankTables(period, rules, settings, lsa, model, coreaders)
     return Compiled(
         rules=rules,
         texts=texts,

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 
 from pipeline.domain import MatchItem, Paper, Profile
 from pipeline.match.compile import compile_profiles
+from pipeline.match.coreaders import CoreaderCounts
 from pipeline.match.decision import Decision, decision
 from pipeline.match.embedding import Embedder, EmbeddingBlend, shared_embedder
 from pipeline.match.lsa import Lsa
@@ -103,15 +104,21 @@ class Matcher:
         *,
         exclude_ids: Sequence[AbstractSet[str]] | None = None,
         liked: Mapping[str, Paper] | None = None,
+        coreaders: CoreaderCounts | None = None,
     ) -> list[list[MatchItem]]:
         """Ranked items per profile: interest items (≤ max_items), then trending items.
 
         ``exclude_ids[i]`` holds the ids already sent to the subscriber of
         ``profiles[i]``; they are never returned. Passing only the ids that occur
-        among ``papers`` is enough and fastest. Same as ``match_compact`` with
-        every profile's items built.
+        among ``papers`` is enough and fastest. ``liked``: the liked and disliked
+        papers' metadata; ``coreaders``: {paper id: ("more", "less") presses of the
+        readers} for the ``coreaders`` ranking term (``store.coreader_counts``). Both
+        are per call, not part of the fit. Same as ``match_compact`` with every
+        profile's items built.
         """
-        result = self.match_compact(profiles, papers, exclude_ids=exclude_ids, liked=liked)
+        result = self.match_compact(
+            profiles, papers, exclude_ids=exclude_ids, liked=liked, coreaders=coreaders
+        )
         size = self.settings.chunk_size
         return [
             items for a in range(0, len(result), size) for items in result.items_range(a, a + size)
@@ -124,9 +131,12 @@ class Matcher:
         *,
         exclude_ids: Sequence[AbstractSet[str]] | None = None,
         liked: Mapping[str, Paper] | None = None,
+        coreaders: CoreaderCounts | None = None,
     ) -> Iterator[list[list[MatchItem]]]:
         """Like ``match``, one list per chunk of ``settings.chunk_size`` profiles."""
-        result = self.match_compact(profiles, papers, exclude_ids=exclude_ids, liked=liked)
+        result = self.match_compact(
+            profiles, papers, exclude_ids=exclude_ids, liked=liked, coreaders=coreaders
+        )
         size = self.settings.chunk_size
         for start in range(0, len(result), size):
             yield result.items_range(start, start + size)
@@ -138,6 +148,7 @@ class Matcher:
         *,
         exclude_ids: Sequence[AbstractSet[str]] | None = None,
         liked: Mapping[str, Paper] | None = None,
+        coreaders: CoreaderCounts | None = None,
     ) -> MatchResult:
         """The vectorised core of ``match``: arrays of selected papers and scores per
         profile; ``MatchResult.items(i)`` builds profile *i*'s ``MatchItem`` list (with
@@ -162,6 +173,7 @@ class Matcher:
             liked or _EMPTY,
             self.settings,
             self.lsa,
+            coreaders,
         )
         reasons = Reasons(period, compiled.rules, compiled.texts, self.settings.reason_terms)
         interest, trending = select(compiled, period, self.settings)
@@ -175,21 +187,23 @@ class Matcher:
         *,
         exclude_ids: AbstractSet[str] | None = None,
         liked: Mapping[str, Paper] | None = None,
+        coreaders: CoreaderCounts | None = None,
     ) -> Decision:
         """Why ``paper_id`` is (or is not) in the digest ``match`` makes for ``profile``.
 
         Pass what the planner passes for this reader: ``papers`` its window (the
         period), ``exclude_ids`` its already-sent/reserved ids, ``liked`` the liked
-        and disliked papers' metadata. The record comes from the same
-        ``match_compact`` call (``decision``), so it agrees with the digest: trending
-        slots, ``max_items`` cut, exclusions and already-sent ids included. Raises
-        ``NotInPeriod`` when ``paper_id`` is not among ``papers``.
+        and disliked papers' metadata, ``coreaders`` the window's press counts. The
+        record comes from the same ``match_compact`` call (``decision``), so it agrees
+        with the digest: trending slots, ``max_items`` cut, exclusions and already-sent
+        ids included. Raises ``NotInPeriod`` when ``paper_id`` is not among ``papers``.
         """
         result = self.match_compact(
             [profile],
             papers,
             exclude_ids=None if exclude_ids is None else [exclude_ids],
             liked=liked,
+            coreaders=coreaders,
         )
         return self.decision(result, 0, paper_id)
 

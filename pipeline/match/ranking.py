@@ -24,12 +24,17 @@ never changes ``min_score`` or the similarity threshold):
   follows (not only a cross-list);
 - ``trending`` (every admitted paper with upvotes): ``log(1 + upvotes) /
   log(1 + TRENDING_FULL)`` capped at 1, halved every ``TRENDING_HALF_LIFE``
-  days between the paper's date and the newest paper of the period.
+  days between the paper's date and the newest paper of the period;
+- ``coreaders`` (every admitted paper that at least two other readers pressed
+  on): how many more asked for "more" than for "less" (``pipeline.match.coreaders``;
+  the counts are passed per call, never ids).
 
 Each value is in [0, 1] and weighted by its ``MatchSettings.rank_*`` setting.
 Per rule the weighted sum lives in one row per distinct rule (dense when the
 table is small, else sparse), so a chunk of profiles gathers it like the rule
-bits. ``parts`` gives one (rule, paper) pair's values for ``explain``.
+bits; the terms of the paper alone (trending, coreaders) are one weighted row
+added to every profile's. ``parts`` gives one (rule, paper) pair's values for
+``explain``.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from pipeline.match.coreaders import CoreaderCounts, coreader_values, describe
 from pipeline.match.dense import BLOCK_ELEMENTS, row_blocks
 from pipeline.match.index import PeriodIndex, category_matches, mask_to_bools
 from pipeline.match.lsa import Lsa
@@ -75,7 +81,7 @@ CENTROID_POWER = 8
 class RankPart:
     """One ranking term of one (reader, paper) pair, as ``explain`` shows it."""
 
-    kind: str  # "bm25", "clauses", "typical", "primary", "trending"
+    kind: str  # "bm25", "clauses", "typical", "primary", "trending", "coreaders", ...
     rule: str  # "query", "authors", "categories", "" (trending)
     value: float  # in [0, 1]
     weight: float
@@ -139,6 +145,7 @@ class RankTables:
         settings: MatchSettings,
         lsa: Lsa | None,
         model: TfidfModel | None = None,
+        coreaders: CoreaderCounts | None = None,
     ) -> None:
         self.settings = s = settings
         n = period.n
@@ -163,8 +170,16 @@ class RankTables:
             {"typical": s.rank_category_typical, "primary": s.rank_primary},
         )
         self.trending_value, self.trending_age = _trending(period)
-        self.trending = (np.float32(s.rank_trending) * self.trending_value).astype(np.float32)
-        self.has_trending = bool(s.rank_trending and self.trending.any())
+        self.coreader_value, self.coreader_more, self.coreader_less = coreader_values(
+            period, coreaders
+        )
+        # The terms of the paper alone, weighted: one row added to every profile's.
+        self.per_paper = (
+            np.float32(s.rank_trending) * self.trending_value
+            + np.float32(s.rank_coreaders) * self.coreader_value
+        ).astype(np.float32)
+        self.has_trending = bool(s.rank_trending and self.trending_value.any())
+        self.has_coreaders = bool(s.rank_coreaders and self.coreader_value.any())
 
     @property
     def space(self) -> F32 | sp.csr_matrix:
@@ -189,11 +204,11 @@ class RankTables:
                 total = part
             else:
                 total += part
-        if self.has_trending:
+        if self.has_trending or self.has_coreaders:
             if total is None:
-                total = np.broadcast_to(self.trending, (len(query), self.n)).copy()
+                total = np.broadcast_to(self.per_paper, (len(query), self.n)).copy()
             else:
-                total += self.trending
+                total += self.per_paper
         return total
 
     # --- one pair, for explain ----------------------------------------------------------
@@ -274,6 +289,17 @@ class RankTables:
                     float(self.trending_value[col]),
                     s.rank_trending,
                     f"Hugging Face upvotes, {age:.1f} day(s) old",
+                )
+            )
+        if self.has_coreaders and self.coreader_value[col] > 0:
+            more, less = int(self.coreader_more[col]), int(self.coreader_less[col])
+            out.append(
+                RankPart(
+                    "coreaders",
+                    "",
+                    float(self.coreader_value[col]),
+                    s.rank_coreaders,
+                    describe(more, less),
                 )
             )
         return tuple(p for p in out if p.weight)  # a term with weight 0 moved nothing

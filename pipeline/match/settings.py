@@ -17,6 +17,7 @@ RANKING_TERMS = (
     "rank_primary",
     "rank_trending",
     "rank_feedback",
+    "rank_coreaders",
 )
 
 
@@ -97,6 +98,10 @@ class MatchSettings:
     # (pipeline.match.feedback); added to admitted papers only. Measured in
     # bench/MATCH.md ("Feedback that learns").
     rank_feedback: float = 0.5
+    # What other readers the paper was sent to pressed on it (pipeline.match.coreaders):
+    # log(1 + more − less) / log(11), capped at 1, once at least two of them pressed; the
+    # counts are passed per call (``coreaders=``). Measured in bench/MATCH.md ("Co-readers").
+    rank_coreaders: float = 0.1
     # Diversity (pipeline.match.diversity, MMR cut at a threshold): of two candidates
     # whose cosine in the ranking space (LSA when fitted) reaches diversity_threshold,
     # the lower-scored loses rank_diversity · (cosine − threshold) / (1 − threshold).

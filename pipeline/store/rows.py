@@ -144,7 +144,11 @@ class SubscriberRow(Base):
 
 class FeedbackRow(Base):
     __tablename__ = "feedback"
-    __table_args__ = (UniqueConstraint("subscriber_id", "paper_id"),)
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "paper_id"),
+        # Planning counts other readers' presses on the window's papers (co-readers).
+        Index("ix_feedback_paper_id", "paper_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, time
 from typing import Any
 
-from sqlalchemy import case, or_, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
@@ -26,6 +26,8 @@ from pipeline.store.rows import META, SUBSCRIBERS, SUPPRESSIONS, FeedbackRow, Su
 
 _subscribers = SUBSCRIBERS
 _CHUNK = 500  # rows per multi-row INSERT (SQLite allows 32,766 bound values)
+# Paper ids per IN list of ``coreader_counts`` (looked up by ix_feedback_paper_id).
+_PAPER_IDS = 5000
 
 
 @dataclass(frozen=True)
@@ -328,6 +330,28 @@ class SubscriberStore(StoreBase):
                 for row in rows:
                     likes, dislikes = out[row.subscriber_id]
                     (likes if row.signal == "more" else dislikes).append(row.paper_id)
+        return out
+
+    def coreader_counts(self, paper_ids: Collection[str]) -> dict[str, tuple[int, int]]:
+        """{paper id: (active readers who pressed "more" on it, those who pressed "less")}
+        for the papers among ``paper_ids`` that any active reader pressed on. Counts only,
+        never who: what the ``coreaders`` ranking term reads (pipeline.match.coreaders).
+        One grouped query per ``_PAPER_IDS`` ids; a reader has one signal per paper (the
+        latest)."""
+        f, c = FeedbackRow.__table__.c, _subscribers.c
+        more = func.sum(case((f.signal == "more", 1), else_=0))
+        less = func.sum(case((f.signal == "less", 1), else_=0))
+        wanted = sorted(set(paper_ids))
+        out: dict[str, tuple[int, int]] = {}
+        with self.connect() as conn:
+            for i in range(0, len(wanted), _PAPER_IDS):
+                query = (
+                    select(f.paper_id, more, less)
+                    .join(_subscribers, c.id == f.subscriber_id)
+                    .where(f.paper_id.in_(wanted[i : i + _PAPER_IDS]), c.status == "active")
+                    .group_by(f.paper_id)
+                )
+                out.update((pid, (int(m), int(x))) for pid, m, x in conn.execute(query))
         return out
 
 
