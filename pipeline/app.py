@@ -63,6 +63,14 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def configured_clock(config: Config) -> Clock:
+    """The clock the processes of ``config`` read: the simulated one of ``[testing]
+    clock_file`` (testing only, pipeline/clock.py), else the system clock."""
+    from pipeline.clock import config_clock
+
+    return config_clock(config) or utc_now
+
+
 def holder_name() -> str:
     """Who holds a claim or the scheduler lease: ``host:pid`` (dead-process recovery
     parses it)."""
@@ -800,6 +808,7 @@ class App:
             inputs.window(reader.id),
             exclude_ids=[inputs.reserved.get(reader.id, set())],
             liked=inputs.liked,
+            coreaders=inputs.coreaders,
         )
         if not items and subscriber.on_empty == "skip":
             return NextDigest(
@@ -904,6 +913,7 @@ class App:
                 paper_id,
                 exclude_ids=inputs.reserved.get(reader.id, set()),
                 liked=inputs.liked,
+                coreaders=inputs.coreaders,
             )
         except NotInPeriod:
             start = inputs.starts[reader.id]

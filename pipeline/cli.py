@@ -55,16 +55,17 @@ def _table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
 # -- commands ----------------------------------------------------------------------------------
 def _app(args: argparse.Namespace, *, read_only: bool = False) -> App:
     """The application over the config; read-only commands need none of the secrets."""
-    from pipeline.app import App
     from pipeline.config import load_config
 
-    return App(load_config(_config_path(args), secrets=not read_only))
+    return _app_for(load_config(_config_path(args), secrets=not read_only))
 
 
 def _app_for(config: Config) -> App:
-    from pipeline.app import App
+    """The application over ``config``, on the simulated clock of ``[testing] clock_file``
+    when one is set (testing only, pipeline/clock.py), else on the system clock."""
+    from pipeline.app import App, configured_clock
 
-    return App(config)
+    return App(config, clock=configured_clock(config))
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
 
-from pipeline.app import App, UnknownReaderError, holder_name, utc_now
+from pipeline.app import App, UnknownReaderError, configured_clock, holder_name, utc_now
 from pipeline.config import Config, load_config
 from pipeline.errors import ConfigError, PaperpostError
 from pipeline.schedule.due import sources_due
@@ -246,6 +246,23 @@ class Daemon:
         """Delete sign-ups nobody confirmed within ``[web] confirm_hours``."""
         await asyncio.to_thread(self.core.expire_signups)
 
+    async def _follow_clock(self) -> None:
+        """With a simulated clock (``[testing] clock_file``): each time it moves, renew
+        (or take over) the lease, then run ingest and dispatch now (each still never
+        overlaps with itself), so a harness's step is acted on without waiting for the
+        next timer. Runs until cancelled."""
+        last = self.clock()
+        while not self.stopping.is_set():
+            await asyncio.sleep(0.05)
+            now = self.clock()
+            if now == last:
+                continue
+            last = now
+            await self.scheduler.renew_lease()
+            self.scheduler.run_now("ingest")
+            if self._dispatch_started:
+                self.scheduler.run_now("dispatch")
+
     # -- web -------------------------------------------------------------------------------
     def _make_app(self, config: Config) -> Starlette:
         backend = DaemonWebBackend(self)
@@ -339,6 +356,12 @@ class Daemon:
             await self.runner.open()
         await self.scheduler.start()
         serving = asyncio.create_task(server.serve(sockets=[listener]))
+        # A simulated clock (testing only): act on each step at once, not at the next timer.
+        watching = (
+            asyncio.create_task(self._follow_clock())
+            if self.config.file.testing.clock_file is not None
+            else None
+        )
         stop_wait = asyncio.create_task(self._stop_requested.wait())
         log.warning(
             "daemon %s started: web on http://%s:%d, %s the scheduler lease",
@@ -353,6 +376,8 @@ class Daemon:
             log.error("the web server stopped unexpectedly; shutting down")
             code = 1
         self.stopping.set()
+        if watching is not None:
+            watching.cancel()
         drained = await self.scheduler.stop(grace=self.options.grace_seconds)
         server.should_exit = True
         with contextlib.suppress(BaseException):
@@ -525,8 +550,10 @@ def run_daemon(config_path: str | Path, *, options: DaemonOptions | None = None)
     pid_file = options.pid_file or default_pid_file(config.path)
     _claim_pid_file(pid_file)
 
+    clock = configured_clock(config)  # [testing] clock_file: a simulated clock (testing only)
+
     async def main() -> int:
-        return await Daemon(config, options=options).run()
+        return await Daemon(config, options=options, clock=clock).run()
 
     try:
         return asyncio.run(main())

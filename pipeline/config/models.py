@@ -6,6 +6,7 @@ an error that names the key instead of a silently ignored setting.
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import time
 from pathlib import Path
@@ -346,6 +347,28 @@ class WorkerConfig(_Model):
     sweep_seconds: int = Field(30, ge=5, le=3600)  # how often workers re-defer waiting rows
 
 
+TESTING_ENV = "PAPERPOST_TESTING"  # "1" allows the [testing] settings
+
+
+class TestingConfig(_Model):
+    """``[testing]``: settings for test harnesses only (the soak, bench/soak.py), refused
+    unless the environment has ``PAPERPOST_TESTING=1`` (docs/operating.md)."""
+
+    # A file holding one ISO-8601 UTC instant: the daemon, `run --once` and `paperpost
+    # worker` read the time from it instead of the system clock (pipeline/clock.py).
+    clock_file: Path | None = None
+
+    @field_validator("clock_file")
+    @classmethod
+    def _testing_only(cls, v: Path | None) -> Path | None:
+        if v is not None and os.environ.get(TESTING_ENV) != "1":
+            raise ValueError(
+                "a testing-only setting (a simulated clock), refused in production mode; "
+                f"test harnesses set the environment variable {TESTING_ENV}=1"
+            )
+        return v
+
+
 class SourceConfig(_Model):
     name: str
     kind: str
@@ -518,6 +541,7 @@ class ConfigFile(_Model):
     schedule: ScheduleConfig = ScheduleConfig()
     daemon: DaemonConfig = DaemonConfig()
     worker: WorkerConfig = WorkerConfig()
+    testing: TestingConfig = TestingConfig()
     bounces: BouncesConfig | None = None
     sources: list[SourceConfig] = []
     subscribers: list[SubscriberConfig] = []

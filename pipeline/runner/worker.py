@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from procrastinate import BaseConnector
 
-from pipeline.app import App
+from pipeline.app import App, configured_clock
 from pipeline.config import Config
 from pipeline.runner.jobs import HEARTBEAT_SECONDS, STALLED_SECONDS, WorkerState, build_app
 
@@ -40,7 +40,7 @@ async def work(
     wait: bool = True,
 ) -> int:
     """Run jobs until stopped by a signal (or, with ``wait=False``, until none is left)."""
-    app = App(config)
+    app = App(config, clock=configured_clock(config))  # [testing] clock_file
     mailer = app.mailer()
     state = WorkerState(app=app, mailer=mailer)
     jobs = build_app(config, connector=connector)
