@@ -20,7 +20,7 @@ What one run does (bench/E2E.md has the method and the recorded runs):
    the readers (``App.import_subscribers``) and runs ``App.run_once`` (sync, ingest,
    plan, deliver) against the sink, with a clock at which every reader's period is due.
    Phases are timed by wrapping the App's use cases and a few functions inside them
-   (``fit_matcher``, ``Matcher.match_compact``, ``Composer.load`` / ``.compose``): wall
+   (``Matcher.fit``, ``Matcher.match_compact``, ``Composer.load`` / ``.compose``): wall
    and CPU seconds per call, no profiler. A hook that no longer fires (the code moved)
    leaves its time in the enclosing phase; the report then lacks that row.
 3. The sink alone: a plain aiosmtplib client sends the run's own messages with 4
@@ -549,8 +549,9 @@ CYCLE_MODULES = (
     "pipeline.render",
 )
 HOOKS = (
-    ("pipeline.cycle.plan", "", "due_subscribers", "due"),
-    ("pipeline.cycle.plan", "", "fit_matcher", "fit"),
+    ("pipeline.cycle.plan", "", "due_ids", "due"),
+    ("pipeline.cycle.plan", "", "due_among", "due"),
+    ("pipeline.match", "Matcher", "fit", "fit"),
     ("pipeline.match", "Matcher", "match_compact", "match"),
     ("pipeline.match.result", "MatchResult", "items_range", "items"),
     ("pipeline.cycle.compose", "Composer", "load", "compose"),

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("paperpost.app")
 
 _IMPORT_CHUNK = 5_000  # readers per import transaction
+_PLAN_BLOCK = 20_000  # readers loaded and matched at a time by App.plan
 
 Clock = Callable[[], datetime]
 
@@ -566,24 +567,41 @@ class App:
         self.store.finish_run(run_id, finished=self.clock(), summary=dict(summary))
 
     def plan(self, *, now: datetime | None = None) -> PlanReport:
-        """Write the outbox rows of every digest now due (blocking: call it off the loop)."""
-        from pipeline.cycle.plan import due_subscribers, plan_due
+        """Write the outbox rows of every digest now due (blocking: call it off the loop).
+
+        The readers due are found by id; the period's matcher is fitted once (on what a
+        runner's ticks fit on, :func:`~pipeline.cycle.plan.fit_corpus`); then
+        ``_PLAN_BLOCK`` readers at a time are loaded, matched and written, as a runner's
+        ``plan_block`` jobs do, so memory holds one block's readers and matches, not
+        every reader's."""
+        from pipeline.cycle.plan import PlanReport, due_among, due_ids, fit_corpus, plan_due
+        from pipeline.match import Matcher
 
         now = now or self.clock()
         with self._model_errors():
-            due = due_subscribers(self.store, now=now)
-            return plan_due(self.store, self.planning, due, now=now)
+            ids = due_ids(self.store, now=now)
+            report = PlanReport()
+            if not ids:
+                return report
+            corpus = fit_corpus(self.store, self.planning, now=now)
+            matcher = Matcher.fit(corpus, self.planning.match)
+            for begin in range(0, len(ids), _PLAN_BLOCK):
+                due = due_among(self.store, ids[begin : begin + _PLAN_BLOCK], now=now)
+                report = report.add(
+                    plan_due(self.store, self.planning, due, now=now, matcher=matcher)
+                )
+            return report
 
     def plan_tick(self, *, now: datetime | None = None) -> PlanTick:
         """The clock's half of a tick planned in blocks (runner = "procrastinate"): the
         readers due now, by id, and the digest of the matcher's inputs that the blocks'
         :meth:`plan_block` fits must match. Nothing is fitted or written here."""
-        from pipeline.cycle.plan import due_subscribers, fit_corpus, fit_digest
+        from pipeline.cycle.plan import due_ids, fit_corpus, fit_digest
 
         now = now or self.clock()
-        due = due_subscribers(self.store, now=now)
+        due = due_ids(self.store, now=now)
         fit = fit_digest(fit_corpus(self.store, self.planning, now=now), self.planning)
-        return PlanTick(now=now, fit=fit, subscriber_ids=[d.subscriber_id for d in due])
+        return PlanTick(now=now, fit=fit, subscriber_ids=due)
 
     def plan_block(self, *, now: datetime, subscriber_ids: Sequence[int], fit: str) -> PlanReport:
         """A runner's planning job: write the outbox rows of the readers among

@@ -44,6 +44,16 @@ class PlanReport:
     already_planned: int = 0
     items: dict[str, int] = field(default_factory=dict)  # email -> papers planned
 
+    def add(self, other: PlanReport) -> PlanReport:
+        """Both reports together (the blocks of one tick)."""
+        return PlanReport(
+            due=self.due + other.due,
+            planned=self.planned + other.planned,
+            skipped_empty=self.skipped_empty + other.skipped_empty,
+            already_planned=self.already_planned + other.already_planned,
+            items={**self.items, **other.items},
+        )
+
 
 def sender_address(config: Config) -> str:
     """The bare address of ``[mail] from`` (the envelope sender)."""
@@ -158,17 +168,16 @@ def outbox_key(installation: str, subscriber_id: int, period_key: str) -> str:
     return f"{installation}:{subscriber_id}:{period_key}"
 
 
-def due_subscribers(store: Store, *, now: datetime) -> list[Due]:
-    """Active readers (from the database) whose latest due period has no outbox row yet."""
+def due_ids(store: Store, *, now: datetime) -> list[int]:
+    """The ids, ascending, of the active readers whose latest due period has no outbox row
+    yet: from their schedules alone (no profiles read); :func:`due_among` loads a block."""
     candidates: dict[int, Period] = {}
     for reader_id, schedule in store.active_schedules(now=now).items():
         period = latest_due_period(schedule, now)
         if period is not None:
             candidates[reader_id] = period
     present = store.periods_present({(i, p.key) for i, p in candidates.items()})
-    due = {i: p for i, p in candidates.items() if (i, p.key) not in present}
-    readers = store.readers(due)
-    return [Due(readers[i], p) for i, p in sorted(due.items()) if i in readers]
+    return sorted(i for i, p in candidates.items() if (i, p.key) not in present)
 
 
 def profile_with_feedback(

@@ -70,7 +70,7 @@ async def test_planning_writes_block_by_block_and_counts_each_reader_once(
     with App(load_config(write_config()), clock=at(NOW)) as app:
         app.sync()
         await app.ingest()
-        due = planning.due_subscribers(app.store, now=NOW)
+        due = planning.due_among(app.store, planning.due_ids(app.store, now=NOW), now=NOW)
         assert len(due) == 3
         report = planning.plan_due(app.store, app.planning, due, now=NOW)
         assert (report.due, report.planned, report.skipped_empty, report.already_planned) == (
@@ -85,6 +85,28 @@ async def test_planning_writes_block_by_block_and_counts_each_reader_once(
         assert (again.planned, again.skipped_empty, again.already_planned) == (0, 0, 3)
         assert again.items == {}
         assert {e.email: e.item_count for e in app.outbox()} == held
+
+
+async def test_app_plan_in_blocks_of_readers_plans_what_one_block_plans(
+    write_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """App.plan loads and matches a block of readers at a time with one fitted matcher:
+    blocks of 1 reader plan the same digests, paper for paper, as one block of all."""
+    import pipeline.app
+
+    planned = []
+    for block, name in ((1, "one.db"), (10_000, "all.db")):
+        monkeypatch.setattr(pipeline.app, "_PLAN_BLOCK", block)
+        path = write_config(name=f"{name}.toml", db_url=f"sqlite:///{tmp_path / name}")
+        with App(load_config(path), clock=at(NOW)) as app:
+            app.sync()
+            await app.ingest()
+            report = app.plan()
+            assert (report.due, report.planned) == (3, 3)
+            rows = app.store.load_deliveries([e.id for e in app.outbox()])
+            planned.append({d.email: [i.paper.id for i in d.items] for d in rows.values()})
+    assert planned[0] == planned[1]
+    assert all(planned[0].values())
 
 
 async def test_a_reload_mid_period_sends_planned_rows_as_planned_and_plans_anew_after(
@@ -179,7 +201,7 @@ async def test_requeue_moves_only_failed_and_ambiguous_rows(
 ) -> None:
     server = smtp_server_factory(ScriptedHandler({"RCPT": ["550 5.1.1 mailbox unavailable"]}))
     extra = (
-        f"concurrency = 1\n[mail.smtp]\nhost = \"127.0.0.1\"\nport = {server.port}\n"
+        f'concurrency = 1\n[mail.smtp]\nhost = "127.0.0.1"\nport = {server.port}\n'
         'security = "none"\n'
     )
     path = write_config(transport="smtp", mail_extra=extra)
