@@ -163,3 +163,21 @@ def write_config(tmp_path: Path, secret_env: None) -> ConfigFactory:
         return path
 
     return factory
+
+
+# -- how long each tier took (the README quotes these) ------------------------------------------
+_TIER_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Add each test's setup, call and teardown time to its tier (tests/<tier>/...)."""
+    parts = report.nodeid.split("/")
+    tier = parts[1] if len(parts) > 2 and parts[0] == "tests" else "other"
+    _TIER_SECONDS[tier] = _TIER_SECONDS.get(tier, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _TIER_SECONDS:
+        tiers = sorted(_TIER_SECONDS.items())
+        times = ", ".join(f"{tier} {seconds:.0f} s" for tier, seconds in tiers)
+        terminalreporter.write_line(f"time per tier (sum of test durations): {times}")
