@@ -573,6 +573,12 @@ def _keeping(compose: Callable[..., Any]) -> Callable[..., Any]:
     return compose_and_keep
 
 
+def _resident_mb() -> float:
+    """This process's resident set now (Linux), in MB."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 class _Sample(Progress):
     """Passes every step on, and sets ``stop`` once ``count`` digests were delivered: the
     daemon's own drain (claim nothing more, finish what is in flight) ends the send."""
@@ -638,6 +644,9 @@ def child(args: argparse.Namespace) -> None:
     app = App(config, clock=lambda: WHEN, holder="bench-e2e")
     imported = app.import_subscribers(Path(args.readers_file))
     ph.add("config/sync", time.perf_counter() - w, time.process_time() - c)
+    # `paperpost subscribers import` is its own process in production: its peak apart
+    import_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    import_resident = _resident_mb()
     app.sync = ph.wrap("config/sync", app.sync, time.process_time)  # type: ignore[method-assign]
     app.ingest = ph.wrap_async("ingest", app.ingest)  # type: ignore[method-assign]
     app.plan = ph.wrap("plan", app.plan, time.process_time)  # type: ignore[method-assign]
@@ -710,6 +719,8 @@ def child(args: argparse.Namespace) -> None:
         "total_wall_s": total_wall,
         "total_cpu_s": total_cpu,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_import_mb": import_rss,
+        "resident_after_import_mb": import_resident,
         "imported": imported.added,
         "sources": {
             o.name: {"ok": o.ok, "entries": o.entries, "new": o.new, "error": o.error}
