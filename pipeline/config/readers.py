@@ -77,22 +77,29 @@ def read_subscribers(path: Path) -> list[Subscriber]:
         raise ConfigError(
             str(path), [f"expected a .csv or .jsonl (JSON Lines) file, found {suffix or 'none'!r}"]
         )
+    del text  # a million readers: the text, the records and the readers are each GBs
     errors = [message for _, _, message in parsed if message]
     records = [(line, record) for line, record, message in parsed if not message]
+    del parsed
     if errors:
         raise ConfigError(str(path), errors)
     problems = _Problems(path, [line for line, _ in records])
-    models: list[SubscriberConfig] = []
+    subscribers: list[Subscriber] = []
     for i, (_, record) in enumerate(records):
-        try:
-            models.append(SubscriberConfig.model_validate(record))
+        try:  # each validated model becomes a reader at once: the models are never all kept
+            model = SubscriberConfig.model_validate(record)
         except ValidationError as exc:
             for err in exc.errors():
                 problems.add(("subscribers", i, *err["loc"]), pydantic_message(err))
+            continue
+        try:
+            subscribers.append(to_subscriber(model))
+        except ValueError as exc:
+            problems.add(("subscribers", i), str(exc))
     semantic_checks({"subscribers": [r for _, r in records]}, problems)
     if problems.items:
         raise ConfigError(str(path), problems.items)
-    return [to_subscriber(m) for m in models]
+    return subscribers
 
 
 Parsed = tuple[int, dict[str, Any], str | None]  # line, record, or the reason it is unreadable
