@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("paperpost.app")
 
 _IMPORT_CHUNK = 5_000  # readers per import transaction
-_PLAN_BLOCK = 20_000  # readers loaded and matched at a time by App.plan
+_PLAN_BLOCK = 50_000  # readers loaded and matched at a time by App.plan
 
 Clock = Callable[[], datetime]
 
