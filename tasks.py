@@ -8,9 +8,10 @@
 
 The tests are in tiers by cost: ``tests/unit`` (pure and fast: no database server, socket or
 subprocess), ``tests/integration`` (the store on SQLite and PostgreSQL, SMTP via aiosmtpd,
-HTTP on loopback) and ``tests/e2e`` (daemons, workers and kills, Postfix/Dovecot, the
-browser, the packaging build, whole CLI cycles). ``python3 tasks.py test unit`` runs one
-tier (likewise ``integration`` and ``e2e``); without a tier name it runs them all.
+HTTP on loopback), ``tests/e2e`` (daemons, workers and kills, Postfix/Dovecot, the
+browser, the packaging build, whole CLI cycles) and ``tests/soak`` (the daemon and workers
+over simulated days under faults). ``python3 tasks.py test unit`` runs one tier
+(likewise ``integration``, ``e2e`` and ``soak``); without a tier name it runs them all.
 
 Other arguments after ``test`` go to pytest (``python3 tasks.py test -k outbox``,
 ``python3 tasks.py test unit -x -q``).
@@ -59,7 +60,7 @@ def demo(_args: list[str]) -> int:
     return _run(BIN / "paperpost", "--config", "config/demo.toml", "run", "--once", "--previews")
 
 
-TIERS = ("unit", "integration", "e2e")
+TIERS = ("unit", "integration", "e2e", "soak")
 
 
 def test(args: list[str]) -> int:
