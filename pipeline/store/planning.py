@@ -337,7 +337,7 @@ def _items_left(
 # COPY (a fifteenth of executemany's CPU, less than half its wall time: bench/PLAN.md).
 # The rows themselves (one per reader) go through Core on SQLite; on PostgreSQL through
 # COPY as well, as a multi-row INSERT ... RETURNING there spent most of its time in the
-# driver parsing its thousands of placeholders.
+# driver parsing its thousands of bind parameters.
 _ROW_COLUMNS = (
     "subscriber_id",
     "period_key",
@@ -357,7 +357,7 @@ _ITEM_COLUMNS = ("delivery_id", "rank", "paper_id", "score", "reason", "trending
 
 
 def _positional(statement: Insert, columns: Sequence[str]) -> str:
-    """SQLite's text of ``statement`` with ``?`` placeholders in the order of ``columns``."""
+    """SQLite's text of ``statement`` with its ``?`` parameters in the order of ``columns``."""
     compiled = statement.compile(dialect=sqlite_dialect(), column_keys=list(columns))
     assert tuple(compiled.positiontup or ()) == tuple(columns), compiled.positiontup
     return compiled.string
