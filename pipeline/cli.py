@@ -403,7 +403,7 @@ def cmd_bounces_process(args: argparse.Namespace) -> int:
     for address in report.suppressed:
         print(f"suppressed: {address}")
     for address in report.unsubscribed:
-        print(f"unsubscribed: {address}")
+        print(f"suppressed at their request (may resubscribe): {address}")
     return 0
 
 

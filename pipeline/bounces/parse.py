@@ -12,6 +12,11 @@ something else.
 - **Mailed unsubscribes**: a message to the ``[mail] unsubscribe_mailto`` address (the
   ``mailto:`` of ``List-Unsubscribe``) unsubscribes its ``From`` address.
 
+With VERP, a DSN or complaint addressed to one of our return paths (``bounces+…``) must
+carry a token that verifies: one that does not is a forgery and is reported as
+``unverified``, with no events. With ``require_token`` a report with no token at all is
+``unverified`` too (docs/bounces.md, "Trust").
+
 Every field is hostile: addresses are checked and lower-cased, texts lose control
 characters and are cut short before they reach the database or a terminal. A report from
 which no recipient can be read is :class:`MalformedReport`; a message that is none of the
@@ -38,7 +43,7 @@ from pipeline.bounces.verp import VerpSigner
 from pipeline.errors import PaperpostError
 
 EventKind = Literal["hard", "soft", "complaint", "unsubscribe"]
-ReportKind = Literal["dsn", "delayed", "complaint", "unsubscribe", "other"]
+ReportKind = Literal["dsn", "delayed", "complaint", "unsubscribe", "other", "unverified"]
 
 _DETAIL_MAX: Final = 300
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
@@ -88,7 +93,11 @@ def clean_text(value: object, limit: int = _DETAIL_MAX) -> str:
 
 
 def parse_report(
-    data: bytes, *, verp: VerpSigner | None = None, unsubscribe_address: str | None = None
+    data: bytes,
+    *,
+    verp: VerpSigner | None = None,
+    unsubscribe_address: str | None = None,
+    require_token: bool = False,
 ) -> Report:
     """Classify one message of the bounce mailbox and say what it reports."""
     if not data.strip():
@@ -97,6 +106,19 @@ def parse_report(
         msg = email.message_from_bytes(data, policy=email.policy.compat32)
     except Exception as exc:  # the parser is lenient; this is a safety net
         raise MalformedReport(f"not a mail message: {exc}") from exc
+    report = _classify(msg, data, verp, unsubscribe_address)
+    if report.kind not in ("dsn", "complaint") or verp is None:
+        return report
+    if any(e.delivery_id is None for e in report.events) and (
+        require_token or _claims_return_path(msg, verp)
+    ):
+        return Report(report.report_id, "unverified", (), report.date)
+    return report
+
+
+def _classify(
+    msg: Message, data: bytes, verp: VerpSigner | None, unsubscribe_address: str | None
+) -> Report:
     if not msg.keys() or not any(k.lower() in ("from", "to", "message-id", "date") for k in msg):
         raise MalformedReport("not a mail message: no From, To, Message-ID or Date header")
     report_id = _report_id(msg, data)
@@ -232,6 +254,17 @@ def _recipients(msg: Message) -> list[str]:
     for name in _RECIPIENT_HEADERS:
         out.extend(_addresses(msg.get_all(name) or []))
     return out
+
+
+def _claims_return_path(msg: Message, verp: VerpSigner) -> bool:
+    """Whether the report is addressed to one of our return paths (its token, then, did
+    not verify), or a complaint encloses a message sent from one."""
+    addresses = _recipients(msg)
+    fields = _feedback_fields(msg)
+    if fields is not None:
+        addresses += _addresses(fields.get_all("original-mail-from") or [])
+        addresses += _addresses(_enclosed_headers(msg).get_all("return-path") or [])
+    return any(verp.is_return_path(a) for a in addresses)
 
 
 def _verp_delivery(msg: Message, verp: VerpSigner | None) -> int | None:

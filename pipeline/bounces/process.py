@@ -43,14 +43,24 @@ def process_mailbox(
         report.read += 1
         try:
             parsed = parse_report(
-                item.data, verp=settings.verp, unsubscribe_address=settings.unsubscribe_address
+                item.data,
+                verp=settings.verp,
+                unsubscribe_address=settings.unsubscribe_address,
+                require_token=settings.require_token,
             )
         except MalformedReport as exc:
             report.malformed += 1
             log.warning("bounce mailbox: skipping malformed report %s: %s", item.ref, exc)
             mailbox.rejected(item)
             continue
-        if not parsed.events:
+        if parsed.kind == "unverified":
+            report.ignored += 1
+            log.warning(
+                "bounce mailbox: %s carries no VERP token that verifies (a forgery, an old "
+                "key, or require_token); nothing recorded",
+                item.ref,
+            )
+        elif not parsed.events:
             report.ignored += 1
             log.info("bounce mailbox: %s is a %s message; nothing to record", item.ref, parsed.kind)
         for event in parsed.events:
@@ -116,7 +126,12 @@ def _record(
         )
     elif outcome == "unsubscribed":
         report.unsubscribed.append(address)
-        log.info("unsubscribed %s by mail (%s)", address, item.ref, extra=fields)
+        log.info(
+            "suppressed %s at their own request, a mail to the unsubscribe address (%s)",
+            address,
+            item.ref,
+            extra=fields,
+        )
     else:
         log.info(
             "recorded a %s bounce for %s (%s)", event.kind, address, event.detail, extra=fields

@@ -20,6 +20,7 @@ class BounceSettings:
     soft_days: int  # ... within this many days suppress the address
     unsubscribe_address: str | None  # [mail] unsubscribe_mailto
     verp: VerpSigner | None
+    require_token: bool = False  # ignore DSNs and complaints without a valid VERP token
 
 
 def _from_domain(config: Config) -> str:
@@ -49,6 +50,7 @@ def bounce_settings(config: Config) -> BounceSettings:
         soft_days=bounces.soft_bounce_days,
         unsubscribe_address=config.file.mail.unsubscribe_mailto,
         verp=verp_signer(config),
+        require_token=bounces.require_token,
     )
 
 

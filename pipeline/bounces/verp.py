@@ -5,8 +5,9 @@ its own return path the bounce says which outbox row it answers, whatever the re
 server writes (or fails to write) in its report. The token is the outbox row's id and a
 truncated HMAC-SHA256 of it, both in lower-case hex digits: safe in a local part, short
 (an id below 65,536 makes a 16-character token), and unchanged by servers that fold the case
-of local parts. A token that does not verify is ignored, and the bounce falls back to the
-report's Final-Recipient address.
+of local parts. A report sent to one of these addresses whose token does not verify is a
+forgery (or from a key no longer listed) and records nothing; a report with no token at
+all falls back to its Final-Recipient address unless ``[bounces] require_token`` is set.
 
 The key is derived from the link-signing keys (``[web] secret_env``) with a purpose
 string of its own, so a VERP token is never a valid link token or the other way round.
@@ -62,6 +63,17 @@ class VerpSigner:
         if not any(hmac.compare_digest(self._sig(key, text), sig) for key in self._keys):
             return None
         return int(text, 16)
+
+    def is_return_path(self, address: str) -> bool:
+        """Whether ``address`` has the form of one of our return paths, token or not
+        (``bounces+…@domain``): mail to it must carry a token that verifies."""
+        local, at, domain = address.strip().strip("<>").rpartition("@")
+        base, plus, _ = local.partition("+")
+        return (
+            bool(at and plus)
+            and domain.lower() == self.domain
+            and (base.lower() == self.local.lower())
+        )
 
     def delivery_for_address(self, address: str) -> int | None:
         """The outbox row of a return path (``bounces+<token>@domain``), else None."""

@@ -488,6 +488,8 @@ class BouncesConfig(_Model):
     soft_bounce_days: int = Field(7, ge=1, le=365)  # ... within this many days suppress
     poll_minutes: int = Field(5, ge=1)  # the daemon reads the mailbox this often
     rate_days: int = Field(7, ge=1, le=90)  # the window of the bounce and complaint rates
+    # Record only DSNs and complaints whose VERP token verifies (docs/bounces.md, "Trust").
+    require_token: bool = False
 
     @field_validator("verp_local")
     @classmethod
@@ -511,6 +513,8 @@ class BouncesConfig(_Model):
     def _one_mailbox(self) -> BouncesConfig:
         if (self.maildir is None) == (self.imap is None):
             raise ValueError("set exactly one of maildir or [bounces.imap]")
+        if self.require_token and not self.verp:
+            raise ValueError("require_token needs verp = true: without VERP there is no token")
         return self
 
 

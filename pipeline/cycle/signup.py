@@ -217,5 +217,5 @@ def managed_view(record: ReaderRecord, *, now: datetime) -> ManagedReader:
             Press(paper_id=m.paper_id, signal=m.signal, title=m.title, at=m.created_at)
             for m in record.feedback
         ),
-        can_resubscribe=reader.status == "unsubscribed" and not record.suppressed,
+        can_resubscribe=record.may_resubscribe,
     )

@@ -39,7 +39,7 @@ from pipeline.store.rows import (
     SubscriberRow,
 )
 from pipeline.store.subscribers import SubscriberStore, _reader, _record
-from pipeline.store.suppression import address_hash
+from pipeline.store.suppression import address_hash, may_resubscribe
 
 # What a reader may change on the manage page: columns, then fields of ``profile``.
 EDITABLE_COLUMNS = ("frequency", "send_at", "timezone")
@@ -92,18 +92,30 @@ class ReaderRecord:
     paused_until: datetime | None
     overrides: Mapping[str, Any]
     feedback: tuple[FeedbackMark, ...]
-    suppressed: bool
+    suppression: str | None  # the reason the address is suppressed, if it is
+
+    @property
+    def suppressed(self) -> bool:
+        return self.suppression is not None
+
+    @property
+    def may_resubscribe(self) -> bool:
+        return may_resubscribe(self.reader.status, self.suppression)
 
 
 class LifecycleStore(SubscriberStore):
-    def is_suppressed(self, email: str) -> bool:
+    def suppression(self, email: str) -> str | None:
+        """Why ``email`` is on the suppression list, or None."""
         with self.connect() as conn:
             found = conn.scalar(
                 select(SUPPRESSIONS.c.reason).where(
                     SUPPRESSIONS.c.address_hash == address_hash(email)
                 )
             )
-        return found is not None
+        return str(found) if found is not None else None
+
+    def is_suppressed(self, email: str) -> bool:
+        return self.suppression(email) is not None
 
     # -- sign-up -------------------------------------------------------------------------------
     def add_pending(self, subscriber: Subscriber, *, nonce: str, now: datetime) -> Signup:
@@ -203,7 +215,7 @@ class LifecycleStore(SubscriberStore):
             feedback=tuple(
                 FeedbackMark(m.paper_id, m.signal, m.created_at, m.title) for m in marks
             ),
-            suppressed=self.is_suppressed(email),
+            suppression=self.suppression(email),
         )
 
     def edit_reader(self, email: str, changes: Mapping[str, Any], *, now: datetime) -> bool:
@@ -278,9 +290,7 @@ class LifecycleStore(SubscriberStore):
             return True
 
     def resubscribe_reader(self, email: str, *, now: datetime) -> bool:
-        """The reader's own way back after an unsubscribe; never past a suppression."""
-        if self.is_suppressed(email):
-            return False
+        """The reader's own way back after an unsubscribe (by link or by mail)."""
         return self.resubscribe(email, now=now, reason="manage page")
 
     # -- the reader's data ---------------------------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, time
 from typing import Any
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import case, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
@@ -23,6 +23,7 @@ from sqlalchemy.engine import Row
 from pipeline.domain import Profile, Reader, Schedule, Subscriber
 from pipeline.store.base import StoreBase
 from pipeline.store.rows import META, SUBSCRIBERS, SUPPRESSIONS, FeedbackRow, SubscriberRow
+from pipeline.store.suppression import address_hash, may_resubscribe
 
 _subscribers = SUBSCRIBERS
 _CHUNK = 500  # rows per multi-row INSERT (SQLite allows 32,766 bound values)
@@ -74,7 +75,7 @@ class SubscriberStore(StoreBase):
         now: datetime,
         remove_missing: bool,
     ) -> SyncStats:
-        from pipeline.store.lifecycle import address_hash, apply_overrides
+        from pipeline.store.lifecycle import apply_overrides
 
         wanted = {s.email: s for s in subscribers}
         records = {email: _record(sub) for email, sub in wanted.items()}
@@ -280,19 +281,25 @@ class SubscriberStore(StoreBase):
                     )
                 )
                 return False
-            if row.status == "unsubscribed":
-                return False
+            if row.status in ("unsubscribed", "suppressed"):
+                return False  # a suppression stays one: only its own rules lift it
             was_active = row.status == "active"
             row.status, row.status_changed_at, row.status_reason = "unsubscribed", now, reason
             return was_active
 
     def resubscribe(self, email: str, *, now: datetime, reason: str = "resubscribe") -> bool:
-        """Undo an unsubscribe (``paperpost resubscribe``, the manage page). Returns whether
-        it changed."""
+        """Undo an unsubscribe by link or by mail (``paperpost resubscribe``, the manage
+        page); never past a bounce, a complaint or an erasure. Returns whether it changed."""
+        digest = address_hash(email)
         with self.write() as s:
             row = s.scalar(select(SubscriberRow).where(SubscriberRow.email == email))
-            if row is None or row.status != "unsubscribed":
+            listed = s.scalar(
+                select(SUPPRESSIONS.c.reason).where(SUPPRESSIONS.c.address_hash == digest)
+            )
+            if row is None or not may_resubscribe(row.status, listed):
                 return False
+            if listed is not None:
+                s.execute(delete(SUPPRESSIONS).where(SUPPRESSIONS.c.address_hash == digest))
             row.status, row.status_changed_at, row.status_reason = "active", now, reason
             return True
 

@@ -1,11 +1,13 @@
 """Bounces, complaints and mailed unsubscribes, and the suppression list they feed.
 
 An address is suppressed by a hard bounce, by ``soft_limit`` soft bounces within
-``soft_days``, or by a complaint; a mail to the unsubscribe address makes its reader
-``unsubscribed`` (reason ``unsubscribe_mail``), which the reader may undo like an
-unsubscribe by link. Suppressions are kept as the sha256 of the normalised address (stripped,
-lower-cased), so they outlive an erased reader without keeping the address. Each report
-is recorded once per address: re-reading a mailbox changes nothing.
+``soft_days``, by a complaint, or by a mail to the unsubscribe address (reason
+``unsubscribe_mail``). The last is the reader's own choice, so it is the one suppression
+the reader may lift (:data:`READER_LIFTABLE`: the manage page's "Subscribe again", or
+``paperpost resubscribe``); a later bounce or complaint makes it permanent.
+Suppressions are kept as the sha256 of the normalised address (stripped, lower-cased), so
+they outlive an erased reader without keeping the address. Each report is recorded once
+per address: re-reading a mailbox changes nothing.
 """
 
 from __future__ import annotations
@@ -25,9 +27,19 @@ from pipeline.store.base import StoreBase
 from pipeline.store.rows import BOUNCE_EVENTS, DELIVERIES, SUBSCRIBERS, SUPPRESSIONS
 
 Outcome = Literal["duplicate", "recorded", "suppressed", "unsubscribed"]
-# Statuses a suppression overrides; an unsubscribe by mail only overrides the first three.
+# Statuses a suppression overrides.
 _SUPPRESSIBLE: Final = ("active", "pending", "removed", "unsubscribed")
-_UNSUBSCRIBABLE: Final = ("active", "pending", "removed")
+# Suppression reasons the reader may lift themselves: their own request, not the mail
+# system's verdict (a bounce, a complaint) nor an erasure.
+READER_LIFTABLE: Final = frozenset({"unsubscribe_mail"})
+
+
+def may_resubscribe(status: str, suppression: str | None) -> bool:
+    """Whether a reader with ``status``, whose address is listed for ``suppression`` (None:
+    not listed), may come back by their own act."""
+    if suppression is not None and suppression not in READER_LIFTABLE:
+        return False
+    return status == "unsubscribed" or (status == "suppressed" and suppression is not None)
 
 
 def address_hash(address: str) -> str:
@@ -105,12 +117,12 @@ class SuppressionStore(StoreBase):
             if result.first() is None:
                 return "duplicate"
             if kind == "unsubscribe":
-                # Like an unsubscribe by link, the reader's own and reversible choice: a
-                # status, not a suppression (which would refuse their coming back).
+                # Suppressed like a bounce, but the reader may lift it (READER_LIFTABLE).
+                listed = self._suppress(conn, digest, "unsubscribe_mail", detail, now)
                 changed = self._set_status(
-                    conn, address, "unsubscribed", "unsubscribe_mail", _UNSUBSCRIBABLE, now
+                    conn, address, "suppressed", "unsubscribe_mail", _SUPPRESSIBLE, now
                 )
-                return "unsubscribed" if changed else "recorded"
+                return "unsubscribed" if changed or listed else "recorded"
             reason = {"hard": "hard_bounce", "complaint": "complaint"}.get(kind)
             if kind == "soft":
                 since = now - timedelta(days=soft_days)
@@ -125,7 +137,9 @@ class SuppressionStore(StoreBase):
             if reason is None:
                 return "recorded"
             listed = self._suppress(conn, digest, reason, detail, now)
-            changed = self._set_status(conn, address, "suppressed", reason, _SUPPRESSIBLE, now)
+            # A newly listed (or hardened) address gets the new reason whatever its status.
+            statuses = (*_SUPPRESSIBLE, "suppressed") if listed else _SUPPRESSIBLE
+            changed = self._set_status(conn, address, "suppressed", reason, statuses, now)
             # Only news is reported: an address already suppressed stays as it was.
             return "suppressed" if changed or listed else "recorded"
 
@@ -137,8 +151,9 @@ class SuppressionStore(StoreBase):
     def _suppress(
         self, conn: Connection, digest: str, reason: str, detail: str, now: datetime
     ) -> bool:
-        """List the address; False if it was listed already (the first reason stays: a
-        later complaint does not rewrite a hard bounce)."""
+        """List the address; False if it was listed already. The first reason stays (a
+        later complaint does not rewrite a hard bounce), except that a bounce or complaint
+        replaces a reason the reader could lift: the address is now the mail system's call."""
         insert = postgresql_insert if self.dialect == "postgresql" else sqlite_insert
         result = conn.execute(
             insert(SUPPRESSIONS)
@@ -146,7 +161,17 @@ class SuppressionStore(StoreBase):
             .on_conflict_do_nothing(index_elements=[SUPPRESSIONS.c.address_hash])
             .returning(SUPPRESSIONS.c.address_hash)
         )
-        return result.first() is not None
+        if result.first() is not None:
+            return True
+        if reason in READER_LIFTABLE:
+            return False
+        s = SUPPRESSIONS.c
+        hardened = conn.execute(
+            update(SUPPRESSIONS)
+            .where(s.address_hash == digest, s.reason.in_(READER_LIFTABLE))
+            .values(reason=reason, detail=detail, created_at=now)
+        )
+        return bool(hardened.rowcount)
 
     def _set_status(
         self,

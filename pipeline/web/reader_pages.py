@@ -187,7 +187,7 @@ def manage(
     if notice:
         parts.append(f'<p id="notice"><strong>{escape(notice)}</strong></p>')
     parts.append(f"<p>Settings of <strong>{escape(reader.email)}</strong>.</p>")
-    if reader.status == "unsubscribed":
+    if reader.can_resubscribe or reader.status == "unsubscribed":
         if reader.can_resubscribe:
             parts.append(
                 "<p>You are unsubscribed: no digests are sent.</p>"

@@ -1,7 +1,8 @@
 """The bounce mailbox end to end over real databases (SQLite and PostgreSQL) and a real
-Maildir: digests leave with VERP return paths, the reports that come back suppress,
-unsubscribe or are ignored as the rules say, re-reading changes nothing, a malformed
-report never stops the others, and a suppressed reader is never planned again."""
+Maildir: digests leave with VERP return paths, the reports that come back suppress or are
+ignored as the rules say, a reader may lift only the suppression they asked for,
+re-reading changes nothing, a malformed report never stops the others, and a suppressed
+reader is never planned again."""
 
 from __future__ import annotations
 
@@ -70,9 +71,9 @@ async def test_digests_leave_with_a_verp_return_path(setup, tmp_path: Path) -> N
     assert seen == rows and len(rows) == 3
 
 
-async def test_reports_suppress_unsubscribe_or_are_ignored(setup) -> None:
+async def test_reports_suppress_unsubscribe_or_are_ignored(setup, caplog) -> None:
     config, box = setup
-    with App(config, clock=at(NOW)) as app:
+    with App(config, clock=at(NOW)) as app, caplog.at_level(logging.INFO, "paperpost.bounces"):
         await app.run_once()
         for name in (
             "hard_dsn.eml",  # ada: hard bounce
@@ -90,13 +91,23 @@ async def test_reports_suppress_unsubscribe_or_are_ignored(setup) -> None:
         assert report.unsubscribed == ["zoe@lab.example"]
         assert status(app, "ada@lab.example") == "suppressed"
         assert status(app, "grace@lab.example") == "active"
-        assert status(app, "zoe@lab.example") == "unsubscribed"
+        assert status(app, "zoe@lab.example") == "suppressed"
         assert app.status_reasons() == {
             "ada@lab.example": "hard_bounce",
             "zoe@lab.example": "unsubscribe_mail",
         }
-        assert app.store.is_suppressed("ADA@lab.example ")
-        assert not app.store.is_suppressed("zoe@lab.example")  # her choice, reversible
+        assert app.store.suppression("ADA@lab.example ") == "hard_bounce"
+        assert app.store.suppression("zoe@lab.example") == "unsubscribe_mail"
+        events = {
+            r.subscriber: (r.levelno, r.kind, r.outcome)
+            for r in caplog.records
+            if getattr(r, "event", None) == "bounce"
+        }
+        assert events == {
+            "ada@lab.example": (logging.WARNING, "hard", "suppressed"),
+            "grace@lab.example": (logging.INFO, "soft", "recorded"),
+            "zoe@lab.example": (logging.INFO, "unsubscribe", "unsubscribed"),
+        }
         # Every message left new/: processed ones seen, malformed ones flagged for a human.
         assert list((box / "new").iterdir()) == []
         flags = sorted(p.name.rsplit(":2,", 1)[1] for p in (box / "cur").iterdir())
@@ -112,6 +123,48 @@ async def test_reports_suppress_unsubscribe_or_are_ignored(setup) -> None:
         drop(box, "soft2.eml", second)
         assert app.process_bounces().suppressed == ["grace@lab.example"]
         assert app.status_reasons()["grace@lab.example"] == "soft_bounces"
+
+
+async def test_a_mailed_unsubscribe_is_a_suppression_the_reader_may_lift(setup) -> None:
+    """The reader's own request: suppressed with its reason, lifted by their own act (the
+    manage page, or the operator's ``resubscribe`` on their behalf), which a bounce or a
+    complaint can never be."""
+    config, box = setup
+    later = at(NOW + timedelta(days=1))
+    with App(config, clock=at(NOW)) as app:
+        await app.run_once()
+        drop(box, "unsubscribe_mail.eml")  # zoe
+        drop(box, "hard_dsn.eml")  # ada
+        app.process_bounces()
+        # An old digest's unsubscribe link does not turn a suppression into an unsubscribe.
+        assert not app.unsubscribe("ada@lab.example", reason="link")
+        assert status(app, "ada@lab.example") == "suppressed"
+        record = app.store.reader_record("zoe@lab.example")
+        assert record is not None and record.may_resubscribe
+        assert not app.store.reader_record("ada@lab.example").may_resubscribe  # type: ignore[union-attr]
+        assert app.store.resubscribe_reader("zoe@lab.example", now=NOW)
+        assert not app.resubscribe("ada@lab.example")
+        assert status(app, "zoe@lab.example") == "active"
+        assert app.store.suppression("zoe@lab.example") is None
+        assert status(app, "ada@lab.example") == "suppressed"
+    with App(config, clock=later) as app:
+        report = await app.run_once()
+        assert sorted(report.plan.items) == ["grace@lab.example", "zoe@lab.example"]
+
+
+async def test_a_complaint_after_a_mailed_unsubscribe_makes_it_permanent(setup) -> None:
+    config, box = setup
+    mailed = (DATA / "unsubscribe_mail.eml").read_bytes().replace(b"zoe@", b"ada@")
+    with App(config, clock=at(NOW)) as app:
+        app.sync()
+        drop(box, "mailed.eml", mailed)
+        assert app.process_bounces().unsubscribed == ["ada@lab.example"]
+        assert app.store.suppression("ada@lab.example") == "unsubscribe_mail"
+        drop(box, "arf_complaint.eml")  # about a digest she had already received
+        assert app.process_bounces().suppressed == ["ada@lab.example"]
+        assert app.store.suppression("ada@lab.example") == "complaint"
+        assert app.status_reasons()["ada@lab.example"] == "complaint"
+        assert not app.resubscribe("ada@lab.example")
 
 
 async def test_soft_bounces_far_apart_do_not_suppress(setup) -> None:
@@ -166,6 +219,43 @@ async def test_the_verp_token_wins_over_the_reported_address(setup) -> None:
         report = app.process_bounces()
         assert report.suppressed == ["grace@lab.example"]
         assert status(app, "ada@lab.example") == "active"
+
+
+async def test_a_forged_report_suppresses_nobody(setup, caplog) -> None:
+    """A DSN sent to one of our return paths with a token that does not verify names an
+    address of the forger's choosing: it is logged and flagged read, and changes nothing."""
+    config, box = setup
+    forged = (
+        (DATA / "hard_dsn.eml")
+        .read_bytes()
+        .replace(b"bounces@paperpost.example", b"bounces+1c0ffee0123456789@paperpost.example")
+    )
+    with App(config, clock=at(NOW)) as app:
+        app.sync()
+        drop(box, "forged.eml", forged)
+        with caplog.at_level(logging.INFO, logger="paperpost.bounces"):
+            report = app.process_bounces()
+        assert (report.read, report.hard, report.ignored, report.suppressed) == (1, 0, 1, [])
+        assert status(app, "ada@lab.example") == "active"
+        assert app.store.suppression("ada@lab.example") is None
+    [warning] = [r for r in caplog.records if "no VERP token that verifies" in r.getMessage()]
+    assert warning.levelno == logging.WARNING and "forged.eml" in warning.getMessage()
+
+
+def test_require_token_ignores_tokenless_reports(write_config, tmp_path: Path) -> None:
+    box = make_maildir(tmp_path / "bounces")
+    config = load_config(write_config(extra=bounces_table(tmp_path, "require_token = true")))
+    with App(config, clock=at(NOW)) as app:
+        app.upgrade_database()
+        app.sync()
+        drop(box, "hard_dsn.eml")  # to the bare bounces@ address: no token
+        drop(box, "unsubscribe_mail.eml")  # needs none
+        report = app.process_bounces()
+        assert (report.hard, report.ignored, report.unsubscribed) == (0, 1, ["zoe@lab.example"])
+        assert status(app, "ada@lab.example") == "active"
+    with pytest.raises(ConfigError, match="require_token needs verp"):
+        no_verp = bounces_table(tmp_path, "require_token = true\nverp = false")
+        load_config(write_config(extra=no_verp))
 
 
 async def test_suppressed_readers_are_never_planned_nor_reactivated(setup) -> None:

@@ -97,10 +97,49 @@ def test_a_valid_verp_token_names_the_digest(verp: VerpSigner) -> None:
     assert event.address == "ada@lab.example"  # the fallback, should the row be gone
 
 
-def test_a_forged_verp_token_falls_back_to_the_final_recipient(verp: VerpSigner) -> None:
-    data = with_return_path(sample("hard_dsn.eml"), "bounces+4d2000000000000@paperpost.example")
+@pytest.mark.parametrize(
+    "return_path",
+    [
+        "bounces+4d2000000000000@paperpost.example",  # a token that does not verify
+        "bounces+@paperpost.example",  # an empty one
+        "BOUNCES+nonsense@PaperPost.Example",  # not a token at all, case folded
+    ],
+)
+def test_a_forged_verp_token_records_nothing(verp: VerpSigner, return_path: str) -> None:
+    """Mail to one of our return paths must carry a token that verifies: falling back to
+    the report's own Final-Recipient would let anyone suppress any reader."""
+    report = parse_report(with_return_path(sample("hard_dsn.eml"), return_path), verp=verp)
+    assert (report.kind, report.events) == ("unverified", ())
+
+
+def test_a_report_to_the_bare_address_falls_back_unless_a_token_is_required(
+    verp: VerpSigner,
+) -> None:
+    data = sample("hard_dsn.eml")  # to bounces@paperpost.example: a server that lost the token
     [event] = parse_report(data, verp=verp).events
     assert (event.delivery_id, event.address) == (None, "ada@lab.example")
+    assert parse_report(data, verp=verp, require_token=True).kind == "unverified"
+    signed = with_return_path(data, verp.address(7))
+    [event] = parse_report(signed, verp=verp, require_token=True).events
+    assert event.delivery_id == 7
+
+
+def test_a_complaint_about_a_forged_return_path_records_nothing(verp: VerpSigner) -> None:
+    data = with_return_path(sample("arf_complaint.eml"), "bounces+10ffffffffffff@paperpost.example")
+    assert parse_report(data, verp=verp).kind == "unverified"
+    tokenless = sample("arf_complaint.eml")
+    assert parse_report(tokenless, verp=verp).events[0].address == "ada@lab.example"
+    assert parse_report(tokenless, verp=verp, require_token=True).kind == "unverified"
+
+
+def test_a_mailed_unsubscribe_needs_no_token(verp: VerpSigner) -> None:
+    report = parse_report(
+        sample("unsubscribe_mail.eml"),
+        verp=verp,
+        unsubscribe_address=UNSUBSCRIBE,
+        require_token=True,
+    )
+    assert [e.kind for e in report.events] == ["unsubscribe"]
 
 
 # -- complaints and mailed unsubscribes -----------------------------------------------------------
