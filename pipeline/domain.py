@@ -41,6 +41,7 @@ class Paper:
     upvotes: int | None = None
     github_repo: str | None = None
     github_stars: int | None = None
+    tldr: str | None = None  # a source's own one-line summary (Hugging Face's ai_summary)
     # Set by the store: when Paperpost first saw the paper, and from where.
     first_seen: datetime | None = None
     sources: tuple[str, ...] = ()

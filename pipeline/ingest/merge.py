@@ -4,8 +4,9 @@ The record with the higher (version, has arXiv categories) is authoritative for 
 bibliographic fields (title, abstract, authors, links, DOI, journal reference); the other
 only fills gaps. So a ``replace`` announcement or a vN+1 updates the one paper (a new
 version, never a new paper), an older listing seen late cannot roll a paper back, and a
-Hugging Face entry never overwrites arXiv's metadata but contributes its upvotes, page
-and GitHub repository (the latest counts win).
+Hugging Face entry never overwrites arXiv's metadata but contributes its upvotes, page,
+GitHub repository and one-line summary ``tldr`` (the latest counts win; the latest
+non-empty ``tldr`` wins, so a source without one never erases it).
 
 Categories are the union (stored order, then new ones) with the authoritative record's
 primary first. ``published`` keeps the earliest date. ``announced``/``announce_type``
@@ -66,6 +67,7 @@ def merge_paper(old: Paper | None, new: Paper, *, source: str) -> Paper:
         upvotes=new.upvotes if new.upvotes is not None else old.upvotes,
         github_repo=new.github_repo or old.github_repo,
         github_stars=new.github_stars if new.github_stars is not None else old.github_stars,
+        tldr=new.tldr or old.tldr,
         first_seen=old.first_seen,
         sources=_union(old.sources, (source,)),
     )

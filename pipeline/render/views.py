@@ -72,8 +72,8 @@ class PaperView:
     primary_category: str
     other_categories: tuple[str, ...]
     day: str
-    tldr: str  # the abstract's first sentence
-    snippet: str  # the abstract's opening, after the first sentence
+    tldr: str  # the source's own one-line summary, else the abstract's first sentence
+    snippet: str  # the abstract's opening (after its first sentence when that is the TL;DR)
     upvotes: int | None
     journal_ref: str
 
@@ -165,8 +165,12 @@ def paper_view(paper: Paper, *, snippet_chars: int, max_authors: int) -> PaperVi
     if not any(href for _, href in named[:4]):  # nothing that is the paper's own page
         links = (Link(SEARCH_LABEL, title_search_url(title), search=True), *links)
     abstract = plain_text(paper.abstract)
-    tldr = first_sentence(abstract)
-    rest = abstract[len(tldr) :].strip() if abstract.startswith(tldr) else ""
+    tldr = plain_text(paper.tldr or "")
+    if tldr:  # the source's own summary: the abstract is shown from its start
+        rest = abstract
+    else:
+        tldr = first_sentence(abstract)
+        rest = abstract[len(tldr) :].strip() if abstract.startswith(tldr) else ""
     return PaperView(
         id=clean_text(paper.id),
         title=title,

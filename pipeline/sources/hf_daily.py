@@ -2,8 +2,10 @@
 
 Each element holds ``paper`` with ``id`` (the arXiv id), ``title``, ``summary``,
 ``authors`` (objects with ``name``), ``upvotes`` (trending), ``publishedAt``,
-``submittedOnDailyAt`` and, when present, ``githubRepo``/``githubStars``. Element-level
-``title``/``summary`` fill in when the ``paper`` object lacks them.
+``submittedOnDailyAt`` and, when present, ``githubRepo``/``githubStars`` and (newer
+responses) ``ai_summary``, a one-sentence summary that becomes the paper's ``tldr``.
+Element-level ``title``/``summary``/``ai_summary`` fill in when the ``paper`` object lacks
+them.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def _entry(item: Any, *, now: datetime) -> RawEntry | None:
         upvotes=_int(paper.get("upvotes")),
         github_repo=_str(paper.get("githubRepo")),
         github_stars=_int(paper.get("githubStars")),
+        tldr=_str(paper.get("ai_summary")) or _str(item.get("ai_summary")),
     )
 
 

@@ -45,6 +45,7 @@ class RawEntry:
     upvotes: int | None = None
     github_repo: str | None = None
     github_stars: int | None = None
+    tldr: str | None = None  # the source's own one-line summary
     arxiv: bool = False  # categories are arXiv codes (validated)
     extra_problems: list[str] = field(default_factory=list)
 
@@ -99,6 +100,7 @@ def make_paper(raw: RawEntry, *, now: datetime) -> Paper | None:
         upvotes=_count(raw.upvotes),
         github_repo=github,
         github_stars=_count(raw.github_stars),
+        tldr=n.clean_text(raw.tldr, n.TLDR_MAX) or None,
     )
 
 

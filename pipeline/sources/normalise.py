@@ -28,6 +28,7 @@ CATEGORIES_MAX = 32
 URL_MAX = 2_000
 DOI_MAX = 250
 JOURNAL_REF_MAX = 1_000
+TLDR_MAX = 400  # a source's own one-line summary (Hugging Face's ai_summary)
 ID_MAX = 300
 FUTURE_SLACK = timedelta(days=2)  # dates further ahead than this are treated as unknown
 

@@ -67,6 +67,7 @@ def paper_from_row(row: PaperRow | Row[Any]) -> Paper:
         upvotes=row.upvotes,
         github_repo=row.github_repo,
         github_stars=row.github_stars,
+        tldr=row.tldr,
         first_seen=row.first_seen,
         sources=tuple(row.sources),
     )
@@ -74,7 +75,7 @@ def paper_from_row(row: PaperRow | Row[Any]) -> Paper:
 
 _FIELDS = (
     "title", "abstract", "url", "pdf_url", "hf_url", "version", "published", "announced",
-    "announce_type", "doi", "journal_ref", "upvotes", "github_repo", "github_stars",
+    "announce_type", "doi", "journal_ref", "upvotes", "github_repo", "github_stars", "tldr",
 )  # fmt: skip
 
 

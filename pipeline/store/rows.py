@@ -93,6 +93,7 @@ class PaperRow(Base):
     upvotes: Mapped[int | None] = mapped_column(Integer)
     github_repo: Mapped[str | None] = mapped_column(Text)
     github_stars: Mapped[int | None] = mapped_column(Integer)
+    tldr: Mapped[str | None] = mapped_column(Text)  # a source's own one-line summary
     sources: Mapped[list[str]] = mapped_column(JSON, default=list)
     first_seen: Mapped[datetime] = mapped_column(index=True)
     updated_at: Mapped[datetime]

@@ -12,6 +12,7 @@ from sqlalchemy import create_engine, text
 
 from pipeline.domain import Paper, Profile, Schedule, Subscriber
 from pipeline.errors import StoreError
+from pipeline.ingest.merge import merge_batch
 from pipeline.store import PaperCache, PlannedItem, Store, deliveries
 from tests.factories import MONDAY_8AM as NOW
 
@@ -83,6 +84,28 @@ def test_papers_keep_first_seen_and_record_versions(store: Store) -> None:
     assert stored.abstract == "revised"
     assert store.paper_versions("2401.00001") == [1, 2]
     assert store.save_papers([paper("2401.00001", 2, abstract="revised")], now=later).unchanged == 1
+
+
+def test_a_papers_tldr_round_trips_and_survives_a_merging_save(store: Store) -> None:
+    summary = 'A one-line summary with ünïcode, $a<b$ and "quotes".'
+    assert store.save_papers([paper("2401.00001", 1, tldr=summary)], now=NOW).new == 1
+    assert store.papers_by_id(["2401.00001"])["2401.00001"].tldr == summary
+    seen = store.papers_seen_between(NOW - timedelta(seconds=1), NOW)
+    assert [p.tldr for p in seen] == [summary]
+    store.sync_subscribers([subscriber("a@x.test")], now=NOW)
+    row = plan(store, sub_id(store, "a@x.test"), "d1", ["2401.00001"])
+    assert row is not None
+    assert store.load_delivery(row).items[0].paper.tldr == summary  # the Core row path
+    later = NOW + timedelta(hours=1)
+    arxiv = paper("2401.00001", 2, abstract="revised")  # a source without a summary
+    stats = store.save_papers(
+        [arxiv], now=later, merge=lambda stored: merge_batch(stored, [arxiv], source="arxiv")
+    )
+    assert stats.updated == 1
+    stored = store.papers_by_id(["2401.00001"])["2401.00001"]
+    assert (stored.version, stored.abstract, stored.tldr) == (2, "revised", summary)
+    store.save_papers([paper("2401.00002")], now=later)
+    assert store.papers_by_id(["2401.00002"])["2401.00002"].tldr is None
 
 
 def test_papers_seen_between_is_half_open_and_ordered(store: Store) -> None:

@@ -129,3 +129,20 @@ def test_merge_batch_pairs_by_id() -> None:
     fresh = Paper(id="2607.00002", title="Fresh")
     merged = merge_batch({V1.id: V1}, [V2, fresh], source="s")
     assert [(p.id, p.version) for p in merged] == [("2607.30001", 2), ("2607.00002", None)]
+
+
+@pytest.mark.parametrize("hf_first", [False, True], ids=["arxiv-then-hf", "hf-then-arxiv"])
+def test_a_sources_tldr_survives_merges_with_sources_without_one(hf_first: bool) -> None:
+    from dataclasses import replace
+
+    hf = replace(HF, tldr="A one-line summary.")
+    if hf_first:
+        merged = merge_paper(merge_paper(None, hf, source="hf"), V2, source="arxiv-cs-lg")
+    else:
+        merged = merge_paper(merge_paper(V1, hf, source="hf"), V2, source="arxiv-cs-lg")
+    assert merged.tldr == "A one-line summary."
+    assert merged.abstract == "Abstract v2"  # arXiv's abstract stays authoritative
+    later = merge_paper(merged, replace(HF, tldr="A newer summary."), source="hf")
+    assert later.tldr == "A newer summary."
+    assert merge_paper(later, replace(HF, tldr=None), source="hf").tldr == "A newer summary."
+    assert merge_paper(V1, V2, source="arxiv-cs-lg").tldr is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import html.parser
+import re
 import shutil
 from pathlib import Path
 
@@ -150,6 +151,31 @@ def test_text_part_is_wrapped_and_holds_the_same_items(renderer: Renderer) -> No
         assert f"https://arxiv.org/abs/2611.{n:05d}" in rendered.text
         assert f"https://arxiv.org/abs/2611.{n:05d}" in rendered.html
     assert " 1. A very long title" in rendered.text and " 3. A very long title" in rendered.text
+
+
+def test_tldr_is_the_sources_summary_when_present_else_the_first_sentence(
+    renderer: Renderer,
+) -> None:
+    abstract = "We propose a method, e.g. for ranking. It works well. It is fast."
+    own = paper(1, abstract=abstract, tldr="A ranking <b>method</b> that is fast &amp; good.")
+    plain = paper(2, abstract=abstract)
+    blank = paper(3, abstract=abstract, tldr=" <i></i> ")  # nothing left after cleaning
+    rendered = renderer.render(
+        digest(DigestItem(own, 1.0, "r"), DigestItem(plain, 0.9, "r"), DigestItem(blank, 0.8, "r"))
+    )
+    tldrs = re.findall(r'<p class="tldr"[^>]*><strong[^>]*>TL;DR</strong> (.*?)</p>', rendered.html)
+    snippets = re.findall(r'<p class="snippet"[^>]*>(.*?)</p>', rendered.html)
+    first = "We propose a method, e.g. for ranking."
+    assert tldrs == ["A ranking method that is fast &amp; good.", first, first]
+    # With the source's summary the abstract is shown from its start, else after the TL;DR.
+    assert snippets == [abstract, "It works well. It is fast.", "It works well. It is fast."]
+    text = [line.strip() for line in rendered.text.splitlines()]
+    assert [line for line in text if line.startswith("TL;DR:")] == [
+        "TL;DR: A ranking method that is fast & good.",
+        f"TL;DR: {first}",
+        f"TL;DR: {first}",
+    ]
+    assert abstract in text and "<b>" not in rendered.text
 
 
 def test_size_cap_drops_the_lowest_items_and_says_so() -> None:
