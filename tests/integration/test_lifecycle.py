@@ -63,6 +63,31 @@ def test_unconfirmed_sign_ups_expire(store: Store) -> None:
     assert fresh is not None and fresh.status == "pending"
 
 
+async def test_the_daemon_expires_unconfirmed_sign_ups(write_config, db_url: str) -> None:
+    """The daemon's own job, on its own schedule, deletes what nobody confirmed in time."""
+    from pipeline.app import App
+    from pipeline.config import load_config
+    from pipeline.daemon import Daemon
+    from tests.factories import at
+
+    config = load_config(write_config(db_url=db_url))
+    with App(config) as app:
+        app.upgrade_database()
+        app.store.add_pending(reader("late@lab.example", about="x"), nonce="n", now=NOW)
+        app.store.add_pending(reader("fresh@lab.example", about="x"), nonce="m", now=NOW + DAY)
+    lifetime = timedelta(hours=config.file.web.confirm_hours)
+    daemon = Daemon(config, clock=at(NOW + lifetime + timedelta(minutes=1)))
+    try:
+        [job] = [j for j in daemon._jobs(config) if j.name == "expire-signups"]
+        assert job.every == daemon.options.maintenance_every
+        await job.run()
+        assert daemon.core.store.subscriber_state("late@lab.example") is None
+        fresh = daemon.core.store.subscriber_state("fresh@lab.example")
+        assert fresh is not None and fresh.status == "pending"
+    finally:
+        daemon.core.close()
+
+
 def test_config_readers_edits_win_over_the_file_until_reset(store: Store) -> None:
     ada = reader("ada@lab.example", categories=("cs.CL",), about="language models")
     store.sync_subscribers([ada], now=NOW)
