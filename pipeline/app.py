@@ -992,7 +992,15 @@ class App:
         if problem is not None:
             raise config_error(self.config, ("database", "url"), problem)
         templates = self.renderer().check()
-        return [templates, f"match: {check_embedding_model(self.config)}"]
+        lines = [templates, f"match: {check_embedding_model(self.config)}"]
+        if self.config.file.web.subscribe:
+            from pipeline.web.subscribe import check_rate_storage
+
+            try:
+                lines.append(f"web: {check_rate_storage(self.config.file.web.rate_limit_storage)}")
+            except ValueError as exc:
+                raise config_error(self.config, ("web", "rate_limit_storage"), str(exc)) from exc
+        return lines
 
     def upgrade_database(self) -> str | None:
         """Apply the migrations up to the newest; the revision the database is now at."""

@@ -279,6 +279,7 @@ class Daemon:
                 per_address_per_hour=web.subscribe_per_address_per_hour,
                 per_client_per_hour=web.subscribe_per_client_per_hour,
                 confirm_hours=web.confirm_hours,
+                rate_limit_storage=web.rate_limit_storage,
             ),
         )
 

@@ -224,6 +224,11 @@ class MailConfig(_Model):
         return self
 
 
+_RATE_STORAGES = frozenset(
+    {"memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster"}
+)
+
+
 class WebConfig(_Model):
     base_url: str = "http://127.0.0.1:8025"
     # Local testing only: accept an http:// base_url (digests then lose the one-click
@@ -238,8 +243,22 @@ class WebConfig(_Model):
     subscribe: bool = True
     subscribe_domains: list[str] = []  # empty: any domain; else only these (and subdomains)
     confirm_hours: int = Field(48, ge=1, le=24 * 30)  # confirmation link; then it expires
-    subscribe_per_address_per_hour: int = Field(3, ge=1)  # in-process limits, per daemon
+    subscribe_per_address_per_hour: int = Field(3, ge=1)
     subscribe_per_client_per_hour: int = Field(20, ge=1)
+    # Where the subscribe page's counts live: "memory://" (each daemon counts alone) or a
+    # Redis URL shared by every daemon ("redis://host:6379/0"; the [redis] extra).
+    rate_limit_storage: str = "memory://"
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _rate_storage(cls, v: str) -> str:
+        scheme = v.split("://", 1)[0].lower() if "://" in v else ""
+        if scheme not in _RATE_STORAGES:
+            raise ValueError(
+                "expected memory:// or a Redis URL (redis://, rediss://, redis+unix://, "
+                f"redis+sentinel://, redis+cluster://), found {v!r}"
+            )
+        return v
 
     @field_validator("subscribe_domains")
     @classmethod

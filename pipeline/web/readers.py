@@ -126,3 +126,4 @@ class SubscribeSettings:
     per_address_per_hour: int = 3
     per_client_per_hour: int = 20
     confirm_hours: int = 48  # a confirmation link's lifetime (the store checks it too)
+    rate_limit_storage: str = "memory://"  # a ``limits`` storage URI (memory or Redis)

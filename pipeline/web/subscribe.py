@@ -11,7 +11,8 @@
   not expired, and clears it on use, so a link confirms once, for its own reader only.
 - Abuse: a honeypot field (a bot that fills it gets the usual answer and nothing
   happens), and moving-window rate limits per client address and per email address
-  (``limits``, in process memory: each daemon counts on its own, and a restart forgets;
+  (``limits``: in process memory by default, where each daemon counts on its own and a
+  restart forgets; or in Redis, ``[web] rate_limit_storage``, shared by every daemon;
   behind a reverse proxy the client address is the one uvicorn takes from
   ``X-Forwarded-For`` sent by a trusted proxy, 127.0.0.1 by default).
 """
@@ -21,9 +22,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from limits import RateLimitItemPerHour, storage, strategies
+from limits.errors import ConfigurationError, StorageError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -42,19 +44,61 @@ MAX_TOKEN_LENGTH = 2048
 Html = Callable[..., Response]  # app.py's _html(body, status=200, *, csp=...)
 
 
+def rate_storage(uri: str) -> storage.Storage:
+    """The ``limits`` storage behind ``[web] rate_limit_storage`` (Redis clients connect
+    on first use). ``ConfigurationError`` when the URI's client library is missing."""
+    if uri.startswith("memory://"):
+        return storage.MemoryStorage()
+    found = storage.storage_from_string(uri, wrap_exceptions=True)
+    if not isinstance(found, storage.Storage):  # the config refuses async+ schemes
+        raise ConfigurationError(f"not a synchronous storage: {uri.split('://', 1)[0]}://")
+    return found
+
+
+def check_rate_storage(uri: str) -> str:
+    """``paperpost check``'s line for ``[web] rate_limit_storage``; ``ValueError`` with the
+    reason when its client library is missing or the server does not answer."""
+    if uri.startswith("memory://"):
+        return "subscribe rate limits: this process's memory (each daemon counts alone)"
+    parts = urlsplit(uri)
+    where = f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+    try:
+        shared = rate_storage(uri)
+    except ConfigurationError as exc:
+        raise ValueError(f"{exc} (install Paperpost with the [redis] extra)") from exc
+    if not shared.check():
+        raise ValueError(f"the rate-limit storage at {where} does not answer")
+    return f"subscribe rate limits: shared in {where}"
+
+
 class RateLimits:
-    """Moving one-hour windows per client and per address, in this process's memory."""
+    """Moving one-hour windows per client and per address, counted in this process's
+    memory or in Redis shared by every daemon. While Redis cannot be reached the counts
+    are kept in memory (and the log says so): a broken counter neither opens the page to
+    a flood nor closes it."""
 
     def __init__(self, settings: SubscribeSettings) -> None:
-        self._limiter = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
+        self._local = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
+        self._shared: strategies.MovingWindowRateLimiter | None = None
+        if not settings.rate_limit_storage.startswith("memory://"):
+            shared = rate_storage(settings.rate_limit_storage)
+            self._shared = strategies.MovingWindowRateLimiter(shared)
         self._client = RateLimitItemPerHour(settings.per_client_per_hour)
         self._address = RateLimitItemPerHour(settings.per_address_per_hour)
 
-    def client_ok(self, client: str) -> bool:
-        return bool(self._limiter.hit(self._client, "subscribe-client", client))
+    async def client_ok(self, client: str) -> bool:
+        return await self._hit(self._client, "subscribe-client", client)
 
-    def address_ok(self, address: str) -> bool:
-        return bool(self._limiter.hit(self._address, "subscribe-address", address))
+    async def address_ok(self, address: str) -> bool:
+        return await self._hit(self._address, "subscribe-address", address)
+
+    async def _hit(self, item: RateLimitItemPerHour, *keys: str) -> bool:
+        if self._shared is not None:
+            try:
+                return bool(await run_in_threadpool(self._shared.hit, item, *keys))
+            except StorageError as exc:
+                log.error("subscribe: rate-limit storage failed (%s); counting in memory", exc)
+        return bool(self._local.hit(item, *keys))
 
 
 async def read_form(request: Request) -> dict[str, list[str]] | None:
@@ -117,7 +161,7 @@ def subscribe_routes(
         if request.method != "POST":
             return html(reader_pages.subscribe_form(list_name, ReaderForm()), csp=csp)
         client = request.client.host if request.client else "unknown"
-        if not limits.client_ok(client):
+        if not await limits.client_ok(client):
             log.warning("subscribe: too many sign-ups from %s; throttled", client)
             return html(reader_pages.slow_down(), 429)
         fields = await read_form(request)
@@ -127,7 +171,7 @@ def subscribe_routes(
         if first(fields, "website"):  # the honeypot: people never see it
             log.info("subscribe: honeypot filled by %s; ignored", client)
             return html(reader_pages.check_your_inbox())
-        if not limits.address_ok(email.lower()):
+        if not await limits.address_ok(email.lower()):
             log.warning("subscribe: too many sign-ups for one address from %s", client)
             return html(reader_pages.slow_down(), 429)
         try:

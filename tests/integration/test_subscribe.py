@@ -6,8 +6,9 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.message import Message
 from pathlib import Path
@@ -18,8 +19,11 @@ import pytest
 
 from pipeline.app import App
 from pipeline.config import load_config
+from pipeline.errors import ConfigError
 from pipeline.web.app import create_app
 from pipeline.web.readers import LinkedDigest, ManagedReader, ReaderForm, SubscribeSettings
+from pipeline.web.subscribe import check_rate_storage
+from tests.conftest import require_service
 from tests.factories import SECRET
 from tests.smtpd import RunningServer
 from tests.web_fakes import FakeClock
@@ -310,6 +314,66 @@ async def test_one_address_is_throttled_whatever_the_client(site: Site) -> None:
             codes.append((await c.post("/subscribe", data=GOOD)).status_code)
     assert codes == [200, 200, 200, 429, 429]
     assert len(site.mails_to("new@lab.example")) == 3  # each sign-up again: a new link
+
+
+async def _codes_from_one_client(sites: list[Site], posts: int) -> list[int]:
+    """``posts`` sign-ups of new addresses from one client, in turn through each site;
+    client and addresses are new to every run (the windows last an hour)."""
+    tag = uuid.uuid4().hex[:12]
+    codes = []
+    for i in range(posts):
+        app = sites[i % len(sites)].client._transport.app  # type: ignore[attr-defined]
+        transport = httpx.ASGITransport(app=app, client=(f"client-{tag}", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="https://d.example") as c:
+            data = GOOD | {"email": f"u{i}-{tag}@lab.example"}
+            codes.append((await c.post("/subscribe", data=data)).status_code)
+    return codes
+
+
+async def test_daemons_share_the_limits_through_redis(site_factory) -> None:  # type: ignore[no-untyped-def]
+    """Two daemons on one database: in memory each counts alone, so one client gets twice
+    the limit; with Redis the limit holds across both."""
+    require_service("redis", "127.0.0.1", 6379)
+    alone = SubscribeSettings(per_client_per_hour=4, per_address_per_hour=3)
+    memory = [await site_factory(settings=alone) for _ in range(2)]
+    assert await _codes_from_one_client(memory, 10) == [200] * 8 + [429] * 2
+    shared = replace(alone, rate_limit_storage="redis://127.0.0.1:6379/0")
+    sites = [await site_factory(settings=shared) for _ in range(2)]
+    assert await _codes_from_one_client(sites, 10) == [200] * 4 + [429] * 6
+
+
+async def test_an_unreachable_redis_falls_back_to_counting_in_memory(
+    site_factory,  # type: ignore[no-untyped-def]
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Port 1 on loopback: nothing listens, the connection is refused at once.
+    broken = SubscribeSettings(per_client_per_hour=3, rate_limit_storage="redis://127.0.0.1:1/0")
+    site = await site_factory(settings=broken)
+    assert await _codes_from_one_client([site], 5) == [200] * 3 + [429] * 2
+    assert any("rate-limit storage failed" in r.getMessage() for r in caplog.records)
+
+
+def test_check_names_the_rate_limit_storage() -> None:
+    assert "each daemon counts alone" in check_rate_storage("memory://")
+    with pytest.raises(ValueError, match=r"redis://127\.0\.0\.1:1 does not answer"):
+        check_rate_storage("redis://:secret@127.0.0.1:1/0")  # the password is never shown
+
+
+def test_check_refuses_a_storage_that_is_not_redis_or_does_not_answer(write_config) -> None:  # type: ignore[no-untyped-def]
+    def config_with(storage: str) -> Path:
+        path = write_config()
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text.replace("[web]\n", f'[web]\nrate_limit_storage = "{storage}"\n'))
+        return path
+
+    with pytest.raises(ConfigError, match="rate_limit_storage: expected memory:// or a Redis"):
+        load_config(config_with("mongodb://x"))
+    unreachable = load_config(config_with("redis://127.0.0.1:1/0"))
+    with (
+        App(unreachable) as app,
+        pytest.raises(ConfigError, match=r"web\.rate_limit_storage: .* does not answer"),
+    ):
+        app.check()
 
 
 async def test_links_expire_and_only_the_latest_link_of_a_sign_up_works(site: Site) -> None:
