@@ -205,8 +205,11 @@ _MEASURE = """() => {
   const toc = [...document.querySelectorAll('.toc li a')].map(a => a.getAttribute('href'));
   const targets = toc.map(h => !!document.getElementById(h.slice(1)));
   const pre = document.querySelector('.preheader').getBoundingClientRect();
+  const box = el => { const r = el.getBoundingClientRect(); return [r.top, r.bottom, r.height]; };
+  const summary = document.querySelector('.summary');
+  const items = [...document.querySelectorAll('.item')].map(el => box(el)[0]);
   return {scrollWidth: doc.scrollWidth, innerWidth: window.innerWidth, links, toc, targets,
-          preheader: [pre.width, pre.height]};
+          preheader: [pre.width, pre.height], summary: summary && box(summary), items};
 }"""
 
 
@@ -272,6 +275,15 @@ def test_layout_fits_has_big_tap_targets_and_the_summary_on_top(
     assert found["toc"] == [f"#paper-{n}" for n in range(1, shown + 1)]
     assert all(found["targets"]), found["targets"]
     assert found["preheader"] == [0, 0]  # hidden preview text
+    # The summary is shown, and above every paper: its box ends before the first item's
+    # (the first in document order, and the highest on the page) begins.
+    assert found["summary"] is not None, "no .summary block"
+    summary_top, summary_bottom, summary_height = found["summary"]
+    assert summary_height > 0, found["summary"]
+    assert len(found["items"]) == shown
+    first_item_top = found["items"][0]
+    assert min(found["items"]) == first_item_top, found["items"]
+    assert summary_top < summary_bottom <= first_item_top, (found["summary"], first_item_top)
     links = found["links"]
     assert len(links) > 3 * shown
     if width <= 480:  # narrow screens: every link is at least 44 x 44 CSS px

@@ -1,11 +1,13 @@
 """A new reader's whole way in, in headless Chromium (Debian's `chromium`) against a running
 daemon: fill in the subscribe form (the time zone guessed by the browser), receive the one
 confirmation at a real SMTP server, confirm on the link's page, edit the settings on the
-manage page, and find the edit in the next digest sent to the same server."""
+manage page (schedule and interests), and find the edit in the next digest sent to the same
+server: its footer names the new schedule, its papers follow the new interests."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +35,16 @@ NEW = "newbie@lab.example"
 # One dispatch at start (the config's three readers), then none for an hour: whatever the
 # new reader receives afterwards comes from the run below, after the edit.
 QUIET = "\n[schedule]\ndispatch_every_seconds = 3600\n"
+# The interests, in the sample sources (config/samples): at sign-up cs.CL + cs.LG and an
+# about text, which bring the two cs.LG papers of the arXiv API sample and a title close to
+# the about text; after the edit cs.HC (one paper) and a title query (another), no about text.
+OLD_ONLY = {"2202.12139": "cs.LG", "2005.14124": "cs.LG"}  # arXiv id: the old category
+OLD_SIMILAR = "3D-GPT: Procedural 3D Modeling"  # admitted by the about text alone
+NEW_QUERY = 'ti:"REST APIs"'
+NEW_PAPERS = {  # arXiv id: why the digest must say it is there
+    "2302.03287": "Why: in cs.HC",
+    "2204.08348": f"Why: matched {NEW_QUERY}",
+}
 
 
 def test_subscribe_confirm_manage_and_the_next_digest_in_chromium(
@@ -92,9 +104,20 @@ def test_subscribe_confirm_manage_and_the_next_digest_in_chromium(
         page.select_option("#frequency", "daily")
         page.fill("#send_at", "00:05")
         page.fill("#timezone", "Asia/Tokyo")
+        assert page.is_checked("#cat-cs\\.CL") and page.is_checked("#cat-cs\\.LG")
+        page.uncheck("#cat-cs\\.CL")
+        page.uncheck("#cat-cs\\.LG")
+        page.check("#cat-cs\\.HC")
+        page.fill("#about", "")
+        page.fill("#query", NEW_QUERY)
         with page.expect_navigation():
             page.click("#save")
         assert page.locator("#notice").inner_text() == "Your settings are saved."
+        ticked = page.eval_on_selector_all(
+            "input[name=categories]:checked", "boxes => boxes.map(b => b.value)"
+        )
+        assert ticked == ["cs.HC"]  # as saved, shown again
+        assert page.input_value("#query") == NEW_QUERY and page.input_value("#about") == ""
         context.close()
     finally:
         daemon.send(signal.SIGTERM)
@@ -112,6 +135,23 @@ def test_subscribe_confirm_manage_and_the_next_digest_in_chromium(
     text = " ".join(_text(digest).split())
     assert f"{NEW} is subscribed to Paperpost test, daily at 00:05 Asia/Tokyo" in text
     assert link_path(digest, "manage")  # every digest links to the manage page
+
+    # The papers follow the edited interests: each item names its arXiv abstract and why.
+    shown = re.findall(r"Abstract: https://arxiv\.org/abs/(\S+)", text)
+    assert sorted(shown) == sorted(NEW_PAPERS), text
+    assert text.count("Why: ") == len(NEW_PAPERS), text  # no paper without an arXiv id
+    assert text.startswith(f"Paperpost test: {len(NEW_PAPERS)} new papers for ")  # headline
+    for why in NEW_PAPERS.values():
+        assert why in text
+    assert "close to your about text" not in text and OLD_SIMILAR not in text
+    # The sign-up interests' papers are in the store, so their absence is the edit's doing.
+    store = Store.open(db_url)
+    try:
+        old = store.papers_by_id(OLD_ONLY)
+    finally:
+        store.close()
+    assert all(category in old[i].categories for i, category in OLD_ONLY.items()), old
+    assert not set(OLD_ONLY) & set(shown)
 
 
 def _text(message: object) -> str:
