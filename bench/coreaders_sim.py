@@ -58,6 +58,7 @@ from match_quality import DEFAULT, load, paper_of  # noqa: E402
 from pipeline.cycle.plan import profile_with_feedback  # noqa: E402
 from pipeline.domain import Paper, Profile  # noqa: E402
 from pipeline.match import Matcher, MatchSettings  # noqa: E402
+from pipeline.progress import progress_for  # noqa: E402
 
 DIGEST = 10
 
@@ -123,7 +124,11 @@ def main() -> None:
         for wanted in wanted_lists:
             for slot in range(args.slots):
                 results["oracle"][day_no][slot] += [min(DIGEST, len(wanted)) / DIGEST] * args.draws
+    # Progress on stderr (bars on a terminal, plain lines otherwise), closed before the
+    # tables are printed: stdout carries only them.
+    progress = progress_for(sys.stderr)
     for name, (matcher, learn, with_counts) in worlds.items():
+        progress.start(name, f"simulate: {name}", args.draws)
         for draw in range(args.draws):
             _world(
                 matcher,
@@ -138,7 +143,9 @@ def main() -> None:
                 wanted_by_day,
                 results[name],
             )
-        print(f"simulated: {name}", file=sys.stderr)
+            progress.advance(name)
+        progress.finish(name, f"{len(interests)} interests × {args.slots} slots")
+    progress.close()
 
     names = ", ".join(f"{c} ∩ {d}" for c, d in interests)
     print(f"file: {args.file.name}; interests: {len(interests)} ({names}); ", end="")

@@ -57,6 +57,7 @@ from match_quality import DEFAULT, load, paper_of  # noqa: E402
 from pipeline.cycle.plan import profile_with_feedback  # noqa: E402
 from pipeline.domain import Paper, Profile  # noqa: E402
 from pipeline.match import Matcher, MatchSettings  # noqa: E402
+from pipeline.progress import progress_for  # noqa: E402
 
 DIGEST = 10
 
@@ -94,6 +95,10 @@ def main() -> None:
                 readers.append((c, other))
                 break
 
+    # Progress on stderr (bars on a terminal, plain lines otherwise), closed before the
+    # table is printed: stdout carries only it.
+    progress = progress_for(sys.stderr)
+    progress.start("fit", "fit")
     settings = replace(MatchSettings(), rank_feedback=args.rank_feedback)
     matcher = Matcher.fit(list(papers.values()), settings)
     order = list(papers)
@@ -112,6 +117,7 @@ def main() -> None:
             min_df=5,
         )
         x = vectoriser.fit_transform([papers[i].title + ". " + papers[i].abstract for i in order])
+    progress.finish("fit", f"{len(papers)} papers, SVM {x is not None}")
 
     results: dict[str, list[list[float]]] = {
         k: [[] for _ in sim_days] for k in ("learning", "none", "svm", "oracle")
@@ -122,6 +128,7 @@ def main() -> None:
         {k: ([], []) for k in results} for _ in readers_drawn
     ]  # (more, less) presses
     history = [pid for past in days[: args.history_days] for pid in by_day[past]]
+    progress.start("days", f"simulate {len(readers_drawn)} readers", len(sim_days))
     for day_no, day in enumerate(sim_days):
         today = [papers[i] for i in by_day[day]]
         bases = [Profile(categories=(c,), max_items=DIGEST) for _, c, _ in readers_drawn]
@@ -152,6 +159,9 @@ def main() -> None:
                 for pid in digest:  # presses, each with probability 0.5
                     if rngs[j].random() < 0.5:
                         (more if pid in wanted else less).append(pid)
+        progress.advance("days")
+    progress.finish("days", f"{len(readers)} interests × {args.draws} draws")
+    progress.close()
 
     interests = ", ".join(f"{c} ∩ {d}" for c, d in readers)
     print(f"file: {args.file.name}; readers: {len(readers)} ({interests}); ", end="")

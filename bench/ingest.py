@@ -36,6 +36,9 @@ from xml.sax.saxutils import escape
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from pipeline.progress import Progress, progress_for  # noqa: E402
+
 EVAL = ROOT / "bench" / "data" / "arxiv_cs_dev_2025.jsonl"
 PG_BASE = os.environ.get("PAPERPOST_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 NOW = datetime(2025, 11, 20, 6, 0, tzinfo=UTC)
@@ -219,9 +222,10 @@ def child(scenario: str, items: int) -> dict[str, float]:
         databases.close()
 
 
-def hostile() -> list[tuple[str, str, float, float, str]]:
+def hostile(progress: Progress) -> list[tuple[str, str, float, float, str]]:
     """(document, parser, seconds, peak RSS MB, outcome) in fresh processes."""
     rows = []
+    progress.start("hostile", "hostile documents", 6)
     for doc in ("billion-laughs", "quadratic-200kb", "external-entity"):  # 202 KB bomb
         for parser in ("feedparser", "parse_listing"):
             out = subprocess.run(
@@ -233,6 +237,8 @@ def hostile() -> list[tuple[str, str, float, float, str]]:
             )
             data = json.loads(out.stdout)
             rows.append((doc, parser, data["seconds"], data["peak_mb"], data["outcome"]))
+            progress.advance("hostile")
+    progress.finish("hostile")
     return rows
 
 
@@ -297,8 +303,13 @@ def main() -> None:
         "| scenario | wall s | items/s (wall) | CPU s | items/s (CPU) | in store s | peak RSS MB |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
+    # Progress on stderr (bars on a terminal, plain lines otherwise); the table rows are
+    # printed once it is closed: stdout carries only them.
+    progress = progress_for(sys.stderr)
+    table: list[str] = []
     for scenario in SCENARIOS:
         runs = []
+        progress.start(scenario, scenario, args.runs)
         for _ in range(args.runs):
             out = subprocess.run(
                 [sys.executable, __file__, "--child", scenario, "--items", str(args.items)],
@@ -307,30 +318,37 @@ def main() -> None:
                 timeout=900,
             )
             if out.returncode != 0:
-                print(f"| {scenario} | failed: {out.stderr.strip().splitlines()[-1]} | | |")
+                table.append(f"| {scenario} | failed: {out.stderr.strip().splitlines()[-1]} | | |")
                 break
             runs.append(json.loads(out.stdout))
+            progress.advance(scenario)
         if not runs:
+            progress.finish(scenario, "failed")
             continue
         seconds = statistics.median(r["seconds"] for r in runs)
         cpu = statistics.median(r["cpu"] for r in runs)
         peak = statistics.median(r["peak_mb"] for r in runs)
         store = statistics.median(r.get("store", 0.0) for r in runs)
+        failed = "" if len(runs) == args.runs else f", run {len(runs) + 1} failed"
+        progress.finish(scenario, f"median {seconds:.3f} s{failed}")
         store_text = f"{store:.3f}" if scenario in ("sqlite", "postgres", "refetch") else "-"
         if scenario == "refetch":
-            print(
+            table.append(
                 f"| refetch (304) | {seconds * 1000:.1f} ms | - | {cpu * 1000:.1f} ms | - "
                 f"| {store * 1000:.1f} ms | {peak:.0f} |"
             )
         else:
-            print(
+            table.append(
                 f"| {scenario} | {seconds:.3f} | {args.items / seconds:,.0f} | {cpu:.3f} "
                 f"| {args.items / cpu:,.0f} | {store_text} | {peak:.0f} |"
             )
+    hostile_rows = hostile(progress)
+    progress.close()
+    print("\n".join(table))
     print()
     print("| hostile document | parser | ms | peak RSS MB above baseline | outcome |")
     print("|---|---|---:|---:|---|")
-    for doc, parser, seconds, peak, outcome in hostile():
+    for doc, parser, seconds, peak, outcome in hostile_rows:
         print(f"| {doc} | {parser} | {seconds * 1000:.2f} | {peak:.0f} | {outcome} |")
 
 

@@ -58,6 +58,7 @@ from pipeline.domain import MatchItem, Paper, Profile  # noqa: E402
 from pipeline.match import Matcher, MatchSettings  # noqa: E402
 from pipeline.match.taxonomy import describe  # noqa: E402
 from pipeline.match.text import STOPWORDS, words  # noqa: E402
+from pipeline.progress import progress_for  # noqa: E402
 
 DEFAULT = ROOT / "bench" / "data" / "arxiv_cs_dev_2025.jsonl"
 
@@ -258,13 +259,17 @@ def main() -> None:
     categories = [c for c, _ in counts.most_common(20)]
     has_authors = any(p.authors for p in papers.values())
 
+    # Progress on stderr (bars on a terminal, plain lines otherwise), closed before the
+    # results are printed: stdout carries only them.
+    progress = progress_for(sys.stderr)
+    progress.start("fit", "fit")
     settings = MatchSettings(similarity_threshold=-1e9)
     if args.no_ranking:
         settings = settings.without_ranking()
     matcher = Matcher.fit(list(papers.values()), settings)
     plain = Matcher.fit(list(papers.values()), replace(settings, lsa_dimensions=0))
     engines = {"ours": matcher, "tfidf": plain}
-    embedded = embedding_engines(args, list(papers.values()), settings)
+    embedded, embedded_note = embedding_engines(args, list(papers.values()), settings)
     engines.update(embedded)
     period_cache: dict[tuple[str, Profile], list[MatchItem]] = {}
 
@@ -278,11 +283,14 @@ def main() -> None:
         """Match every profile of the benchmark in one call (one period, as in production)."""
         todo = list(dict.fromkeys(profiles))
         examples = {pid: papers[pid] for p in todo for pid in (*p.like, *p.dislike)}
+        progress.start("match", f"match {len(todo)} profiles", len(engines))
         for name, engine in engines.items():
             # the liked papers' metadata, as the planner passes it (store.papers_by_id)
             results = engine.match([replace_limits(p) for p in todo], ranked, liked=examples)
             for profile, found in zip(todo, results, strict=True):
                 period_cache[name, profile] = found
+            progress.advance("match")
+        progress.finish("match", ", ".join(engines))
 
     order = list(papers)
     where = {pid: n for n, pid in enumerate(order)}
@@ -308,6 +316,7 @@ def main() -> None:
             min_df=5,
         )
         x = vectoriser.fit_transform([papers[i].title + ". " + papers[i].abstract for i in order])
+    progress.finish("fit", f"{len(papers)} papers; {len(engines)} engines, SVM {x is not None}")
 
     def svm(liked: Sequence[str]) -> list[str] | None:
         if x is None or not liked:
@@ -383,6 +392,7 @@ def main() -> None:
         return {"p10": round(m[0], 4), "r50": round(m[1], 4), "ndcg20": round(m[2], 4)}
 
     table: list[tuple[str, Metrics]] = []
+    progress.start("kinds", "profile kinds" + (" (SVM each)" if x is not None else ""), len(kinds))
     for kind, build in kinds.items():
         got: list[Metrics] = []
         anchor: list[Metrics] = []
@@ -420,8 +430,11 @@ def main() -> None:
             "tie_rate": round(ties / max(slots, 1), 4),
             "profiles": len(got),
         }
+        progress.advance("kinds")
+    progress.finish("kinds", f"{len(categories)} categories each")
 
     liked_kind = f"5 liked, {args.draws} draws"
+    progress.start("draws", liked_kind, args.draws)
     per_draw: list[Metrics] = []
     per_draw_svm: list[Metrics] = []
     ties = slots = 0
@@ -440,6 +453,8 @@ def main() -> None:
         per_draw.append(mean(one))
         if one_svm:
             per_draw_svm.append(mean(one_svm))
+        progress.advance("draws")
+    progress.finish("draws", f"{len(categories)} profiles each")
     table.append((f"{liked_kind}: ours", mean(per_draw)))
     medians = tuple(float(v) for v in np.median(per_draw, axis=0))
     table.append((f"{liked_kind}: ours, median of draws", medians))  # type: ignore[arg-type]
@@ -494,6 +509,41 @@ def main() -> None:
         ]
         table.append((f"{liked_kind}: {label}", mean(embedded_draws)))
 
+    # Admission by similarity alone, per threshold: (threshold, admitted, relevant admitted)
+    thresholds = {"ours": (0.06, 0.08, 0.09, 0.10, 0.12, 0.15)}
+    thresholds |= dict.fromkeys(embedded, (0.08, 0.10, 0.11, 0.12, 0.13, 0.15))
+    progress.start("admission", "admission thresholds", sum(map(len, thresholds.values())) + 1)
+    admission: dict[str, list[tuple[float, int, int]]] = {}
+    for name, values in thresholds.items():
+        engine = matcher if name == "ours" else embedded[name]
+        admission[name] = []
+        for threshold in values:
+            strict = Matcher(
+                engine.model,
+                replace(
+                    MatchSettings() if name == "ours" else engine.settings,
+                    similarity_threshold=threshold,
+                ),
+                engine.window,
+                engine.window_vectors,
+                *([] if name == "ours" else [engine.embedding]),
+            )
+            admitted = relevant_admitted = 0
+            for c in categories:
+                [found] = strict.match(
+                    [Profile(like=tuple(liked_first(c)), max_items=10_000)], ranked
+                )
+                admitted += len(found)
+                relevant_admitted += sum(c in labels[i.paper_id] for i in found)
+            admission[name].append((threshold, admitted, relevant_admitted))
+            progress.advance("admission")
+    hard = hard_precision(matcher, categories, ranked, labels)
+    progress.advance("admission")
+    progress.finish("admission")
+    progress.close()
+
+    if embedded_note:
+        print(embedded_note)
     print(f"file: {args.file.name}; ranked papers: {len(ranked)}; categories: {len(categories)}")
     print("| profile | precision@10 | recall@50 | nDCG@20 |")
     print("|---|---:|---:|---:|")
@@ -509,46 +559,17 @@ def main() -> None:
         print(f"\nhidden interests: {shown}")
 
     print("\nadmission of (c) profiles (first 5 liked) by similarity alone, per threshold:")
-    print("| threshold | admitted | precision |")
-    print("|---:|---:|---:|")
-    for threshold in (0.06, 0.08, 0.09, 0.10, 0.12, 0.15):
-        strict = Matcher(
-            matcher.model,
-            replace(MatchSettings(), similarity_threshold=threshold),
-            matcher.window,
-            matcher.window_vectors,
-        )
-        admitted = relevant_admitted = 0
-        for c in categories:
-            [found] = strict.match([Profile(like=tuple(liked_first(c)), max_items=10_000)], ranked)
-            admitted += len(found)
-            relevant_admitted += sum(c in labels[i.paper_id] for i in found)
-        print(f"| {threshold:.2f} | {admitted} | {relevant_admitted / max(admitted, 1):.3f} |")
-    print(f"({len(categories)} profiles, {len(days) - args.history_days} listing days)")
-    hard = hard_precision(matcher, categories, ranked, labels)
-    print(f"precision of query hits (query-only profiles, every hit): {hard:.3f}")
-
-    for engine in embedded.values():
-        weight = engine.settings.embedding_weight
-        print(f"\nthe same with embeddings (weight {weight:g}):")
+    for name, rows_ in admission.items():
+        if name != "ours":
+            weight = embedded[name].settings.embedding_weight
+            print(f"\nthe same with embeddings (weight {weight:g}):")
         print("| threshold | admitted | precision |")
         print("|---:|---:|---:|")
-        for threshold in (0.08, 0.10, 0.11, 0.12, 0.13, 0.15):
-            strict = Matcher(
-                engine.model,
-                replace(engine.settings, similarity_threshold=threshold),
-                engine.window,
-                engine.window_vectors,
-                engine.embedding,
-            )
-            admitted = relevant_admitted = 0
-            for c in categories:
-                [found] = strict.match(
-                    [Profile(like=tuple(liked_first(c)), max_items=10_000)], ranked
-                )
-                admitted += len(found)
-                relevant_admitted += sum(c in labels[i.paper_id] for i in found)
+        for threshold, admitted, relevant_admitted in rows_:
             print(f"| {threshold:.2f} | {admitted} | {relevant_admitted / max(admitted, 1):.3f} |")
+        if name == "ours":
+            print(f"({len(categories)} profiles, {len(days) - args.history_days} listing days)")
+            print(f"precision of query hits (query-only profiles, every hit): {hard:.3f}")
 
     if args.json:
         print(json.dumps({**summary, "skipped": skipped}, sort_keys=True))
@@ -573,10 +594,11 @@ def hard_precision(
 
 def embedding_engines(
     args: argparse.Namespace, corpus: list[Paper], settings: MatchSettings
-) -> dict[str, Matcher]:
-    """One matcher per embedding weight, sharing one model whose cache holds every paper."""
+) -> tuple[dict[str, Matcher], str]:
+    """One matcher per embedding weight, sharing one model whose cache holds every paper;
+    and a line saying how long loading and encoding took (printed with the results)."""
     if not args.embedding_model:
-        return {}
+        return {}, ""
     from pipeline.match.embedding import Embedder
 
     started = time.perf_counter()
@@ -587,7 +609,7 @@ def embedding_engines(
     started = time.perf_counter()
     embedder.papers(corpus)
     seconds = time.perf_counter() - started
-    print(
+    note = (
         f"embeddings: {args.embedding_model} ({embedder.dimension} dimensions) loaded in "
         f"{loaded:.1f} s; encoded {len(corpus)} papers (title. abstract) on "
         f"{args.embedding_threads} torch thread(s), batch {embedder.batch_size}, in "
@@ -598,7 +620,7 @@ def embedding_engines(
         weight = float(text)
         chosen = replace(settings, embedding_model=args.embedding_model, embedding_weight=weight)
         engines[f"embeddings {weight:g}"] = Matcher.fit(corpus, chosen, embedder=embedder)
-    return engines
+    return engines, note
 
 
 def replace_limits(profile: Profile) -> Profile:

@@ -45,6 +45,7 @@ from pipeline.mail import (  # noqa: E402
     build_message,
     make_message_id,
 )
+from pipeline.progress import progress_for  # noqa: E402
 from pipeline.render import Renderer  # noqa: E402
 
 EVAL = ROOT / "bench" / "data" / "arxiv_cs_dev_2025.jsonl"
@@ -313,12 +314,16 @@ def main() -> None:
     )
     parser.add_argument(
         "--render-processes",
-        default="0,1",
+        default="0",
         help="[mail] render_processes values for the daemon path rows, comma-separated "
-        "(default 0,1: composing in the sender, then in one worker process)",
+        "(0, composing in the sender, is the only value the config still takes)",
     )
     args = parser.parse_args()
     count, pool, repeats = args.digests, args.pool, args.repeats
+    # Progress on stderr (bars on a terminal, plain lines otherwise), closed before the
+    # table is printed: stdout carries only it.
+    progress = progress_for(sys.stderr)
+    progress.start("stages", f"render and build {count} digests, {repeats} runs each", 3)
 
     papers = load_papers(path=args.eval)
     digests = make_digests(count, papers)
@@ -328,6 +333,7 @@ def main() -> None:
     results = [
         timed("render", count, lambda: [renderer.render(d) for d in digests], repeats),
     ]
+    progress.advance("stages")
     rendered = [renderer.render(d) for d in digests]
     heads = [headers(d, r.subject) for d, r in zip(digests, rendered, strict=True)]
     results.append(
@@ -338,6 +344,7 @@ def main() -> None:
             repeats,
         )
     )
+    progress.advance("stages")
     messages = [build_message(h, r) for h, r in zip(heads, rendered, strict=True)]
     size = statistics.mean(len(m) for m in messages) / 1000
     html_size = statistics.mean(len(r.html.encode()) for r in rendered) / 1000
@@ -349,6 +356,8 @@ def main() -> None:
             build_message(headers(d, r.subject), r)
 
     results.append(timed("render + build (fresh renderer)", count, render_and_build, repeats))
+    progress.advance("stages")
+    progress.finish("stages", f"message {size:.1f} KB")
 
     def prebuilt() -> Iterator[Envelope]:
         for d, h, data in zip(digests, heads, messages, strict=True):
@@ -395,13 +404,25 @@ def main() -> None:
         runs: list[list[Result]] = [[] for _ in rows]
         processes = [int(p) for p in args.render_processes.split(",")]
         daemon_runs: dict[int, list[Result]] = {p: [] for p in processes}
+        per_round = len(rows) + (len(processes) if args.daemon else 0)
+        progress.start(kind, f"send to {kind}", args.send_repeats * per_round)
         for _ in range(args.send_repeats):
             for n, (stage, total, per_connection, produce, _label) in enumerate(rows):
                 runs[n].append(run_send(stage, kind, total, pool, per_connection, produce))
+                progress.advance(kind)
             for workers in processes if args.daemon else []:
                 sent, wall, cpu, sink_cpu, workers_cpu = run_daemon_path(
-                    kind, args.daemon, pool, papers, sink, process_cpu, args.daemon_db, workers
+                    kind,
+                    args.daemon,
+                    pool,
+                    papers,
+                    sink,
+                    process_cpu,
+                    args.daemon_db,
+                    workers,
+                    progress=progress,
                 )
+                progress.advance(kind)
                 outbox = "SQLite" if args.daemon_db == "sqlite" else "PostgreSQL"
                 where = (
                     f"{workers} render process{'es' if workers > 1 else ''} "
@@ -411,6 +432,7 @@ def main() -> None:
                 )
                 stage = f"daemon path (Deliverer: {outbox} outbox, signed links; {where})"
                 daemon_runs[workers].append(Result(stage, kind, sent, wall, cpu, sink_cpu))
+        progress.finish(kind, f"{args.send_repeats} rounds of {per_round} rows")
         for n, row in enumerate(rows):
             sends.append((median_result(runs[n]), row[4]))
         for daemon_results in daemon_runs.values():
@@ -418,6 +440,7 @@ def main() -> None:
                 sends.append((median_result(daemon_results), str(pool)))
 
     executor.shutdown()
+    progress.close()
     print(
         f"\nmachine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, load {os.getloadavg()}"
     )

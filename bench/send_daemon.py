@@ -31,6 +31,7 @@ from pipeline.cycle.deliver import Deliverer, DeliverReport, deliver_settings
 from pipeline.cycle.plan import outbox_key
 from pipeline.domain import Paper
 from pipeline.mail import make_message_id
+from pipeline.progress import Progress
 from pipeline.store import Store
 from pipeline.store.planning import PlannedItem
 from pipeline.store.rows import SubscriberRow
@@ -86,15 +87,21 @@ def run_daemon_path(
     process_cpu: Callable[[int], float],
     database: str = "sqlite",
     render_processes: int = 0,
+    progress: Progress | None = None,
 ) -> tuple[int, float, float, float, float]:
     """Plan ``count`` digests of 20 papers, then time ``Deliverer.run`` sending them.
 
     ``database``: "sqlite" (a file in a temporary directory) or a PostgreSQL URL.
     ``render_processes``: ``[mail] render_processes`` (0: compose in this process; else
     worker processes compose, started within the timed run as in a real one).
+    ``progress``: told of the planned rows ("plan") and of each settled digest ("deliver",
+    as ``run --once`` tells it).
     Returns (sent, wall seconds, this process's CPU seconds, the sink's CPU seconds, the
     compose workers' CPU seconds).
     """
+    show = progress or Progress()
+    workers = f", {render_processes} render processes" if render_processes else ""
+    label = f"daemon path ({kind}{workers})"
     with (
         tempfile.TemporaryDirectory() as tmp,
         fresh_database(database, Path(tmp)) as url,
@@ -114,7 +121,9 @@ def run_daemon_path(
         config = load_config(path, env={SECRET_ENV: "bench-secret-0123456789abcdef"})
         store = Store.open(config.database_url, auto_upgrade=True)
         try:
-            _plan(store, config, count, papers)
+            show.start("plan", f"{label}: plan", count)
+            _plan(store, config, count, papers, show)
+            show.finish("plan", f"{count} rows")
             deliverer = Deliverer(
                 store,
                 deliver_settings(config),
@@ -122,13 +131,16 @@ def run_daemon_path(
                 make_composer(config, store),
                 clock=lambda: WHEN,
                 holder="bench",
+                on_settled=lambda _outcome: show.advance("deliver"),
             )
+            show.start("deliver", f"{label}: deliver", count)
             sink_cpu, wall, cpu = process_cpu(pid), time.perf_counter(), time.process_time()
             children = _children_cpu()
             report = asyncio.run(_run(deliverer))  # joins the compose workers, if any
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             workers_cpu = _children_cpu() - children
             sink_cpu = process_cpu(pid) - sink_cpu
+            show.finish("deliver", f"{report.sent} sent, {wall:.1f} s")
         finally:
             store.close()
     assert report.sent == count and report.aborted is None, report
@@ -162,7 +174,9 @@ async def _run(deliverer: Deliverer) -> DeliverReport:
         deliverer.composer.close()
 
 
-def _plan(store: Store, config: Config, count: int, papers: list[Paper]) -> None:
+def _plan(
+    store: Store, config: Config, count: int, papers: list[Paper], progress: Progress
+) -> None:
     App(config, store=store).sync(now=WHEN)
     store.save_papers(papers, now=WHEN)
     with store.read() as s:
@@ -186,3 +200,4 @@ def _plan(store: Store, config: Config, count: int, papers: list[Paper]) -> None
             items=items,
             now=WHEN,
         )
+        progress.advance("plan")

@@ -57,6 +57,7 @@ from sqlalchemy.engine import Engine  # noqa: E402
 from pipeline.clock import write_instant  # noqa: E402
 from pipeline.cycle.plan import profile_with_feedback  # noqa: E402
 from pipeline.domain import Profile  # noqa: E402
+from pipeline.progress import Progress, progress_for  # noqa: E402
 from pipeline.schedule.periods import due_periods, latest_due_period  # noqa: E402
 from pipeline.store.rows import DELIVERIES, DELIVERY_ITEMS, SUBSCRIBERS, FeedbackRow, RunRow  # noqa: E402
 from pipeline.store.subscribers import reader_schedule  # noqa: E402
@@ -760,10 +761,14 @@ class Soak:
         directory: Path,
         pg_url: str | None = None,
         log: Any = None,
+        progress: Progress | None = None,
     ) -> None:
         self.profile, self.db, self.seed, self.dir = profile, db, seed, directory
         self.pg_url = pg_url
         self.say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        # a step per simulated day (its note: faults, digests, outbox, violations) and
+        # one over the run's step instants
+        self.progress = progress or Progress()
         self.rng = random.Random(seed * 101 + 3)
         self.now = profile.start
         self.clock_file = directory / "clock"
@@ -1080,8 +1085,7 @@ class Soak:
         kind = fault.kind
         rng = random.Random(fault.detail.get("seed", 0))
         self.faults_done[kind] += 1
-        self.day.faults.append(f"{self.now.isoformat()} {kind}")
-        self.say(f"  [{self.now.isoformat()}] fault: {kind}")
+        self.day.faults.append(f"{self.now.isoformat()} {kind}")  # in the day's note
         if kind == "kill9_daemon":
             self._kill([self.daemon], signal.SIGKILL)
         elif kind == "kill9_worker" and self.workers:
@@ -1554,12 +1558,15 @@ class Soak:
             f"{len(steps)} steps over {self.profile.days} days, {len(self.schedule)} faults; "
             f"in {self.dir}"
         )
+        self.progress.start("soak", f"soak {self.profile.name}/{self.db}", len(steps))
         self.start()
         try:
             self.settle()
             current_day = self.now.date()
+            self._open_day()
             carried: list[Fault] = []
             for t in steps:
+                self.progress.advance("soak")
                 if t <= self.now:  # passed by a nudge or the clock jump: faults carry over
                     carried += by_step.pop(t.isoformat(), [])
                     continue
@@ -1567,6 +1574,7 @@ class Soak:
                     self._close_day()
                     current_day = t.date()
                     self.day.day = current_day.isoformat()
+                    self._open_day()
                 self.set_clock(t)
                 self.end_faults()
                 self.day.steps += 1
@@ -1586,11 +1594,17 @@ class Soak:
                     self.settle()
             self._close_day()
             self.day.day = "drain"
+            self._open_day()
             drain_began, drain_sim = self._drain()
-            self._close_day(final=True)
+            self._close_day(final=True, drain=(drain_began, drain_sim))
         finally:
             self.close()
         sent = self._sent_count()
+        self.progress.finish(
+            "soak",
+            f"{sent} digests sent, {sum(self.faults_done.values())} faults, "
+            f"invariants {'held' if not self.violations else 'BROKEN'}",
+        )
         return Result(
             profile=self.profile.name,
             db=self.db,
@@ -1618,16 +1632,31 @@ class Soak:
                 list(conn.execute(select(DELIVERIES.c.id).where(DELIVERIES.c.status == "sent")))
             )
 
-    def _close_day(self, *, final: bool = False) -> None:
+    def _open_day(self) -> None:
+        day = self.day.day
+        self.progress.start("day", "drain" if day == "drain" else f"day {day}")
+
+    def _close_day(self, *, final: bool = False, drain: tuple[float, float] | None = None) -> None:
         self.day.digests_received = len(self.handler.log)
         self.day.outbox = dict(Counter(r.status for r in self.rows()))
         problems = self.check(final=final)
         self.day.violations = [f"{v.invariant}: {v.what}" for v in problems]
         self.violations += problems
-        self.say(
-            f"  day {self.day.day}: {self.day.steps} steps, faults {len(self.day.faults)}, "
-            f"outbox {self.day.outbox}, {len(problems)} violations"
+        # what the per-day stderr line said, as the day's step note
+        d = self.day
+        faults = ", ".join(f[11:16] + f[f.index(" ") :] for f in d.faults)  # HH:MM kind
+        note = (
+            [f"{drain[0]:.0f} s, {drain[1]:.0f} simulated minutes"]
+            if drain
+            else [
+                f"{d.steps} steps",
+                f"faults {len(d.faults)}" + (f" ({faults})" if faults else ""),
+            ]
         )
+        note += [f"{d.nudges} nudges"] if d.nudges else []
+        note += [f"{d.unsettled} unsettled"] if d.unsettled else []
+        note += [f"{d.digests_received} digests received so far", f"outbox {d.outbox}"]
+        self.progress.finish("day", ", ".join(note) + f", {len(problems)} violations")
         self.ledger.append(self.day)
         self.day = DayLedger((self.now + timedelta(minutes=1)).date().isoformat())
 
@@ -1839,20 +1868,33 @@ def run_soak(
     days: int | None = None,
     directory: Path | None = None,
     log: Any = None,
+    progress: Progress | None = None,
 ) -> tuple[Result, Path]:
-    """Run one soak; returns its result and the report file (written always)."""
+    """Run one soak; returns its result and the report file (written always).
+
+    Progress goes to ``progress``, else to stderr (bars on a terminal, plain lines
+    otherwise), closed before this returns."""
     base = PROFILES[profile]
     if days is not None:
         base = SoakProfile(base.name, days, base.readers, base.start, base.papers_per_day)
     work = directory or Path(tempfile.mkdtemp(prefix=f"soak-{profile}-{db}-"))
-    if db == "postgresql":
-        with pg_schema() as (url, app_name):
-            soak = Soak(profile=base, db=db, seed=seed, directory=work, pg_url=url, log=log)
-            soak.app_name = app_name
+    with contextlib.nullcontext(progress) if progress else progress_for(sys.stderr) as shown:
+        if db == "postgresql":
+            with pg_schema() as (url, app_name):
+                soak = Soak(
+                    profile=base,
+                    db=db,
+                    seed=seed,
+                    directory=work,
+                    pg_url=url,
+                    log=log,
+                    progress=shown,
+                )
+                soak.app_name = app_name
+                result = soak.run()
+        else:
+            soak = Soak(profile=base, db=db, seed=seed, directory=work, log=log, progress=shown)
             result = soak.run()
-    else:
-        soak = Soak(profile=base, db=db, seed=seed, directory=work, log=log)
-        result = soak.run()
     return result, write_report(result, soak, work)
 
 
@@ -1870,8 +1912,10 @@ def main(argv: list[str] | None = None) -> int:
     result, report = run_soak(
         profile=args.profile, db=args.db, seed=args.seed, days=args.days, directory=args.dir
     )
+    if not result.invariants_held:
+        print(f"replay: {json.loads(report.read_text(encoding='utf-8'))['replay']}")
     if args.json:
-        print(json.dumps(result.summary(), indent=2, default=str))
+        print(json.dumps(result.summary(), default=str))  # one line, the last
     else:
         print(
             f"{result.profile}/{result.db} seed {result.seed}: {result.days} days, "
@@ -1887,8 +1931,6 @@ def main(argv: list[str] | None = None) -> int:
         for v in result.violations[:40]:
             print(f"  invariant {v.invariant}: {v.what}")
     print(f"report: {report}", file=sys.stderr)
-    if not result.invariants_held:
-        print(f"replay: {json.loads(report.read_text(encoding='utf-8'))['replay']}")
     return 0 if result.invariants_held else 1
 
 

@@ -114,8 +114,10 @@ class TerminalProgress(Progress):
             TimeElapsedColumn(),
             TextColumn("{task.fields[note]}"),
             console=Console(file=out),
-            # Log records go to stderr: rich prints them above the bars.
-            redirect_stderr=True,
+            # Output to the same terminal (log records on stderr, a command's own lines)
+            # is printed above the bars; a stream sent to a file or a pipe stays there.
+            redirect_stdout=sys.stdout.isatty(),
+            redirect_stderr=sys.stderr.isatty(),
         )
         self._tasks: dict[str, TaskID] = {}
         self._bars.start()
