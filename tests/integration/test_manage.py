@@ -133,6 +133,31 @@ async def test_the_unsubscribed_page_leads_to_resubscribing(web: Site) -> None:
     assert back.status_code == 200 and web.status(ADA) == "active"
 
 
+@pytest.mark.parametrize(("kind", "may_return"), [("unsubscribe", True), ("hard", False)])
+async def test_a_suppressed_reader_may_return_only_from_their_own_request(
+    web: Site, kind: str, may_return: bool
+) -> None:
+    """A mail to the unsubscribe address suppresses, and the manage page lifts it; a hard
+    bounce suppresses for good and the page offers nothing."""
+    web.app.store.record_bounce_event(
+        address=ADA,
+        kind=kind,
+        detail="test",
+        report_id=f"<{kind}@lab.example>",
+        delivery_id=None,
+        received_at=web.clock(),
+        soft_limit=3,
+        soft_days=7,
+        now=web.clock(),
+    )
+    assert web.status(ADA) == "suppressed"
+    page = await web.client.get(page_of(web))
+    assert ('id="resubscribe"' in page.text) is may_return
+    back = await web.client.post(page_of(web), data={"action": "resubscribe"})
+    assert web.status(ADA) == ("active" if may_return else "suppressed"), back.text
+    assert (web.app.store.suppression(ADA) is None) is may_return
+
+
 async def test_bad_and_foreign_tokens(web: Site) -> None:
     assert (await web.client.get("/manage/not-a-token")).status_code == 400
     confirm = web.app.signer().reader_token(
