@@ -34,7 +34,16 @@ from pipeline.domain import Mailer, Reader
 from pipeline.errors import EmbeddingError, PaperpostError
 from pipeline.progress import Progress
 from pipeline.schedule.periods import latest_due_period, next_due_period
-from pipeline.store import Delivery, DeliveryItem, OutboxEntry, Run, SourceState, Store, SyncStats
+from pipeline.store import (
+    Delivery,
+    DeliveryItem,
+    OutboxEntry,
+    PruneCounts,
+    Run,
+    SourceState,
+    Store,
+    SyncStats,
+)
 from pipeline.store.port import STATES
 from pipeline.store.suppression import BounceRates
 
@@ -112,6 +121,15 @@ class NextDigest:
     html: str | None = None
     papers: int = 0
     nothing: str | None = None
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What :meth:`App.prune` deleted (a dry run: would delete), per table."""
+
+    cutoff: datetime  # rows older than this went
+    dry_run: bool
+    counts: PruneCounts
 
 
 @dataclass
@@ -398,6 +416,56 @@ class App:
         if expired:
             log.info("%d unconfirmed sign-ups expired", expired)
         return expired
+
+    def prune(
+        self, *, now: datetime | None = None, dry_run: bool = False, batch_size: int | None = None
+    ) -> PruneReport:
+        """Delete the history older than ``[database] retention_days`` (default 400):
+        ``paperpost prune``, and daily in the daemon. One implementation,
+        :meth:`Store.prune` (pipeline/store/retention.py, which states the rules):
+
+        - outbox rows ``sent``, ``skipped``, ``failed`` or ``cancelled``, created (and
+          sent) before the cutoff, with their items and reserved papers; never a row still
+          on its way (``pending``, ``claimed``, ``sending``, ``deferred``, ``ambiguous``),
+          each reader's newest row and newest covered window (planning reads it), nor the
+          row of the period each active reader's schedule has due now: no period is ever
+          planned twice;
+        - runs finished before the cutoff (never an unfinished one);
+        - bounce events received before the cutoff.
+
+        Papers, feedback, subscribers and suppressions are never deleted. The setting is
+        checked at load to outlive every digest link (a link names its outbox row) and the
+        bounce windows. ``dry_run``: count what would go, delete nothing.
+        """
+        now = now or self.clock()
+        cutoff = now - timedelta(days=self.config.file.database.retention_days)
+        # The period each active (or paused) reader's schedule has due now: planning looks
+        # for its row, however old (a schedule that fires rarely).
+        keep = set()
+        for reader_id, schedule in self.store.active_schedules().items():
+            period = latest_due_period(schedule, now)
+            if period is not None:
+                keep.add((reader_id, period.key))
+        extra = {} if batch_size is None else {"batch_size": batch_size}
+        counts = self.store.prune(cutoff=cutoff, keep=keep, dry_run=dry_run, **extra)
+        log.info(
+            "%s history older than %s: %d digests, %d digest items, %d reserved papers, "
+            "%d runs, %d bounce events",
+            "would prune" if dry_run else "pruned",
+            cutoff.isoformat(timespec="seconds"),
+            counts.deliveries,
+            counts.delivery_items,
+            counts.sent_items,
+            counts.runs,
+            counts.bounce_events,
+            extra={
+                "event": "pruned",
+                "dry_run": dry_run,
+                "cutoff": cutoff.isoformat(),
+                **counts.as_dict(),
+            },
+        )
+        return PruneReport(cutoff=cutoff, dry_run=dry_run, counts=counts)
 
     def managed_reader(self, email: str, *, now: datetime | None = None) -> ManagedReader | None:
         from pipeline.cycle.signup import managed_view

@@ -357,6 +357,21 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    with _app(args, read_only=True) as app:
+        report = app.prune(dry_run=args.dry_run)
+    counts = report.counts.as_dict()
+    verb = "would delete" if report.dry_run else "deleted"
+    print(
+        f"history older than {report.cutoff.isoformat(timespec='minutes')} "
+        f"([database] retention_days = {app.config.file.database.retention_days}): {verb}"
+    )
+    print(_table([(table, n) for table, n in counts.items()], ("table", "rows")))
+    if report.dry_run:
+        print("(dry run: nothing was deleted)")
+    return 0
+
+
 def cmd_subscribers_list(args: argparse.Namespace) -> int:
     with _app(args, read_only=True) as app:
         readers = app.readers(statuses=args.status or None, origin=args.origin)
@@ -524,6 +539,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this state (repeatable; default both)",
     )
     requeue.add_argument("--all", action="store_true", help="every failed and ambiguous digest")
+    prune = add(
+        "prune",
+        cmd_prune,
+        "delete history older than [database] retention_days (old digests, runs, bounces)",
+    )
+    prune.add_argument(
+        "--dry-run", action="store_true", help="count what would be deleted, delete nothing"
+    )
     subs = add("subscribers", lambda _a: 0, "list, import or unsubscribe readers")
     subs_sub = subs.add_subparsers(dest="subscribers_command", required=True, metavar="ACTION")
     listing = subs_sub.add_parser("list", help="readers in the database, with status and origin")

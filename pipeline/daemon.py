@@ -137,6 +137,8 @@ class Daemon:
             PeriodicJob("dispatch", every, self._dispatch, run_at_start=False),
             PeriodicJob("maintenance", self.options.maintenance_every, self._maintenance),
             PeriodicJob("expire-signups", self.options.maintenance_every, self._expire_signups),
+            # Retention: once a day (and at start), whatever the runner (it is the one clock).
+            PeriodicJob("prune", timedelta(days=1), self._prune),
             *self._bounce_jobs(config),
         ]
 
@@ -245,6 +247,10 @@ class Daemon:
     async def _expire_signups(self) -> None:
         """Delete sign-ups nobody confirmed within ``[web] confirm_hours``."""
         await asyncio.to_thread(self.core.expire_signups)
+
+    async def _prune(self) -> None:
+        """Delete the history older than ``[database] retention_days`` (App.prune)."""
+        await asyncio.to_thread(self.core.prune)
 
     async def _follow_clock(self) -> None:
         """With a simulated clock (``[testing] clock_file``): each time it moves, renew

@@ -262,6 +262,48 @@ def semantic_checks(data: Mapping[str, Any], problems: Problems) -> None:
                 )
 
 
+def longest_link_seconds() -> int:
+    """The lifetime of the longest-lived digest link (unsubscribe and manage links)."""
+    from pipeline.web import tokens
+
+    return max(tokens.UNSUBSCRIBE_MAX_AGE_SECONDS, tokens.DEFAULT_MAX_AGE_SECONDS)
+
+
+def retention_problems(cfg: ConfigFile) -> list[tuple[KeyPath, str]]:
+    """``[database] retention_days``: longer than the longest digest link (a feedback or
+    manage link names its outbox row, which must outlive it) and not shorter than the
+    bounce windows (``[bounces] rate_days``, ``soft_bounce_days``), which read that much
+    history."""
+    days = cfg.database.retention_days
+    where: KeyPath = ("database", "retention_days")
+    link_days = longest_link_seconds() // 86400
+    minimum = link_days + 1
+    if days * 86400 <= longest_link_seconds():
+        return [
+            (
+                where,
+                f"must be at least {minimum} (days), found {days}: digest links (unsubscribe "
+                f"and manage) live {link_days} days and name their outbox row, which must "
+                "outlive them; 0 (keep for ever) is not allowed",
+            )
+        ]
+    if cfg.bounces is not None:
+        windows = {
+            "rate_days": cfg.bounces.rate_days,
+            "soft_bounce_days": cfg.bounces.soft_bounce_days,
+        }
+        for key, value in windows.items():
+            if days < value:
+                return [
+                    (
+                        where,
+                        f"must be at least [bounces] {key} ({value}), found {days}: the "
+                        "bounce rules read that many days of bounce events",
+                    )
+                ]
+    return []
+
+
 def _check_local_part(problems: Problems, index: int, email: str) -> None:
     """RFC 5321 caps a local part at 64 octets; servers refuse longer ones at RCPT."""
     from pipeline.mail.headers import MAX_LOCAL_PART
@@ -377,6 +419,9 @@ def load_config(
         for err in exc.errors():
             problems.add(tuple(err["loc"]), pydantic_message(err))
     semantic_checks(merged, problems)
+    if cfg is not None:
+        for key_path, message in retention_problems(cfg):
+            problems.add(key_path, message)
     if cfg is None or problems.items:
         raise ConfigError(str(main), problems.items)
 

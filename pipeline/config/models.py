@@ -60,6 +60,10 @@ def check_address(value: str) -> str:
 
 class DatabaseConfig(_Model):
     url: str = "sqlite:///var/paperpost.db"
+    # History older than this is deleted (`paperpost prune`, daily in the daemon): longer
+    # than the longest digest link, checked at load (load.py, retention_problems;
+    # docs/operating.md, "Retention"). 0 (keep for ever) is refused.
+    retention_days: int = 400
 
     @field_validator("url")
     @classmethod

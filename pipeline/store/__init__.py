@@ -20,6 +20,7 @@ from pipeline.store.outbox import OutboxStore
 from pipeline.store.papers import PaperStore, SaveStats, SourceState
 from pipeline.store.planning import PlannedDelivery, PlannedItem, PlanningStore
 from pipeline.store.port import Outbox, OutboxEntry
+from pipeline.store.retention import PruneCounts, RetentionStore
 from pipeline.store.subscribers import SubscriberState, SyncStats
 from pipeline.store.suppression import BounceRates, SuppressionStore, address_hash
 
@@ -33,6 +34,7 @@ __all__ = [
     "PaperCache",
     "PlannedDelivery",
     "PlannedItem",
+    "PruneCounts",
     "ReaderRecord",
     "Run",
     "SaveStats",
@@ -53,6 +55,7 @@ class Store(
     DeliveryStore,
     OpsStore,
     SuppressionStore,
+    RetentionStore,
 ):
     """All persistent state. One instance per process; thread-safe like its engine."""
 
