@@ -74,7 +74,7 @@ def lint(_args: list[str]) -> int:
     ensure_venv("dev")
     return (
         _run(BIN / "ruff", "check", "pipeline", "tests", "bench", "tasks.py")
-        or _run(BIN / "ruff", "format", "--check", "pipeline")
+        or _run(BIN / "ruff", "format", "--check", "pipeline", "tests", "bench", "tasks.py")
         or _run(BIN / "mypy")
     )
 

@@ -171,4 +171,3 @@ def test_the_taxonomy_names_categories_and_falls_back_to_the_archive() -> None:
     assert describe("cs.IT") == "Information Theory"
     assert describe("math.XX") == "Mathematics"
     assert describe("nope.ZZ") == "nope.ZZ"
-
