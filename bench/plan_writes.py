@@ -296,6 +296,24 @@ CATEGORIES = ("cs.LG", "cs.CL", "cs.AI")
 TIMEZONES = ("UTC", "Europe/London", "Asia/Tokyo", "America/New_York")
 
 
+def write_readers(path: Path, n: int) -> Path:
+    """``n`` readers as JSON Lines for ``subscribers import``: four queries, three
+    categories and four time zones in turn, every one due at midnight."""
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(n):
+            record = {
+                "email": f"reader{i}@lab.example",
+                "timezone": TIMEZONES[i % len(TIMEZONES)],
+                "send_at": "00:00",
+                "interests": {
+                    "query": QUERIES[i % len(QUERIES)],
+                    "categories": [CATEGORIES[i % len(CATEGORIES)]],
+                },
+            }
+            out.write(json.dumps(record) + "\n")
+    return path
+
+
 def run_app(kind: str, path: str, n: int) -> dict[str, float]:
     from pipeline.app import App
     from pipeline.config import load_config
@@ -309,19 +327,7 @@ def run_app(kind: str, path: str, n: int) -> dict[str, float]:
         config_path = directory / "paperpost.toml"
         body = CONFIG.format(url=url, tmp=directory, secret_env=SECRET_ENV)
         config_path.write_text(body + sources, encoding="utf-8")
-        readers = directory / "readers.jsonl"
-        with readers.open("w", encoding="utf-8") as out:
-            for i in range(n):
-                record = {
-                    "email": f"reader{i}@lab.example",
-                    "timezone": TIMEZONES[i % len(TIMEZONES)],
-                    "send_at": "00:00",
-                    "interests": {
-                        "query": QUERIES[i % len(QUERIES)],
-                        "categories": [CATEGORIES[i % len(CATEGORIES)]],
-                    },
-                }
-                out.write(json.dumps(record) + "\n")
+        readers = write_readers(directory / "readers.jsonl", n)
         config = load_config(config_path, env={SECRET_ENV: "bench-secret-0123456789abcdef"})
         store = Store.open(config.database_url, auto_upgrade=True)
         try:

@@ -9,9 +9,9 @@ the day a fixture's papers were announced) stays in that file.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tests.smtpd import RunningServer
@@ -35,6 +35,50 @@ SUNDAY_MIDNIGHT = datetime(2026, 11, 22, tzinfo=UTC)
 
 SUNDAY_NOON = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 """Sunday noon UTC: "now" of the arXiv parser and of the sources-due tests."""
+
+# -- digests -----------------------------------------------------------------------------------
+# Every header a digest carries, in the order it is written, each once (docs/email.md,
+# "Messages").
+DIGEST_HEADERS = (
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "MIME-Version",
+    "List-Id",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "Auto-Submitted",
+    "Content-Type",
+)
+
+
+def plan_row(
+    outbox: Any,
+    sid: int,
+    key: str,
+    papers: list[str],
+    *,
+    now: datetime = MONDAY_8AM,
+    skip_if_empty: bool = False,
+) -> int | None:
+    """One outbox row (through a store or any ``Outbox``) for reader ``sid``'s period
+    ``key``, holding ``papers`` in order, over the day that ends at ``now``."""
+    from pipeline.store import PlannedItem
+
+    return outbox.plan_delivery(  # type: ignore[no-any-return]
+        subscriber_id=sid,
+        period_key=key,
+        window_start=now - timedelta(days=1),
+        window_end=now,
+        message_id=f"<{sid}.{key}@paperpost.test>",
+        items=[PlannedItem(p, 1.0 - i / 10, f"reason {p}") for i, p in enumerate(papers)],
+        now=now,
+        subscriber_version=1,
+        skip_if_empty=skip_if_empty,
+    )
+
 
 # -- the conftest config ----------------------------------------------------------------------
 SECRET = "test-secret-0123456789abcdef"  # what conftest's secret_env puts in the environment

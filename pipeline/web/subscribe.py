@@ -45,10 +45,9 @@ Html = Callable[..., Response]  # app.py's _html(body, status=200, *, csp=...)
 
 
 def rate_storage(uri: str) -> storage.Storage:
-    """The ``limits`` storage behind ``[web] rate_limit_storage`` (Redis clients connect
-    on first use). ``ConfigurationError`` when the URI's client library is missing."""
-    if uri.startswith("memory://"):
-        return storage.MemoryStorage()
+    """The shared ``limits`` storage behind ``[web] rate_limit_storage`` (a Redis URL;
+    clients connect on first use). ``ConfigurationError`` when the URI's client library
+    is missing."""
     found = storage.storage_from_string(uri, wrap_exceptions=True)
     if not isinstance(found, storage.Storage):  # the config refuses async+ schemes
         raise ConfigurationError(f"not a synchronous storage: {uri.split('://', 1)[0]}://")

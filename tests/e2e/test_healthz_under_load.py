@@ -35,7 +35,6 @@ probes take over 200 ms. It does not catch a single stall shorter than that (a o
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import statistics
@@ -48,6 +47,7 @@ import httpx
 import pytest
 from aiosmtpd.smtp import Envelope
 
+from bench.plan_writes import write_readers
 from pipeline.cli import main
 from tests.conftest import SAMPLE_SOURCES
 from tests.daemon_harness import WAIT, DaemonProcess, write_daemon_config
@@ -69,15 +69,6 @@ SENT = "sent digest"
 TICK_END = "dispatch tick by"
 ENDED = "<process output ended>"  # tests.daemon_harness appends it when stderr closes
 
-QUERIES = (
-    'abs:RLHF OR ti:"preference optimization" OR abs:"reward model"',
-    "abs:(quantization OR pruning) OR ti:efficient",
-    'ti:agent* OR abs:"tool use"',
-    "ti:diffusion OR abs:language",
-)
-CATEGORIES = ("cs.LG", "cs.CL", "cs.AI")
-TIMEZONES = ("UTC", "Europe/London", "Asia/Tokyo", "America/New_York")
-
 
 class CountingSink(RecordingHandler):
     """Accepts every message and counts it; keeps no bytes (thousands of digests)."""
@@ -98,22 +89,6 @@ class Probe:
     seconds: float
     status: int | None
     error: str | None = None
-
-
-def write_readers(path: Path, n: int) -> Path:
-    with path.open("w", encoding="utf-8") as out:
-        for i in range(n):
-            reader = {
-                "email": f"reader{i}@lab.example",
-                "timezone": TIMEZONES[i % len(TIMEZONES)],
-                "send_at": "00:00",
-                "interests": {
-                    "query": QUERIES[i % len(QUERIES)],
-                    "categories": [CATEGORIES[i % len(CATEGORIES)]],
-                },
-            }
-            out.write(json.dumps(reader) + "\n")
-    return path
 
 
 def probe(web: httpx.Client, daemon: DaemonProcess) -> Probe:

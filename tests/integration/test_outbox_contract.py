@@ -16,7 +16,7 @@ import inspect
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -28,6 +28,7 @@ from pipeline.store import Outbox, OutboxEntry, PlannedDelivery, PlannedItem, St
 from pipeline.store.memory import MemoryOutbox
 from pipeline.store.rows import DeliveryItemRow, SentItemRow, SubscriberRow
 from tests.factories import MONDAY_8AM as NOW
+from tests.factories import plan_row as plan
 
 MINUTE = timedelta(minutes=1)
 LEASE = timedelta(minutes=10)
@@ -110,28 +111,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def plan(
-    outbox: Outbox,
-    sid: int,
-    key: str,
-    papers: list[str],
-    *,
-    now: datetime = NOW,
-    skip_if_empty: bool = False,
-) -> int | None:
-    return outbox.plan_delivery(
-        subscriber_id=sid,
-        period_key=key,
-        window_start=now - timedelta(days=1),
-        window_end=now,
-        message_id=f"<{sid}.{key}@paperpost.test>",
-        items=[PlannedItem(p, 1.0 - i / 10, f"reason {p}") for i, p in enumerate(papers)],
-        now=now,
-        subscriber_version=1,
-        skip_if_empty=skip_if_empty,
-    )
-
-
 def planned(outbox: Outbox, sid: int, key: str, papers: list[str], **kw: object) -> int:
     row = plan(outbox, sid, key, papers, **kw)  # type: ignore[arg-type]
     assert row is not None

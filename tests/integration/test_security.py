@@ -42,7 +42,7 @@ from pipeline.errors import ConfigError
 from pipeline.store import Store
 from pipeline.web.tokens import TokenSigner
 from tests.conftest import ConfigFactory
-from tests.factories import BASE_URL, SECRET, smtp_extra
+from tests.factories import BASE_URL, DIGEST_HEADERS, SECRET, smtp_extra
 from tests.factories import MONDAY_NOON as NOW
 from tests.smtpd import RunningServer
 
@@ -52,22 +52,7 @@ GRACE = "grace@lab.example"  # reads a benign listing: query ti:wombat
 EVE = "eve@lab.example"  # reads the listings whose title cannot go into a Subject as is
 OBRIEN = "o'brien&co@lab.example"  # a valid address that HTML must escape
 
-# Every header a digest carries, each exactly once (docs/email.md, "Messages").
-EXPECTED_HEADERS = Counter(
-    [
-        "From",
-        "To",
-        "Subject",
-        "Date",
-        "Message-ID",
-        "MIME-Version",
-        "List-Id",
-        "List-Unsubscribe",
-        "List-Unsubscribe-Post",
-        "Auto-Submitted",
-        "Content-Type",
-    ]
-)
+EXPECTED_HEADERS = Counter(DIGEST_HEADERS)  # each exactly once
 # Where a link in a digest may point: our own web app and the hosts the listings name.
 ALLOWED_HOSTS = {
     "digest.paperpost.example",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, time, timedelta
+from datetime import time, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,8 +13,9 @@ from sqlalchemy import create_engine, text
 from pipeline.domain import Paper, Profile, Schedule, Subscriber
 from pipeline.errors import StoreError
 from pipeline.ingest.merge import merge_batch
-from pipeline.store import PaperCache, PlannedItem, Store, deliveries
+from pipeline.store import PaperCache, Store, deliveries
 from tests.factories import MONDAY_8AM as NOW
+from tests.factories import plan_row as plan
 
 
 def subscriber(email: str) -> Subscriber:
@@ -31,19 +32,6 @@ def sub_id(store: Store, email: str) -> int:
     state = store.subscriber_state(email)
     assert state is not None
     return state.id
-
-
-def plan(store: Store, sid: int, key: str, papers: list[str], *, now: datetime = NOW) -> int | None:
-    return store.plan_delivery(
-        subscriber_id=sid,
-        period_key=key,
-        window_start=now - timedelta(days=1),
-        window_end=now,
-        message_id=f"<{sid}.{key}@paperpost.test>",
-        items=[PlannedItem(p, 1.0 - i / 10, f"reason {p}") for i, p in enumerate(papers)],
-        now=now,
-        skip_if_empty=False,
-    )
 
 
 def test_fresh_sqlite_file_is_migrated(tmp_path: Path) -> None:

@@ -21,21 +21,10 @@ from pipeline.domain import Digest, DigestItem, MessageHeaders, Paper, RenderedD
 from pipeline.errors import HeaderInjectionError
 from pipeline.mail import build_message, make_message_id
 from pipeline.render import Renderer, sample_digest
+from tests.factories import DIGEST_HEADERS
 from tests.factories import MONDAY_7AM as WHEN
 
-ALL_HEADERS = [
-    "From",
-    "To",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "MIME-Version",
-    "List-Id",
-    "List-Unsubscribe",
-    "List-Unsubscribe-Post",
-    "Auto-Submitted",
-    "Content-Type",
-]
+ALL_HEADERS = list(DIGEST_HEADERS)
 
 
 @pytest.fixture(scope="module")
